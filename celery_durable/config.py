@@ -1,0 +1,87 @@
+"""Typed settings shared by the transport, the result backend and durable chains.
+
+Settings come from ``broker_transport_options`` (transport), from
+``result_backend_transport_options``/``app.conf`` (backend) or from keyword
+arguments; every default is a module constant so the README table and the
+code cannot disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping
+
+SCHEMA_DEFAULT = "celery_durable"
+LEASE_SECONDS_DEFAULT = 30.0
+POLLING_INTERVAL_DEFAULT = 5.0
+CLAIM_BATCH_DEFAULT = 100
+MAX_DELIVERIES_DEFAULT = 16
+NATIVE_DELAY_THRESHOLD_DEFAULT = 60.0
+MAX_MESSAGE_BYTES_DEFAULT = 64 * 1024 * 1024
+POOL_MAX_SIZE_DEFAULT = 10
+CONNECT_TIMEOUT_DEFAULT = 10.0
+MAINTENANCE_INTERVAL_DEFAULT = 30.0
+DEAD_LETTER_RETENTION_DEFAULT = 14 * 24 * 3600.0
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: PostgreSQL schema holding every table, view, function and channel.
+    schema: str = SCHEMA_DEFAULT
+    #: Seconds a claimed message stays invisible to others; renewed every third of it while held.
+    lease_seconds: float = LEASE_SECONDS_DEFAULT
+    #: Seconds between safety polls; NOTIFY wakes workers sooner.
+    polling_interval: float = POLLING_INTERVAL_DEFAULT
+    #: Most messages one claim statement takes when no prefetch limit applies.
+    claim_batch: int = CLAIM_BATCH_DEFAULT
+    #: Deliveries after which a message moves to the dead-letter table (0: no limit).
+    max_deliveries: int = MAX_DELIVERIES_DEFAULT
+    #: An ETA/countdown further ahead than this waits in the table, not in worker memory (0: never).
+    native_delay_threshold: float = NATIVE_DELAY_THRESHOLD_DEFAULT
+    #: Largest message accepted by publish, in bytes.
+    max_message_bytes: int = MAX_MESSAGE_BYTES_DEFAULT
+    #: Connections per process and database URL.
+    pool_max_size: int = POOL_MAX_SIZE_DEFAULT
+    #: Seconds to wait for a new connection.
+    connect_timeout: float = CONNECT_TIMEOUT_DEFAULT
+    #: Create or migrate the schema on first use (under an advisory lock).
+    auto_migrate: bool = True
+    #: Seconds between maintenance runs (queue expiry, TTL, dead-letter retention).
+    maintenance_interval: float = MAINTENANCE_INTERVAL_DEFAULT
+    #: Seconds dead letters are kept.
+    dead_letter_retention: float = DEAD_LETTER_RETENTION_DEFAULT
+    #: A direct (non-PgBouncer) URL for LISTEN; None: the main URL.
+    listen_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if not _SCHEMA_NAME.match(self.schema):
+            raise ValueError(
+                f"schema must be a lower-case identifier ([a-z_][a-z0-9_]*), got {self.schema!r}"
+            )
+        if self.lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None) -> "Settings":
+        """Build from a dict, ignoring keys that belong to other components."""
+        known = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in (options or {}).items():
+            if key in known and value is not None:
+                values[key] = value
+        settings = cls()
+        coerced = {}
+        for key, value in values.items():
+            default = getattr(settings, key)
+            if isinstance(default, bool):
+                coerced[key] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+            elif isinstance(default, int) and not isinstance(default, bool):
+                coerced[key] = int(value)
+            elif isinstance(default, float):
+                coerced[key] = float(value)
+            else:
+                coerced[key] = value
+        return replace(settings, **coerced)

@@ -1,0 +1,1 @@
+"""Connections, named queries and schema migrations shared by every component."""

@@ -1,0 +1,34 @@
+"""One error tree for celery_durable; driver errors are wrapped here.
+
+Every error that means "the database is not there" subclasses
+:class:`kombu.exceptions.OperationalError` so Celery's reconnect logic and
+existing ``except`` clauses treat it as a connection loss.
+"""
+
+from __future__ import annotations
+
+from kombu.exceptions import OperationalError
+
+
+class DurableError(Exception):
+    """Base class of every error raised by celery_durable."""
+
+
+class DatabaseUnavailable(DurableError, OperationalError):
+    """The database cannot be reached; names host and database, never the password."""
+
+
+class SchemaError(DurableError):
+    """The schema is missing, older than this code and auto-migration is off, or newer than this code."""
+
+
+class MessageTooLarge(DurableError, ValueError):
+    """A message is larger than ``max_message_bytes``."""
+
+
+class LeaseLost(DurableError):
+    """This worker no longer holds the message: another worker may be running it."""
+
+
+class WorkflowError(DurableError):
+    """A durable workflow cannot be run, resumed or changed as asked."""

