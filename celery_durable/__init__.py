@@ -1,0 +1,15 @@
+"""PostgreSQL as Celery's broker, result backend and durable workflow store.
+
+Importing this package registers the ``postgresql://`` and ``postgres://``
+broker URL schemes with Kombu (Kombu has no entry point for transports).
+"""
+
+from __future__ import annotations
+
+from kombu.transport import TRANSPORT_ALIASES
+
+TRANSPORT_ALIASES.setdefault("postgresql", "celery_durable.transport:Transport")
+TRANSPORT_ALIASES.setdefault("postgres", "celery_durable.transport:Transport")
+
+__all__: list[str] = []
+__version__ = "0.1.0"

@@ -1,0 +1,83 @@
+"""The app most worker tests run: broker and backend on the test database.
+
+CELERY_DURABLE_URL and CELERY_DURABLE_SCHEMA point it at the test's database
+and schema; CELERY_DURABLE_BROKER / CELERY_DURABLE_BACKEND override either side
+(e.g. redis://) for mixed setups. Executions are counted in a table of the
+test's schema through a separate connection, outside the broker under test.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psycopg
+from celery import Celery
+
+import celery_durable  # noqa: F401  (registers the postgresql:// broker scheme)
+
+URL = os.environ.get("CELERY_DURABLE_URL", "")
+SCHEMA = os.environ.get("CELERY_DURABLE_SCHEMA", "celery_durable")
+LEASE = float(os.environ.get("CELERY_DURABLE_LEASE", "30"))
+
+app = Celery("basic")
+app.conf.update(
+    broker_url=os.environ.get("CELERY_DURABLE_BROKER", URL),
+    result_backend=os.environ.get("CELERY_DURABLE_BACKEND", URL),
+    broker_transport_options={"schema": SCHEMA, "lease_seconds": LEASE, "polling_interval": 1.0},
+    result_backend_transport_options={"schema": SCHEMA},
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    task_serializer=os.environ.get("CELERY_DURABLE_SERIALIZER", "json"),
+    accept_content=["json", "pickle", "msgpack", "yaml"],
+    result_accept_content=["json", "pickle", "msgpack", "yaml"],
+)
+
+
+def _record(tag: str) -> None:
+    with psycopg.connect(URL, autocommit=True) as conn:
+        conn.execute(
+            psycopg.sql.SQL("CREATE TABLE IF NOT EXISTS {}.executions (tag text, pid int, at timestamptz DEFAULT now())")
+            .format(psycopg.sql.Identifier(SCHEMA))
+        )
+        conn.execute(
+            psycopg.sql.SQL("INSERT INTO {}.executions (tag, pid) VALUES (%s, %s)").format(psycopg.sql.Identifier(SCHEMA)),
+            (tag, os.getpid()),
+        )
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def echo(value):
+    return value
+
+
+@app.task
+def record(tag, sleep=0.0):
+    """Count one execution of ``tag`` (outside the broker), optionally after sleeping."""
+    if sleep:
+        time.sleep(sleep)
+    _record(tag)
+    return tag
+
+
+@app.task(acks_late=True)
+def record_late(tag, sleep=0.0):
+    if sleep:
+        time.sleep(sleep)
+    _record(tag)
+    return tag
+
+
+@app.task
+def fail(message="boom"):
+    raise ValueError(message)
+
+
+@app.task
+def noop():
+    return None
