@@ -11,5 +11,7 @@ from kombu.transport import TRANSPORT_ALIASES
 TRANSPORT_ALIASES.setdefault("postgresql", "celery_durable.transport:Transport")
 TRANSPORT_ALIASES.setdefault("postgres", "celery_durable.transport:Transport")
 
-__all__: list[str] = []
+from .enqueue import in_transaction
+
+__all__ = ["in_transaction"]
 __version__ = "0.1.0"

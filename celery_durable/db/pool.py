@@ -51,6 +51,8 @@ def unavailable(conninfo: str, exc: BaseException) -> DatabaseUnavailable:
 
 def get_pool(conninfo: str, settings: Settings) -> ConnectionPool:
     """The pool for this database in this process, created (and the schema checked) on first use."""
+    if (conninfo, settings.schema) not in _ready_schemas:
+        prepare_schema(conninfo, settings)
     key = (conninfo, os.getpid())
     pool = _pools.get(key)
     if pool is not None:
@@ -59,7 +61,6 @@ def get_pool(conninfo: str, settings: Settings) -> ConnectionPool:
         pool = _pools.get(key)
         if pool is None:
             _forget_inherited()
-            prepare_schema(conninfo, settings)
             pool = ConnectionPool(
                 conninfo,
                 min_size=1,

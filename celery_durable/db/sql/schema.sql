@@ -62,6 +62,8 @@ CREATE TABLE {schema}.message (
 ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_insert_scale_factor = 0.01);
 -- Claim order: per queue, highest priority first, then oldest.
 CREATE INDEX message_claim_idx ON {schema}.message (queue, priority DESC, id);
+-- Only messages with a TTL; expiry never changes on claim, so claims stay HOT updates.
+CREATE INDEX message_expires_idx ON {schema}.message (expires_at) WHERE expires_at IS NOT NULL;
 
 CREATE TABLE {schema}.dead_letter (
     id bigint PRIMARY KEY,
@@ -125,13 +127,34 @@ CREATE TABLE {schema}.group_result (
 CREATE INDEX group_result_expires_idx ON {schema}.group_result (expires_at) WHERE expires_at IS NOT NULL;
 
 -- Native chords: the header's parts count themselves here, in the transaction
--- that stores each part's result; the part that makes done = size sends the body.
+-- that stores each part's result; the part that makes done = size + extra claims
+-- the chord (claim_token, until claimed_until) and sends the body; sent_at marks
+-- it finished so late duplicates of a part change nothing. size stays NULL until
+-- the last header task is sent (earlier parts may return before that).
 CREATE TABLE {schema}.chord (
     group_id text PRIMARY KEY,
-    size integer NOT NULL,
+    size integer,
+    extra integer NOT NULL DEFAULT 0,
     done integer NOT NULL DEFAULT 0,
+    claim_token text,
+    claimed_until timestamptz,
+    sent_at timestamptz,
     created_at timestamptz NOT NULL DEFAULT now(),
     expires_at timestamptz
+);
+CREATE INDEX chord_expires_idx ON {schema}.chord (expires_at) WHERE expires_at IS NOT NULL;
+
+-- One row per returned header part (keyed by task and header index, so a
+-- redelivered part counts once); meta is the encoded [task_id, state, result].
+-- Deleted when the body is sent.
+CREATE TABLE {schema}.chord_part (
+    group_id text NOT NULL REFERENCES {schema}.chord (group_id) ON DELETE CASCADE,
+    task_id text NOT NULL,
+    group_index integer NOT NULL,
+    content_type text NOT NULL,
+    content_encoding text NOT NULL DEFAULT 'utf-8',
+    meta bytea NOT NULL,
+    PRIMARY KEY (group_id, group_index, task_id)
 );
 
 ------------------------------------------------------------------------------

@@ -1,0 +1,55 @@
+"""Transactional enqueue: publish inside the caller's own database transaction.
+
+``with in_transaction(conn): task.delay()`` makes the message an ordinary row
+insert on ``conn``: invisible until the caller commits, gone if it rolls
+back. ``conn`` may be a psycopg 3 connection, a SQLAlchemy ``Connection`` or
+``Session`` (any driver with a DB-API cursor). The database must be the one
+the broker URL points at.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator
+
+_current: ContextVar[Any] = ContextVar("celery_durable_transaction", default=None)
+
+
+@contextmanager
+def in_transaction(conn: Any) -> Iterator[Any]:
+    """Route every publish on the postgresql:// broker in this block through ``conn``.
+
+    Does not commit or roll back: that stays the caller's decision. Publishes
+    to other brokers are unaffected.
+    """
+    token = _current.set(_driver_connection(conn))
+    try:
+        yield conn
+    finally:
+        _current.reset(token)
+
+
+def current_connection() -> Any:
+    return _current.get()
+
+
+def execute(conn: Any, query: str, params: dict) -> None:
+    """Run one statement on a psycopg 3 connection or a DB-API connection."""
+    cursor = conn.cursor()
+    try:
+        cursor.execute(query, params)
+    finally:
+        cursor.close()
+
+
+def _driver_connection(conn: Any) -> Any:
+    """The DB-API connection under a SQLAlchemy Session or Connection (or ``conn`` itself)."""
+    if hasattr(conn, "get_bind") and hasattr(conn, "connection") and callable(conn.connection):
+        conn = conn.connection()  # Session: joins (or begins) the session's transaction
+    raw = getattr(conn, "connection", None)
+    if raw is not None and hasattr(raw, "driver_connection"):
+        return raw.driver_connection  # SQLAlchemy Connection -> pool proxy -> DB-API connection
+    if hasattr(conn, "cursor"):
+        return conn
+    raise TypeError(f"in_transaction() needs a psycopg connection or a SQLAlchemy Connection/Session, got {type(conn)!r}")

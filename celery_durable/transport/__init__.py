@@ -1,0 +1,463 @@
+"""Kombu transport that keeps every message in PostgreSQL.
+
+URL: ``postgresql://user:password@host:port/database`` (also ``postgres://``).
+Importing :mod:`celery_durable` registers both schemes; or set
+``broker_transport = "celery_durable.transport:Transport"``. TLS options go in
+the URL as ``?ssl_mode=verify-full&ssl_rootcert=…`` (Kombu passes ``ssl_*``
+parameters through) or in ``broker_use_ssl``; any libpq keyword can be given
+in the transport option ``connect_options``.
+
+Features: messages are rows claimed with ``FOR UPDATE SKIP LOCKED`` in batches
+up to the prefetch count; leases instead of a visibility timeout (renewed while
+the worker lives, so a long or ETA task is never handed to a second worker, and
+a killed worker's messages return after ``lease_seconds``); acks are fenced by
+the lease token and batched per event-loop turn; LISTEN/NOTIFY wakes workers
+(idle workers send almost no queries); direct, topic and fanout exchanges with
+bindings in the database; priorities 0–9 (higher first, as AMQP); message TTL
+and expiring queues; ETAs far ahead wait in the table; dead letters for
+undecodable, rejected or too-often-delivered messages; transactional enqueue
+through :func:`celery_durable.in_transaction`.
+
+Transport options (``broker_transport_options``): every field of
+:class:`celery_durable.config.Settings` (``schema``, ``lease_seconds``,
+``polling_interval``, ``claim_batch``, ``max_deliveries``,
+``native_delay_threshold``, ``max_message_bytes``, ``pool_max_size``,
+``connect_timeout``, ``auto_migrate``, ``maintenance_interval``,
+``dead_letter_retention``, ``listen_url``) plus ``connect_options`` (a dict of
+libpq keywords).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+from time import monotonic, time
+
+import psycopg
+from kombu.transport import virtual
+from psycopg_pool import PoolTimeout
+
+from .. import enqueue
+from ..config import Settings
+from ..db import dsn, pool, queries
+from ..exceptions import DatabaseUnavailable, MessageTooLarge, SchemaError
+from ..headers import LEASE_HEADER, STEP_HEADER
+from .channel import Channel
+from .keeper import Keeper
+from .notifier import Notifier, Wakeup, channel_name
+from .qos import Lease, Leases
+
+logger = logging.getLogger(__name__)
+
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Transport(virtual.Transport):
+    Channel = Channel
+
+    can_parse_url = False
+    default_port = 5432
+    driver_type = "postgresql"
+    driver_name = "psycopg"
+
+    implements = virtual.Transport.implements.extend(
+        asynchronous=True,
+        exchange_type=frozenset(["direct", "topic", "fanout"]),
+        heartbeats=False,
+    )
+
+    connection_errors = virtual.Transport.connection_errors + (
+        DatabaseUnavailable, psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout,
+    )
+    channel_errors = virtual.Transport.channel_errors + (SchemaError,)
+
+    def __init__(self, client, **kwargs):
+        super().__init__(client, **kwargs)
+        options = client.transport_options or {}
+        self.settings = Settings.from_options(options)
+        self.polling_interval = self.settings.polling_interval
+        self.conninfo = dsn.from_kombu(client, options.get("connect_options"))
+        self.listen_conninfo = dsn.from_url(self.settings.listen_url) if self.settings.listen_url else self.conninfo
+        self.queries = queries.load("celery_durable.transport", "queries.sql", self.settings.schema)
+        self.notify_channel = channel_name(self.settings.schema)
+        self.leases = Leases()
+        self._pending_acks: list[Lease] = []
+        self._acks_lock = threading.Lock()
+        self._notifier: Notifier | None = None
+        self._keeper: Keeper | None = None
+        self._loop = None
+        self._loop_thread: int | None = None
+        self._timers: list = []
+        self._delayed: list[tuple[float, str]] = []
+        self._next_poll = monotonic() + self.settings.polling_interval
+        self._pid = os.getpid()
+
+    # -- database access --------------------------------------------------------
+
+    def _conn(self):
+        return pool.connection(self.conninfo, self.settings)
+
+    def execute(self, query: str, /, **params) -> None:
+        with self._conn() as conn:
+            conn.execute(self.queries[query], params)
+
+    def fetchone(self, query: str, /, **params):
+        with self._conn() as conn:
+            return conn.execute(self.queries[query], params).fetchone()
+
+    def fetchall(self, query: str, /, **params):
+        with self._conn() as conn:
+            return conn.execute(self.queries[query], params).fetchall()
+
+    def exchange_type(self, name: str) -> str | None:
+        row = self.fetchone("exchange_type", name=name)
+        return row[0] if row else None
+
+    # -- connection lifecycle ---------------------------------------------------
+
+    def establish_connection(self):
+        # A direct connection first: a wrong URL or a down server fails now, with the cause.
+        pool.get_pool(self.conninfo, self.settings)
+        return super().establish_connection()
+
+    def close_connection(self, connection):
+        if os.getpid() != self._pid:
+            return  # a forked child must not touch its parent's sessions
+        try:
+            self.flush_acks()
+        except self.connection_errors:
+            logger.warning("could not send pending acks; their messages return after the lease")
+        try:
+            super().close_connection(connection)
+        finally:
+            self._stop_background()
+
+    def _stop_background(self) -> None:
+        if self._keeper is not None:
+            self._keeper.stop()
+            self._keeper = None
+        if self._loop is not None and self._notifier is not None:
+            try:
+                self._loop.remove_reader(self._notifier.fileno())
+            except Exception:
+                pass
+        for timer in self._timers:
+            try:
+                timer.cancel()
+            except Exception:
+                pass
+        self._timers.clear()
+        if self._notifier is not None:
+            self._notifier.close()
+            self._notifier = None
+
+    def verify_connection(self, connection) -> bool:
+        # Kombu asks on every default_channel access: answer without a round trip.
+        # A lost database surfaces as a connection error on the next statement.
+        return self._notifier is None or not self._notifier.conn.closed
+
+    # -- publishing -----------------------------------------------------------
+
+    def publish(self, message: dict, exchange: str, routing_key: str) -> None:
+        """Insert the message for every queue the exchange routes it to, in the caller's transaction if any."""
+        payload = json.dumps(message, separators=(",", ":"))
+        if len(payload) > self.settings.max_message_bytes:
+            raise MessageTooLarge(
+                f"message of {len(payload)} bytes exceeds max_message_bytes ({self.settings.max_message_bytes})"
+            )
+        props = message.get("properties") or {}
+        headers = message.get("headers") or {}
+        params = {
+            "priority": _priority(props.get("priority")),
+            "visible_at": self._native_eta(headers),
+            "expires_at": _expires_at(props.get("expiration")),
+            "task": headers.get("task"),
+            "payload": payload,
+        }
+        if exchange:
+            query, params["exchange"], params["routing_key"] = "message_route", exchange, routing_key
+        else:
+            query, params["queue"] = "message_put", routing_key
+        outer = enqueue.current_connection()
+        if outer is not None:
+            enqueue.execute(outer, self.queries[query], params)
+            return
+        with self._conn() as conn:
+            conn.execute(self.queries[query], params)
+
+    def _native_eta(self, headers: dict) -> datetime | None:
+        threshold = self.settings.native_delay_threshold
+        eta = headers.get("eta")
+        if not threshold or not eta:
+            return None
+        try:
+            when = datetime.fromisoformat(eta)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        if (when - datetime.now(timezone.utc)).total_seconds() > threshold:
+            return when
+        return None
+
+    # -- claiming and delivery ----------------------------------------------------
+
+    def claim(self, channel: Channel, queues: list[str], n: int) -> list[dict]:
+        """Lease up to ``n`` messages of ``queues`` for ``channel``; return decoded payloads in order."""
+        token = uuid.uuid4()
+        rows = self.fetchall("message_claim", queues=list(queues), n=n, lease=self.settings.lease_seconds,
+                             token=token, worker=WORKER_ID)
+        rows.sort(key=lambda r: (-r[2], r[0]))
+        payloads, discard, dead = [], [], []
+        for row_id, queue, _priority, deliveries, expired, raw in rows:
+            lease = Lease(row_id, token, queue)
+            if expired:
+                discard.append(lease)
+                continue
+            if self.settings.max_deliveries and deliveries > self.settings.max_deliveries:
+                dead.append((lease, f"delivered {deliveries} times (max_deliveries={self.settings.max_deliveries})"))
+                continue
+            try:
+                payload = json.loads(raw)
+                props = payload["properties"]
+                headers = payload.get("headers")
+                if headers is None:
+                    headers = payload["headers"] = {}
+                if not isinstance(props, dict) or not isinstance(headers, dict):
+                    raise TypeError("properties and headers must be objects")
+            except (ValueError, TypeError, KeyError) as exc:
+                dead.append((lease, f"undecodable message: {type(exc).__name__}: {exc}"[:500]))
+                continue
+            tag = f"{row_id}:{token}"
+            props["delivery_tag"] = tag
+            info = props.get("delivery_info")
+            if not isinstance(info, dict):
+                info = props["delivery_info"] = {}
+            info["redelivered"] = deliveries > 1
+            if STEP_HEADER in headers:
+                headers[LEASE_HEADER] = f"{row_id}:{token}"
+                lease = Lease(row_id, token, queue, durable_step=True)
+            self.leases.add(tag, lease)
+            payloads.append(payload)
+        if discard:
+            self._ack_now(discard)
+        for lease, reason in dead:
+            logger.error("message %s of queue %r moved to dead_letter: %s", lease.id, lease.queue, reason)
+            self._dead_letter([lease], reason)
+        return payloads
+
+    def _fetch(self, channel: Channel) -> int:
+        """Claim for one channel up to its free prefetch and deliver; return how many were delivered."""
+        queues = channel._active_queues
+        if not queues or channel.closed:
+            return 0
+        capacity = channel.qos.can_consume_max_estimate()
+        n = self.settings.claim_batch if capacity is None else min(capacity, self.settings.claim_batch)
+        if n <= 0:
+            return 0
+        payloads = self.claim(channel, list(dict.fromkeys(queues)), n)
+        channel.ready = len(payloads) >= n
+        for payload in payloads:
+            queue = payload["properties"].get("delivery_info", {}).get("routing_key")
+            tag = payload["properties"]["delivery_tag"]
+            lease = self.leases.get(tag)
+            queue = lease.queue if lease else queue
+            self._deliver(payload, queue)
+            if queue in channel.no_ack_queues:
+                self.ack(tag)
+        return len(payloads)
+
+    def _fetch_ready(self) -> int:
+        delivered = 0
+        for channel in list(self.channels):
+            if channel.ready and channel._consumers and channel.qos.can_consume():
+                delivered += self._fetch(channel)
+        return delivered
+
+    def consumer_added(self, channel: Channel) -> None:
+        """Start listening (and renewing leases) once this connection consumes."""
+        if self._notifier is None:
+            self._notifier = Notifier(self.listen_conninfo, self.settings.schema, self.settings.connect_timeout)
+            if self._loop is not None:
+                self._loop.add_reader(self._notifier.fileno(), self._on_readable)
+        if self._keeper is None:
+            self._keeper = Keeper(self)
+            self._keeper.start()
+
+    def _wake(self, wakeups: list[Wakeup]) -> None:
+        now = time()
+        for wakeup in wakeups:
+            if wakeup.at is not None and wakeup.at > now:
+                heapq.heappush(self._delayed, (wakeup.at, wakeup.queue))
+                if self._loop is not None:
+                    self._timers.append(self._loop.call_at(wakeup.at, self._on_delayed_due))
+                continue
+            self._mark_ready(wakeup.queue)
+
+    def _mark_ready(self, queue: str | None = None) -> None:
+        for channel in self.channels:
+            if queue is None or queue in channel._active_queues:
+                channel.ready = True
+
+    def _release_due(self) -> None:
+        now = time()
+        while self._delayed and self._delayed[0][0] <= now:
+            self._mark_ready(heapq.heappop(self._delayed)[1])
+
+    # -- acks, rejects, restores ------------------------------------------------
+
+    def ack(self, tag: str) -> None:
+        """Delete the message behind ``tag``; batched per event-loop turn when called on the loop's thread."""
+        lease = self.leases.get(tag)
+        if lease is None:
+            return
+        if lease.durable_step:
+            # The step's checkpoint transaction deletes this row; keep renewing until it does.
+            return
+        self.leases.pop(tag)
+        with self._acks_lock:
+            self._pending_acks.append(lease)
+        if self._loop is None or threading.get_ident() != self._loop_thread:
+            self.flush_acks()
+
+    def flush_acks(self) -> None:
+        with self._acks_lock:
+            pending, self._pending_acks = self._pending_acks, []
+        if pending:
+            self._ack_now(pending)
+
+    def _ack_now(self, leases: list[Lease]) -> None:
+        deleted = self.fetchall("message_ack", ids=[l.id for l in leases], tokens=[l.token for l in leases])
+        if len(deleted) < len(leases):
+            gone = {r[0] for r in deleted}
+            lost = [l.id for l in leases if l.id not in gone]
+            logger.warning("ack of messages %s ignored: their lease was lost (another worker may hold them)", lost)
+
+    def reject(self, tag: str, requeue: bool = False) -> None:
+        lease = self.leases.pop(tag)
+        if lease is None:
+            return
+        if requeue:
+            self._requeue([lease], restored=0)
+        else:
+            self._dead_letter([lease], "rejected by the consumer")
+
+    def restore(self, tags: list[str]) -> None:
+        """Give unacked messages back without counting a delivery (warm shutdown, channel close)."""
+        leases = self.leases.pop_many(tags)
+        if leases:
+            self._requeue(leases, restored=1)
+
+    def _requeue(self, leases: list[Lease], restored: int) -> None:
+        self.fetchall("message_requeue", ids=[l.id for l in leases], tokens=[l.token for l in leases],
+                      restored=restored, channel=self.notify_channel)
+
+    def _dead_letter(self, leases: list[Lease], reason: str) -> None:
+        self.execute("message_dead_letter", ids=[l.id for l in leases], tokens=[l.token for l in leases],
+                      reason=reason)
+
+    # -- leases and maintenance (called from the Keeper thread) -------------------
+
+    def renew_leases(self) -> None:
+        held = self.leases.snapshot()
+        if not held:
+            return
+        leases = list(held.values())
+        renewed = self.fetchall("lease_renew", ids=[l.id for l in leases], tokens=[l.token for l in leases],
+                                lease=self.settings.lease_seconds)
+        lost = self.leases.drop_missing({r[0] for r in renewed}, held)
+        unexpected = [l.id for l in lost if not l.durable_step]
+        if unexpected:
+            logger.warning("lost the lease of messages %s (paused longer than lease_seconds?)", unexpected)
+
+    def consumed_queues(self) -> list[str]:
+        return sorted({q for channel in list(self.channels) for q in channel._active_queues})
+
+    def touch_queues(self) -> None:
+        queues = self.consumed_queues()
+        if queues:
+            self.execute("queue_touch", names=queues)
+
+    def maintain(self) -> None:
+        """Expire unused queues, messages past their TTL and old dead letters."""
+        self.execute("queue_expire")
+        self.execute("message_expire")
+        self.execute("dead_letter_expire", retention=self.settings.dead_letter_retention)
+
+    # -- event loop (Celery's hub) --------------------------------------------------
+
+    def register_with_event_loop(self, connection, loop):
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        if self._notifier is not None:
+            loop.add_reader(self._notifier.fileno(), self._on_readable)
+        loop.on_tick.add(self._on_tick)
+        self._timers.append(loop.call_repeatedly(self.settings.polling_interval, self._on_safety_poll))
+
+    def _on_readable(self) -> None:
+        if self._notifier is not None:
+            self._wake(self._notifier.drain())
+
+    def _on_tick(self) -> None:
+        self._loop_thread = threading.get_ident()
+        self.flush_acks()
+        self._fetch_ready()
+
+    def _on_safety_poll(self) -> None:
+        self._mark_ready()
+
+    def _on_delayed_due(self) -> None:
+        self._release_due()
+
+    # -- synchronous draining (kombu consumers without a hub) -----------------------
+
+    def drain_events(self, connection, timeout=None):
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            self.flush_acks()
+            now = monotonic()
+            if now >= self._next_poll:
+                self._mark_ready()
+                self._next_poll = now + self.settings.polling_interval
+            self._release_due()
+            if self._fetch_ready():
+                return
+            now = monotonic()
+            if deadline is not None and now >= deadline:
+                raise socket.timeout()
+            wait = self._next_poll - now
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            if self._delayed:
+                wait = min(wait, max(0.0, self._delayed[0][0] - time()))
+            if self._notifier is None:
+                # Nothing consumes on this connection: just let the time pass.
+                threading.Event().wait(max(0.0, wait))
+            else:
+                self._wake(self._notifier.wait(max(0.0, wait)))
+
+    @property
+    def default_connection_params(self):
+        return {"port": self.default_port, "hostname": "localhost"}
+
+
+def _priority(value) -> int:
+    try:
+        return max(0, min(int(value), 255))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _expires_at(expiration) -> datetime | None:
+    if expiration in (None, ""):
+        return None
+    try:
+        return datetime.now(timezone.utc) + timedelta(milliseconds=float(expiration))
+    except (TypeError, ValueError):
+        return None

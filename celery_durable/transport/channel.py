@@ -1,0 +1,166 @@
+"""A Kombu virtual channel whose queues, exchanges and bindings are rows.
+
+Declarations write to shared tables so every process routes the same way;
+publishing routes in SQL (direct, topic and fanout) and inserts one row per
+target queue in one statement. Claiming and acking belong to the transport,
+which batches them across channels.
+"""
+
+from __future__ import annotations
+
+import logging
+from queue import Empty
+
+from kombu.exceptions import ChannelError
+from kombu.transport import virtual
+from kombu.transport.virtual.exchange import TopicExchange
+
+from .qos import QoS
+
+logger = logging.getLogger(__name__)
+
+#: Longest queue, exchange or routing-key string accepted (NOTIFY payloads carry queue names).
+NAME_MAX = 1000
+
+_topic = TopicExchange(None)
+
+
+def _check_name(kind: str, value: str | None) -> str:
+    value = value or ""
+    if len(value.encode()) > NAME_MAX:
+        raise ChannelError(f"{kind} name longer than {NAME_MAX} bytes")
+    if "\x00" in value:
+        raise ChannelError(f"{kind} name contains a NUL character")
+    return value
+
+
+class Channel(virtual.Channel):
+    QoS = QoS
+    #: Fanout is routed in SQL by basic_publish; Kombu's per-process fallback is not used.
+    supports_fanout = False
+
+    def __init__(self, connection, **kwargs):
+        super().__init__(connection, **kwargs)
+        #: Claim on the next chance: set by consume, NOTIFY, safety poll, or a full batch.
+        self.ready = True
+        self.no_ack_queues: set[str] = set()
+
+    @property
+    def db(self):
+        return self.connection
+
+    # -- declarations ---------------------------------------------------------
+
+    def exchange_declare(self, exchange=None, type="direct", durable=False, auto_delete=False,
+                         arguments=None, nowait=False, passive=False):
+        type = type or "direct"
+        exchange = _check_name("exchange", exchange or f"amq.{type}")
+        if passive:
+            if self.db.exchange_type(exchange) is None:
+                raise ChannelError(
+                    f"NOT_FOUND - no exchange {exchange!r}", (50, 10), "Channel.exchange_declare", "404"
+                )
+            return
+        if type not in ("direct", "topic", "fanout"):
+            raise ChannelError(f"exchange type {type!r} is not supported (direct, topic, fanout)")
+        self.db.execute("exchange_declare", name=exchange, type=type, durable=bool(durable),
+                        auto_delete=bool(auto_delete))
+        self.state.exchanges.setdefault(exchange, {
+            "type": type, "durable": durable, "auto_delete": auto_delete,
+            "arguments": arguments or {}, "table": [],
+        })
+
+    def exchange_delete(self, exchange, if_unused=False, nowait=False):
+        self.db.execute("exchange_delete", name=exchange)
+        self.state.exchanges.pop(exchange, None)
+
+    def _new_queue(self, queue, **kwargs):
+        queue = _check_name("queue", queue)
+        arguments = kwargs.get("arguments") or {}
+        self.db.execute(
+            "queue_declare",
+            name=queue,
+            durable=bool(kwargs.get("durable", True)),
+            auto_delete=bool(kwargs.get("auto_delete", False)),
+            expires_ms=_int(arguments.get("x-expires")),
+            message_ttl_ms=_int(arguments.get("x-message-ttl")),
+            max_priority=_int(arguments.get("x-max-priority")),
+        )
+
+    def _has_queue(self, queue, **kwargs):
+        return self.db.fetchone("queue_exists", name=queue) is not None
+
+    def queue_bind(self, queue, exchange=None, routing_key="", arguments=None, **kwargs):
+        exchange = _check_name("exchange", exchange or "amq.direct")
+        routing_key = _check_name("routing key", routing_key)
+        self.db.execute("binding_declare", exchange=exchange, routing_key=routing_key,
+                        queue=_check_name("queue", queue), pattern=_topic.key_to_pattern(routing_key))
+
+    def queue_unbind(self, queue, exchange=None, routing_key="", arguments=None, **kwargs):
+        self.db.execute("binding_delete", exchange=exchange or "amq.direct",
+                        routing_key=routing_key or "", queue=queue)
+
+    def queue_delete(self, queue, if_unused=False, if_empty=False, **kwargs):
+        if if_empty and self._size(queue):
+            return
+        self.db.execute("queue_delete", name=queue)
+
+    def list_bindings(self):
+        return self.db.fetchall("binding_list")
+
+    def _size(self, queue):
+        return self.db.fetchone("message_count", queue=queue)[0]
+
+    def _purge(self, queue):
+        return self.db.fetchone("message_purge", queue=queue)[0]
+
+    def _delete(self, queue, *args, **kwargs):
+        self.db.execute("queue_delete", name=queue)
+
+    # -- publishing -----------------------------------------------------------
+
+    def basic_publish(self, message, exchange, routing_key, **kwargs):
+        self._inplace_augment_message(message, exchange, routing_key)
+        self.db.publish(message, exchange or "", routing_key or "")
+
+    def _put(self, queue, message, **kwargs):
+        self.db.publish(message, "", queue)
+
+    # -- consuming ------------------------------------------------------------
+
+    def basic_consume(self, queue, no_ack, callback, consumer_tag, **kwargs):
+        super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+        if no_ack:
+            self.no_ack_queues.add(queue)
+        self.ready = True
+        self.db.consumer_added(self)
+
+    def basic_cancel(self, consumer_tag):
+        queue = self._tag_to_queue.get(consumer_tag)
+        super().basic_cancel(consumer_tag)
+        if queue is not None and queue not in self._active_queues:
+            self.no_ack_queues.discard(queue)
+
+    def basic_get(self, queue, no_ack=False, **kwargs):
+        payloads = self.db.claim(self, [queue], 1)
+        if not payloads:
+            return None
+        message = self.Message(payloads[0], channel=self)
+        if no_ack:
+            self.db.ack(message.delivery_tag)
+        else:
+            self.qos.append(message, message.delivery_tag)
+        return message
+
+    def _get(self, queue, timeout=None):
+        payloads = self.db.claim(self, [queue], 1)
+        if not payloads:
+            raise Empty()
+        return payloads[0]
+
+    def _restore(self, message):
+        self.db.restore([message.delivery_tag])
+
+
+def _int(value) -> int | None:
+    return None if value is None else int(value)

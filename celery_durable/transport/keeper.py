@@ -1,0 +1,49 @@
+"""The thread that keeps a consuming worker's leases alive.
+
+It runs beside the event loop, not on it, so leases are renewed even while
+the loop is busy or blocked (``--pool solo`` runs tasks on the loop's thread).
+Every ``lease_seconds / 3`` it renews what the worker holds (prefetched, ETA
+and running messages alike) and marks the queues it consumes as used; every
+``maintenance_interval`` it runs the cleanup queries.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from time import monotonic
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from . import Transport
+
+logger = logging.getLogger(__name__)
+
+
+class Keeper:
+    def __init__(self, transport: "Transport") -> None:
+        self.transport = transport
+        self.interval = max(0.2, transport.settings.lease_seconds / 3)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="celery-durable-leases", daemon=True)
+        self._next_maintenance = monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        transport = self.transport
+        while not self._stop.wait(self.interval):
+            try:
+                transport.renew_leases()
+                transport.touch_queues()
+                if monotonic() >= self._next_maintenance:
+                    self._next_maintenance = monotonic() + transport.settings.maintenance_interval
+                    transport.maintain()
+            except Exception as exc:  # the next round retries; a lost lease is reported by renew_leases
+                logger.warning("lease renewal failed: %s", exc)

@@ -1,0 +1,83 @@
+"""LISTEN/NOTIFY wake-ups: a dedicated connection whose socket joins Kombu's event loop.
+
+Publishers' inserts fire a statement trigger that notifies ``<schema>.message``
+with ``r<queue>`` (ready now) or ``d<epoch>:<queue>`` (first delayed message).
+An idle worker therefore sends no queries until something arrives; a slow
+safety poll (``polling_interval``) covers what no notification announces,
+such as a dead worker's lease running out.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from ..db.pool import connect, unavailable
+
+logger = logging.getLogger(__name__)
+
+
+def channel_name(schema: str) -> str:
+    return f"{schema}.message"
+
+
+@dataclass(frozen=True)
+class Wakeup:
+    """A queue has a message ready now (``at`` None) or at epoch ``at``."""
+
+    queue: str
+    at: float | None = None
+
+
+def parse(payload: str) -> Wakeup | None:
+    if payload.startswith("r"):
+        return Wakeup(payload[1:])
+    if payload.startswith("d"):
+        epoch, sep, queue = payload[1:].partition(":")
+        if sep:
+            try:
+                return Wakeup(queue, float(epoch))
+            except ValueError:
+                pass
+    logger.warning("ignoring malformed notification payload %r", payload[:100])
+    return None
+
+
+class Notifier:
+    """Owns the LISTEN connection; raises DatabaseUnavailable when it is lost."""
+
+    def __init__(self, conninfo: str, schema: str, connect_timeout: float) -> None:
+        self.conninfo = conninfo
+        self.channel = channel_name(schema)
+        self.conn: psycopg.Connection = connect(conninfo, timeout=connect_timeout)
+        self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+
+    def fileno(self) -> int:
+        return self.conn.pgconn.socket
+
+    def drain(self) -> list[Wakeup]:
+        """Read the notifications that have arrived, without blocking."""
+        try:
+            received = [parse(n.payload) for n in self.conn.notifies(timeout=0)]
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise unavailable(self.conninfo, exc) from exc
+        return [w for w in received if w is not None]
+
+    def wait(self, timeout: float) -> list[Wakeup]:
+        """Block up to ``timeout`` seconds for notifications (synchronous drain_events)."""
+        if timeout > 0:
+            try:
+                select.select([self.fileno()], [], [], timeout)
+            except (OSError, ValueError) as exc:
+                raise unavailable(self.conninfo, exc) from exc
+        return self.drain()
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # closing a broken connection must not mask the original error
+            pass

@@ -1,0 +1,183 @@
+-- Named queries of the Kombu transport. {schema} is the configured schema.
+-- Every value is a parameter; no identifier is ever built from a queue,
+-- exchange or routing-key string.
+
+-- queue_declare --
+-- Create a queue, or mark an existing one as used (keeps expiring queues alive).
+INSERT INTO {schema}.queue AS q (name, durable, auto_delete, expires_ms, message_ttl_ms, max_priority)
+VALUES (%(name)s, %(durable)s, %(auto_delete)s, %(expires_ms)s, %(message_ttl_ms)s, %(max_priority)s)
+ON CONFLICT (name) DO UPDATE SET last_used_at = now()
+
+-- queue_exists --
+-- Passive declare: does the queue exist?
+SELECT 1 FROM {schema}.queue WHERE name = %(name)s
+
+-- queue_delete --
+-- Delete a queue with its messages and bindings.
+WITH gone AS (DELETE FROM {schema}.message WHERE queue = %(name)s)
+DELETE FROM {schema}.queue WHERE name = %(name)s
+
+-- queue_touch --
+-- A consumer is alive: expiring and auto-delete queues it reads are in use.
+UPDATE {schema}.queue SET last_used_at = now()
+WHERE name = ANY(%(names)s) AND (expires_ms IS NOT NULL OR auto_delete)
+
+-- queue_expire --
+-- Drop queues unused for longer than their x-expires (at least a minute, so a touch every
+-- lease/3 always arrives in time); auto-delete queues without x-expires get ten minutes.
+WITH expired AS (
+    DELETE FROM {schema}.queue
+    WHERE (expires_ms IS NOT NULL
+           AND last_used_at < now() - greatest(expires_ms, 60000) * interval '1 millisecond')
+       OR (expires_ms IS NULL AND auto_delete AND last_used_at < now() - interval '10 minutes')
+    RETURNING name
+)
+DELETE FROM {schema}.message m USING expired e WHERE m.queue = e.name
+
+-- exchange_declare --
+-- Create an exchange; redeclaring is a no-op.
+INSERT INTO {schema}.exchange (name, type, durable, auto_delete)
+VALUES (%(name)s, %(type)s, %(durable)s, %(auto_delete)s)
+ON CONFLICT (name) DO NOTHING
+
+-- exchange_type --
+-- Type of an exchange declared by any process (passive declare, routing decisions).
+SELECT type FROM {schema}.exchange WHERE name = %(name)s
+
+-- exchange_delete --
+-- Delete an exchange and its bindings.
+WITH unbound AS (DELETE FROM {schema}.binding WHERE exchange = %(name)s)
+DELETE FROM {schema}.exchange WHERE name = %(name)s
+
+-- binding_declare --
+-- Bind a queue (created if missing) to an exchange; pattern is the topic regex.
+WITH q AS (
+    INSERT INTO {schema}.queue (name) VALUES (%(queue)s) ON CONFLICT (name) DO NOTHING
+)
+INSERT INTO {schema}.binding (exchange, routing_key, queue, pattern)
+VALUES (%(exchange)s, %(routing_key)s, %(queue)s, %(pattern)s)
+ON CONFLICT (exchange, routing_key, queue) DO NOTHING
+
+-- binding_delete --
+-- Remove one binding.
+DELETE FROM {schema}.binding
+WHERE exchange = %(exchange)s AND routing_key = %(routing_key)s AND queue = %(queue)s
+
+-- binding_list --
+-- Every binding, for Kombu's management API.
+SELECT queue, exchange, routing_key FROM {schema}.binding ORDER BY exchange, routing_key, queue
+
+-- message_route --
+-- Publish through an exchange: route against the shared bindings and insert one row per
+-- target queue, in one statement. Expiry is the earlier of the message's and the queue's TTL.
+INSERT INTO {schema}.message (queue, priority, visible_at, expires_at, task, payload)
+SELECT DISTINCT ON (b.queue) b.queue, %(priority)s, coalesce(%(visible_at)s, now()),
+       least(%(expires_at)s, now() + q.message_ttl_ms * interval '1 millisecond'),
+       %(task)s, %(payload)s
+FROM {schema}.binding b
+JOIN {schema}.exchange e ON e.name = b.exchange
+JOIN {schema}.queue q ON q.name = b.queue
+WHERE b.exchange = %(exchange)s
+  AND (e.type = 'fanout'
+       OR (e.type = 'direct' AND b.routing_key = %(routing_key)s)
+       OR (e.type = 'topic' AND %(routing_key)s ~ b.pattern))
+RETURNING queue
+
+-- message_put --
+-- Publish straight to a queue (the default exchange: routing key = queue name).
+INSERT INTO {schema}.message (queue, priority, visible_at, expires_at, task, payload)
+SELECT %(queue)s, %(priority)s, coalesce(%(visible_at)s, now()),
+       least(%(expires_at)s, now() + (SELECT message_ttl_ms FROM {schema}.queue WHERE name = %(queue)s)
+                                      * interval '1 millisecond'),
+       %(task)s, %(payload)s
+RETURNING queue
+
+-- message_claim --
+-- Lease up to n visible messages of the given queues: per queue in index order (priority,
+-- then age), skipping rows another worker is claiming. A lease is visible_at in the future
+-- plus a fresh token; delivery_count counts claims for the dead-letter limit.
+WITH candidate AS (
+    SELECT c.id
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT m.id, m.priority
+        FROM {schema}.message m
+        WHERE m.queue = q.name AND m.visible_at <= now()
+        ORDER BY m.priority DESC, m.id
+        LIMIT %(n)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    ORDER BY c.priority DESC, c.id
+    LIMIT %(n)s
+)
+UPDATE {schema}.message m
+SET visible_at = now() + %(lease)s * interval '1 second',
+    lease_token = %(token)s,
+    leased_by = %(worker)s,
+    delivery_count = m.delivery_count + 1
+FROM candidate
+WHERE m.id = candidate.id
+RETURNING m.id, m.queue, m.priority, m.delivery_count, m.expires_at <= now() AS expired, m.payload
+
+-- message_ack --
+-- Delete acknowledged messages, but only rows this lease still holds (fencing).
+DELETE FROM {schema}.message m
+USING unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token)
+WHERE m.id = a.id AND m.lease_token = a.token
+RETURNING m.id
+
+-- message_requeue --
+-- Make held messages visible again now and wake consumers; a graceful restore
+-- (restored = 1) does not count as a delivery.
+WITH requeued AS (
+    UPDATE {schema}.message m
+    SET visible_at = now(), lease_token = NULL, leased_by = NULL,
+        delivery_count = greatest(m.delivery_count - %(restored)s, 0)
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token)
+    WHERE m.id = a.id AND m.lease_token = a.token
+    RETURNING m.queue
+)
+SELECT pg_notify(%(channel)s, 'r' || queue) FROM (SELECT DISTINCT queue FROM requeued) AS q
+
+-- message_dead_letter --
+-- Move held messages to the dead-letter table with a reason, in one statement.
+WITH moved AS (
+    DELETE FROM {schema}.message m
+    USING unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token)
+    WHERE m.id = a.id AND m.lease_token = a.token
+    RETURNING m.*
+)
+INSERT INTO {schema}.dead_letter (id, queue, task, reason, delivery_count, payload, created_at)
+SELECT id, queue, task, %(reason)s, delivery_count, payload, created_at FROM moved
+
+-- lease_renew --
+-- Extend the leases this worker still holds; rows missing from the result were acked
+-- elsewhere or lost.
+UPDATE {schema}.message m
+SET visible_at = now() + %(lease)s * interval '1 second'
+FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token)
+WHERE m.id = a.id AND m.lease_token = a.token
+RETURNING m.id
+
+-- message_count --
+-- Queue size as AMQP reports it: messages not held by a live lease.
+SELECT count(*) FROM {schema}.message
+WHERE queue = %(queue)s AND (lease_token IS NULL OR visible_at <= now())
+
+-- message_purge --
+-- Remove every message of a queue that no live lease holds; returns how many.
+WITH purged AS (
+    DELETE FROM {schema}.message
+    WHERE queue = %(queue)s AND (lease_token IS NULL OR visible_at <= now())
+    RETURNING 1
+)
+SELECT count(*) FROM purged
+
+-- message_expire --
+-- Drop messages whose TTL passed and that no live lease holds.
+DELETE FROM {schema}.message
+WHERE expires_at < now() AND (lease_token IS NULL OR visible_at <= now())
+
+-- dead_letter_expire --
+-- Forget dead letters older than the retention.
+DELETE FROM {schema}.dead_letter WHERE dead_at < now() - %(retention)s * interval '1 second'
