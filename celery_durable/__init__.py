@@ -11,7 +11,8 @@ from kombu.transport import TRANSPORT_ALIASES
 TRANSPORT_ALIASES.setdefault("postgresql", "celery_durable.transport:Transport")
 TRANSPORT_ALIASES.setdefault("postgres", "celery_durable.transport:Transport")
 
+from .durable import current_step, durable_chain
 from .enqueue import in_transaction
 
-__all__ = ["in_transaction"]
+__all__ = ["current_step", "durable_chain", "in_transaction"]
 __version__ = "0.1.0"

@@ -23,6 +23,8 @@ POOL_MAX_SIZE_DEFAULT = 10
 CONNECT_TIMEOUT_DEFAULT = 10.0
 MAINTENANCE_INTERVAL_DEFAULT = 30.0
 DEAD_LETTER_RETENTION_DEFAULT = 14 * 24 * 3600.0
+WORKFLOW_RETENTION_DEFAULT = 7 * 24 * 3600.0
+RECOVERY_AFTER_DEFAULT = 300.0
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -53,6 +55,10 @@ class Settings:
     maintenance_interval: float = MAINTENANCE_INTERVAL_DEFAULT
     #: Seconds dead letters are kept.
     dead_letter_retention: float = DEAD_LETTER_RETENTION_DEFAULT
+    #: Seconds finished workflows and their checkpoints are kept.
+    workflow_retention: float = WORKFLOW_RETENTION_DEFAULT
+    #: With a broker outside the database: seconds a step may sit unstarted before the sweep re-sends it.
+    recovery_after: float = RECOVERY_AFTER_DEFAULT
     #: A direct (non-PgBouncer) URL for LISTEN; None: the main URL.
     listen_url: str | None = None
 

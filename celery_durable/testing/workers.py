@@ -67,6 +67,9 @@ def start_worker(
     cwd: str | None = None,
 ) -> WorkerProcess:
     """Start ``celery -A app worker`` in its own process group; wait for "ready" unless told not to."""
+    env = dict(os.environ if env is None else env)
+    # Tests run as root in CI; Celery refuses root with pickle accepted unless told.
+    env.setdefault("C_FORCE_ROOT", "1")
     fd, name = tempfile.mkstemp(prefix="celery-worker-", suffix=".log")
     log = os.fdopen(fd, "w")
     argv = [

@@ -163,6 +163,7 @@ CREATE TABLE {schema}.chord_part (
 
 -- status: running, succeeded, failed, cancelled.
 -- steps holds the encoded signatures; current_step is the first unfinished step.
+-- generation changes on restart, so messages of an abandoned run cannot checkpoint.
 CREATE TABLE {schema}.workflow (
     id text PRIMARY KEY,
     name text,
@@ -170,6 +171,8 @@ CREATE TABLE {schema}.workflow (
         CHECK (status IN ('running', 'succeeded', 'failed', 'cancelled')),
     steps jsonb NOT NULL,
     current_step integer NOT NULL DEFAULT 0,
+    generation integer NOT NULL DEFAULT 0,
+    atomic boolean NOT NULL DEFAULT true,
     result_task_id text,
     error text,
     created_at timestamptz NOT NULL DEFAULT now(),
@@ -179,6 +182,7 @@ CREATE TABLE {schema}.workflow (
 CREATE INDEX workflow_status_idx ON {schema}.workflow (status, updated_at);
 
 -- One row per finished step (member >= 0 for each member of a group step, -1 otherwise).
+-- result is encoded with content_type (the app's result serializer).
 CREATE TABLE {schema}.checkpoint (
     workflow_id text NOT NULL REFERENCES {schema}.workflow (id) ON DELETE CASCADE,
     step integer NOT NULL,

@@ -1,0 +1,7 @@
+"""Durable chains: checkpoint each finished task of a chain in PostgreSQL."""
+
+from .chain import DurableChain, WorkflowResult, durable_chain
+from .context import StepContext, current_step
+from .runner import instrument
+
+__all__ = ["DurableChain", "StepContext", "WorkflowResult", "current_step", "durable_chain", "instrument"]

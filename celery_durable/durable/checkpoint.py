@@ -1,0 +1,180 @@
+"""The transactions that move a durable chain: a step finished, a step failed.
+
+A finished step commits, in ONE transaction: whatever it wrote through
+``current_step().connection``, its checkpoint, the next step's message (atomic
+mode) and the deletion of its own message, fenced by its lease token. A crash
+before the commit re-runs the step with its writes rolled back; after the
+commit nothing of it runs again. The workflow row is locked first, so group
+members finishing together agree on which of them sends the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from celery import states
+from celery.exceptions import TaskRevokedError
+from kombu.serialization import dumps, loads
+
+from ..exceptions import LeaseLost
+from .context import StepContext
+from .dispatch import dispatch
+from .steps import decode_steps
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepRef:
+    """A step message's identity, from its headers: workflow, index, member, generation, lease."""
+
+    workflow_id: str
+    index: int
+    member: int
+    generation: int
+    lease: tuple[int, str] | None
+
+    @classmethod
+    def from_headers(cls, header: dict, lease: str | None) -> "StepRef":
+        parsed = None
+        if lease:
+            row_id, _, token = str(lease).partition(":")
+            parsed = (int(row_id), token)
+        return cls(str(header["w"]), int(header["s"]), int(header["m"]), int(header.get("g", 0)), parsed)
+
+
+def encode(app: Any, value: Any) -> tuple[str, bytes]:
+    content_type, _encoding, data = dumps(value, serializer=app.conf.result_serializer)
+    return content_type, data.encode() if isinstance(data, str) else bytes(data)
+
+
+def decode(app: Any, content_type: str, data: bytes) -> Any:
+    accept = set(app.conf.result_accept_content or app.conf.accept_content or []) | {content_type}
+    return loads(bytes(data), content_type, "binary", accept=accept)
+
+
+def release(store: Store, conn: psycopg.Connection, ref: StepRef) -> bool:
+    """Delete the step's own message if this worker still holds it; True when there is nothing to delete."""
+    if ref.lease is None or not store.atomic:
+        return True
+    row = conn.execute(store.queries["message_release"], {"id": ref.lease[0], "token": ref.lease[1]}).fetchone()
+    return row is not None
+
+
+def finished_result(store: Store, ref: StepRef) -> tuple[bool, Any]:
+    """(True, result) when this step already has a checkpoint or must not run (cancelled, superseded)."""
+    with store.connection() as conn:
+        row = conn.execute(store.queries["workflow_get"], {"id": ref.workflow_id}).fetchone()
+        if row is None or row[4] != ref.generation or row[2] in ("cancelled", "succeeded"):
+            with conn.transaction():
+                release(store, conn, ref)
+            return True, None
+        done = conn.execute(
+            store.queries["checkpoint_get"], {"id": ref.workflow_id, "step": ref.index, "member": ref.member}
+        ).fetchone()
+        if done is not None:
+            with conn.transaction():
+                release(store, conn, ref)
+            return True, decode(store.app, done[0], done[1])
+    return False, None
+
+
+def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, result: Any) -> None:
+    """Checkpoint the step and move the workflow on, in the step's transaction.
+
+    Raises LeaseLost (everything rolled back) when another worker now holds
+    the message.
+    """
+    app = store.app
+    own = step._conn is None
+    conn = store.borrow() if own else step._conn
+    next_send = None
+    try:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("BEGIN")
+        wf = conn.execute(store.queries["workflow_lock"], {"id": ref.workflow_id}).fetchone()
+        if wf is None or wf[2] != ref.generation:
+            conn.execute("ROLLBACK")
+            with conn.transaction():
+                release(store, conn, ref)
+            logger.warning("durable step %s of workflow %s belongs to a superseded run: not checkpointed",
+                           ref.index, ref.workflow_id)
+            return
+        status, _current, _gen, steps_json, result_id, _atomic = wf
+        content_type, data = encode(app, result)
+        inserted = conn.execute(store.queries["checkpoint_insert"], {
+            "id": ref.workflow_id, "step": ref.index, "member": ref.member, "task_id": task.request.id,
+            "task_name": task.name, "content_type": content_type, "result": data,
+            "attempts": (task.request.retries or 0) + 1,
+        }).fetchone()
+        if inserted is None:
+            # Another attempt finished this step first: keep its outcome, drop ours.
+            conn.execute("ROLLBACK")
+            with conn.transaction():
+                release(store, conn, ref)
+            logger.warning("durable step %s of workflow %s already finished: this attempt's writes rolled back",
+                           ref.index, ref.workflow_id)
+            return
+        if not release(store, conn, ref):
+            conn.execute("ROLLBACK")
+            raise LeaseLost(f"lost the lease of step {ref.index} of workflow {ref.workflow_id}: rolled back")
+        steps = decode_steps(steps_json)
+        value = result
+        if steps[ref.index].kind == "group":
+            rows = conn.execute(store.queries["checkpoint_members"], {"id": ref.workflow_id, "step": ref.index}).fetchall()
+            if len(rows) < len(steps[ref.index].signatures):
+                conn.execute("COMMIT")
+                return
+            value = [decode(app, ct, blob) for _member, ct, blob in rows]
+        if status == "running":
+            following = ref.index + 1
+            if following < len(steps):
+                conn.execute(store.queries["workflow_advance"], {"id": ref.workflow_id, "step": following})
+                if store.atomic:
+                    dispatch(app, ref.workflow_id, steps, following, value, ref.generation, conn=conn)
+                else:
+                    next_send = (steps, following, value)
+            else:
+                conn.execute(store.queries["workflow_finish"], {
+                    "id": ref.workflow_id, "status": "succeeded", "error": None, "step": ref.index,
+                })
+                store.backend.store_result_in(conn, result_id, value, states.SUCCESS)
+        conn.execute("COMMIT")
+    except BaseException:
+        if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+        raise
+    finally:
+        if own:
+            store.give_back(conn)
+    if next_send is not None:
+        steps, following, value = next_send
+        dispatch(app, ref.workflow_id, steps, following, value, ref.generation)
+
+
+def record_failure(store: Store, ref: StepRef, exc: BaseException, traceback: str | None = None) -> None:
+    """The step failed for good: mark the workflow failed at it; earlier checkpoints stay."""
+    with store.connection() as conn, conn.transaction():
+        wf = conn.execute(store.queries["workflow_lock"], {"id": ref.workflow_id}).fetchone()
+        release(store, conn, ref)
+        if wf is None or wf[2] != ref.generation or wf[0] != "running":
+            return
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        conn.execute(store.queries["workflow_finish"], {
+            "id": ref.workflow_id, "status": "failed", "error": error, "step": ref.index,
+        })
+        store.backend.store_result_in(conn, wf[4], exc, states.FAILURE, traceback=traceback)
+
+
+def release_only(store: Store, ref: StepRef) -> None:
+    """Delete the step's message without a checkpoint (the task is being retried)."""
+    with store.connection() as conn, conn.transaction():
+        release(store, conn, ref)
+
+
+def cancelled_error(workflow_id: str) -> TaskRevokedError:
+    return TaskRevokedError(f"workflow {workflow_id} was cancelled")

@@ -1,0 +1,129 @@
+"""Run ordinary tasks as durable steps, without a special base class.
+
+Each registered task's ``run`` is wrapped once per process (at worker start,
+and before the first durable_chain is sent). A message without the step
+header goes straight through; a step message is skipped if it already has a
+checkpoint, otherwise runs inside a ``StepContext`` and ends in the
+checkpoint transaction. Retries, time limits, names, ids and events stay
+Celery's own: the task is still the user's task.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import traceback as tb
+from typing import Any
+
+import psycopg
+from celery import signals
+from celery.exceptions import Ignore, Reject, Retry
+
+from ..exceptions import LeaseLost
+from ..headers import LEASE_HEADER, STEP_HEADER
+from . import checkpoint
+from .context import StepContext, _enter, _leave
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+_MARK = "_celery_durable_wrapped"
+
+
+def instrument(app: Any) -> None:
+    """Wrap every task of ``app`` so it can run as a durable step (idempotent)."""
+    app.finalize(auto=True)
+    for task in list(app.tasks.values()):
+        _wrap(task)
+
+
+def _wrap(task: Any) -> None:
+    original = task.run
+    if getattr(original, _MARK, False):
+        return
+
+    @functools.wraps(original)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        header = getattr(task.request, STEP_HEADER, None)
+        if not header:
+            return original(*args, **kwargs)
+        return _run_step(task, header, original, args, kwargs)
+
+    setattr(run, _MARK, True)
+    task.run = run
+    if getattr(task, "__trace__", None) is not None:
+        task.__trace__ = None  # rebuilt on next call, with the wrapper
+
+
+def _run_step(task: Any, header: dict, original: Any, args: tuple, kwargs: dict) -> Any:
+    store = Store.for_app(task.app)
+    ref = checkpoint.StepRef.from_headers(header, getattr(task.request, LEASE_HEADER, None))
+    done, value = checkpoint.finished_result(store, ref)
+    if done:
+        logger.info("durable step %s of workflow %s already finished or stopped: not run again",
+                    ref.index, ref.workflow_id)
+        if value is None:
+            raise Ignore()
+        return value
+
+    def open_transaction() -> psycopg.Connection:
+        conn = store.borrow()
+        conn.execute("BEGIN")
+        return conn
+
+    step = StepContext(ref.workflow_id, ref.index, ref.member, ref.generation,
+                       (task.request.retries or 0) + 1, open_transaction)
+    token = _enter(step)
+    try:
+        try:
+            result = original(*args, **kwargs)
+        finally:
+            _leave(token)
+    except Retry:
+        _rollback(store, step)
+        # Celery already sent the retry (with our headers); this attempt's message goes.
+        checkpoint.release_only(store, ref)
+        raise
+    except (Ignore, Reject):
+        _rollback(store, step)
+        checkpoint.release_only(store, ref)
+        raise
+    except BaseException as exc:
+        _rollback(store, step)
+        checkpoint.record_failure(store, ref, exc, "".join(tb.format_exception(exc)))
+        raise
+    try:
+        checkpoint.commit_success(store, step, ref, task, result)
+    except LeaseLost as exc:
+        logger.warning("%s", exc)
+        raise Ignore() from None
+    finally:
+        if step._conn is not None:
+            store.give_back(step._conn)
+    return result
+
+
+def _rollback(store: Store, step: StepContext) -> None:
+    conn = step._conn
+    if conn is None:
+        return
+    try:
+        if not conn.closed:
+            conn.execute("ROLLBACK")
+    finally:
+        store.give_back(conn)
+        step._conn = None
+
+
+@signals.worker_init.connect
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    if app is not None:
+        instrument(app)
+
+
+@signals.worker_process_init.connect
+def _on_worker_process_init(sender: Any = None, **_: Any) -> None:
+    from celery import current_app
+
+    instrument(current_app)

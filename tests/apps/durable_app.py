@@ -1,0 +1,103 @@
+"""Tasks for durable_chain tests: each records its executions outside the broker.
+
+Same environment as basic.py (CELERY_DURABLE_URL/SCHEMA/BROKER/BACKEND).
+A step can be slowed down or made to fail through the `control` table, so a
+test can kill a worker mid-step or fix a failing step and resume.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psycopg
+from psycopg import sql
+
+from celery_durable import current_step
+
+from .basic import SCHEMA, URL, app
+
+_S = sql.Identifier(SCHEMA)
+
+
+def _db():
+    return psycopg.connect(URL, autocommit=True)
+
+
+def setup_tables() -> None:
+    with _db() as conn:
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.executions (tag text, pid int, at timestamptz DEFAULT now())").format(_S))
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.control (key text PRIMARY KEY, value text)").format(_S))
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.ledger (key text PRIMARY KEY, amount int)").format(_S))
+
+
+def control(key: str) -> str | None:
+    with _db() as conn:
+        row = conn.execute(sql.SQL("SELECT value FROM {}.control WHERE key = %s").format(_S), (key,)).fetchone()
+    return row[0] if row else None
+
+
+def _record(tag: str) -> None:
+    with _db() as conn:
+        conn.execute(sql.SQL("INSERT INTO {}.executions (tag, pid) VALUES (%s, %s)").format(_S), (tag, os.getpid()))
+
+
+def _maybe_block(tag: str) -> None:
+    """Sleep while control[tag] = 'block' (a test kills the worker meanwhile)."""
+    while control(f"block:{tag}") == "block":
+        time.sleep(0.1)
+
+
+@app.task
+def step(value, tag):
+    """Record an execution of ``tag``, wait if told to, return value + [tag]."""
+    _record(tag)
+    _maybe_block(tag)
+    if control(f"fail:{tag}") == "fail":
+        raise RuntimeError(f"step {tag} told to fail")
+    return list(value or []) + [tag]
+
+
+@app.task
+def start(tag):
+    _record(tag)
+    _maybe_block(tag)
+    return [tag]
+
+
+@app.task
+def member(value, tag):
+    _record(tag)
+    _maybe_block(tag)
+    return tag
+
+
+@app.task
+def collect(values, tag):
+    _record(tag)
+    return sorted(values)
+
+
+@app.task
+def write_ledger(value, key, amount):
+    """Write a row through the step's transaction: it must exist exactly once in the end."""
+    _record(f"ledger:{key}")
+    ctx = current_step()
+    ctx.connection.execute(sql.SQL("INSERT INTO {}.ledger (key, amount) VALUES (%s, %s)").format(_S), (key, amount))
+    _maybe_block(f"ledger:{key}")
+    return {"key": key, "idempotency_key": ctx.idempotency_key, "index": ctx.index}
+
+
+@app.task(bind=True, max_retries=3, default_retry_delay=0.2)
+def flaky(self, value, tag, failures):
+    """Fail ``failures`` times, then succeed (Celery retries)."""
+    _record(tag)
+    if self.request.retries < failures:
+        raise self.retry(exc=RuntimeError("flaky"))
+    return list(value or []) + [tag]
+
+
+@app.task
+def where(value):
+    ctx = current_step()
+    return None if ctx is None else [ctx.workflow_id, ctx.index, ctx.idempotency_key]
