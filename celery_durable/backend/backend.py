@@ -1,0 +1,324 @@
+"""The result backend: task results, groups, expiry and the in-transaction store.
+
+Each task's meta (status, result, traceback, children, extended fields) is
+encoded with the backend's serializer into ``result.meta`` (bytea) together
+with its content type, so a reader configured with another serializer still
+decodes it; the plain columns (status, name, worker, queue, retries,
+date_done) exist for people who monitor with SQL. Waiting is done by the
+NOTIFY-driven :class:`~celery_durable.backend.consumer.ResultConsumer`;
+native chords live in :mod:`celery_durable.backend.chords`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import psycopg
+from celery import states
+from celery._state import task_join_will_block
+from celery.backends.asynchronous import AsyncBackendMixin
+from celery.backends.base import Backend, decompress_payload
+from celery.exceptions import ImproperlyConfigured, TimeoutError
+from celery.result import result_from_tuple
+from kombu.exceptions import EncodeError
+from kombu.serialization import loads
+from kombu.utils.encoding import bytes_to_str
+
+from ..config import Settings
+from ..exceptions import DatabaseUnavailable, DurableError, SchemaError
+from ..db import dsn, pool
+from ..db.queries import load
+from .chords import ChordMixin
+from .consumer import ResultConsumer
+
+logger = logging.getLogger(__name__)
+
+#: Largest encoded result (transport option ``max_result_bytes``); PostgreSQL's own limit is 1 GB.
+MAX_RESULT_BYTES_DEFAULT = 64 * 1024 * 1024
+#: Rows deleted per table and statement by an expiry run.
+EXPIRE_BATCH_DEFAULT = 1000
+
+# Per process: when this process last tried an opportunistic expiry run, per database and schema.
+_last_expiry: dict[tuple[str, str, int], float] = {}
+
+
+class ResultTooLarge(DurableError, EncodeError):
+    """An encoded result is larger than ``max_result_bytes``: the task fails with this error, the worker goes on."""
+
+
+class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
+    """Celery result backend storing results in PostgreSQL; ``get()`` wakes on NOTIFY."""
+
+    ResultConsumer = ResultConsumer
+
+    supports_native_join = True
+    # Expired rows go by beat's celery.backend_cleanup *and* opportunistically; False keeps beat's task.
+    supports_autoexpire = False
+    supports_result_compression = True  # bytea keeps any bytes unchanged
+    supports_failure_expires = True
+
+    def __init__(self, app: Any, url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(app, url=url, **kwargs)
+        if not url:
+            raise ImproperlyConfigured("PostgresBackend needs a URL: result_backend = 'postgresql://user@host/db'")
+        try:
+            self.conninfo = dsn.from_url(url)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"invalid result_backend URL: {exc}") from None
+        options = dict(app.conf.get("result_backend_transport_options") or {})
+        self.settings = Settings.from_options(options)
+        self.max_result_bytes = int(options.get("max_result_bytes") or MAX_RESULT_BYTES_DEFAULT)
+        failure_expires = app.conf.get("result_failure_expires")
+        self.failure_expires = self.expires if failure_expires is None else self.prepare_expires(failure_expires)
+        self.queries = load("celery_durable.backend", "queries.sql", self.settings.schema)
+        #: NOTIFY channel; payload is a task id (NOTIFY payloads stop at 8000 bytes, results do not).
+        self.channel = f"{self.settings.schema}.result"
+        self.connection_errors = (DatabaseUnavailable,)
+        self._local = threading.local()
+        self.result_consumer = self.ResultConsumer(
+            self, self.app, self.accept, self._pending_results, self._pending_messages
+        )
+
+    def __reduce__(self, args: tuple = (), kwargs: dict | None = None) -> Any:
+        return super().__reduce__(args, dict(kwargs or {}, url=self.url, expires=self.expires))
+
+    # -- connections ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _db(self) -> Iterator[psycopg.Connection]:
+        """A pooled autocommit connection; a dropped schema becomes SchemaError, an outage DatabaseUnavailable."""
+        try:
+            with pool.connection(self.conninfo, self.settings) as conn:
+                yield conn
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+            raise SchemaError(
+                f"schema {self.settings.schema!r} lacks the result tables in {dsn.describe(self.conninfo)} "
+                f"({str(exc).splitlines()[0]}); was it dropped while this process ran?"
+            ) from None
+
+    def exception_safe_to_retry(self, exc: BaseException) -> bool:
+        return isinstance(exc, DatabaseUnavailable)
+
+    # -- encoding --------------------------------------------------------------------------------
+
+    def _encode_payload(self, data: Any, task_id: str) -> bytes:
+        """Encode with the backend's serializer (and compression); raises ResultTooLarge past max_result_bytes."""
+        payload = self.encode(data)
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        if len(payload) > self.max_result_bytes:
+            raise ResultTooLarge(
+                f"result of task {task_id} is {len(payload)} bytes encoded, more than "
+                f"max_result_bytes={self.max_result_bytes} (result_backend_transport_options)"
+            )
+        return payload
+
+    def _decode_row(self, content_type: str, content_encoding: str, payload: bytes) -> Any:
+        """Decode with the content type it was written with, whatever this backend's serializer is."""
+        return loads(
+            decompress_payload(bytes(payload)),
+            content_type=content_type,
+            content_encoding=content_encoding,
+            accept=self.accept,
+        )
+
+    def _decode_meta(self, content_type: str, content_encoding: str, payload: bytes) -> dict:
+        return self.meta_from_decoded(self._decode_row(content_type, content_encoding, payload))
+
+    # -- task results ------------------------------------------------------------------------------
+
+    def _result_params(self, task_id: str, result: Any, state: str, traceback: Any, request: Any) -> dict:
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
+        meta["task_id"] = bytes_to_str(task_id)
+        delivery = getattr(request, "delivery_info", None) if request is not None else None
+        retries = getattr(request, "retries", None) if request is not None else None
+        name = getattr(request, "task", None) if request is not None else None
+        worker = getattr(request, "hostname", None) if request is not None else None
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        return {
+            "task_id": meta["task_id"],
+            "status": state,
+            "name": name if isinstance(name, str) else None,
+            "worker": worker if isinstance(worker, str) else None,
+            "queue": delivery.get("routing_key") if isinstance(delivery, dict) else None,
+            "retries": retries if isinstance(retries, int) else None,
+            "content_type": self.content_type,
+            "content_encoding": self.content_encoding,
+            "meta": self._encode_payload(meta, meta["task_id"]),
+            "ready": state in states.READY_STATES,
+            "expires": float(expires) if expires else None,
+            "channel": self.channel,
+        }
+
+    def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
+                      request: Any = None, **kwargs: Any) -> Any:
+        """Upsert the meta and NOTIFY on commit; a chord part is counted in the same transaction."""
+        params = self._result_params(task_id, result, state, traceback, request)
+        part = self._chord_part_params(request, state, result)
+        with self._db() as conn:
+            if part is None:
+                conn.execute(self.queries["result_upsert"], params)
+            else:
+                with conn.transaction():
+                    conn.execute(self.queries["result_upsert"], params)
+                    outcome = self._chord_count(conn, part)
+                # Only after COMMIT: on_chord_part_return acts on it next, in this thread.
+                self._local.chord_outcome = (part["task_id"], part["group_id"], outcome)
+        self._maybe_expire()
+        return result
+
+    def store_result_in(self, conn: psycopg.Connection, task_id: str, result: Any, state: str,
+                        traceback: Any = None, request: Any = None) -> Any:
+        """Store a result on the caller's connection, inside the caller's transaction.
+
+        Nothing is committed here: the row and its NOTIFY become visible when the
+        caller commits, and vanish if it rolls back. Raises ResultTooLarge or the
+        serializer's EncodeError before touching the database; chord counting is
+        left to ``on_chord_part_return``.
+        """
+        result = self.encode_result(result, state)
+        conn.execute(self.queries["result_upsert"], self._result_params(task_id, result, state, traceback, request))
+        return result
+
+    def _get_task_meta_for(self, task_id: str) -> dict:
+        with self._db() as conn:
+            row = conn.execute(self.queries["result_get"], (str(task_id),)).fetchone()
+        if row is None:
+            return {"status": states.PENDING, "result": None}
+        return self._decode_meta(*row)
+
+    def _get_metas(self, task_ids: Any) -> dict[str, dict]:
+        """``{task_id: meta}`` for the ids that have a stored state, in one query."""
+        ids = [str(t) for t in task_ids]
+        if not ids:
+            return {}
+        with self._db() as conn:
+            rows = conn.execute(self.queries["result_get_many"], (ids,)).fetchall()
+        return {task_id: self._decode_meta(ct, ce, meta) for task_id, ct, ce, meta in rows}
+
+    def task_result_exists(self, task_id: str) -> bool:
+        with self._db() as conn:
+            return bool(conn.execute(self.queries["result_exists"], (str(task_id),)).fetchone()[0])
+
+    def get_many(self, task_ids: Any, timeout: float | None = None, interval: float = 0.5, no_ack: bool = True,
+                 on_message: Any = None, on_interval: Any = None, max_iterations: int | None = None,
+                 READY_STATES: frozenset = states.READY_STATES) -> Iterator[tuple[str, dict]]:
+        """Yield ``(task_id, meta)`` as tasks become ready, one query per pass (polls; get() waits on NOTIFY)."""
+        interval = 0.5 if interval is None else interval
+        ids = {bytes_to_str(t) for t in task_ids}
+        for task_id in list(ids):
+            cached = self._cache.get(task_id)
+            if cached is not None and cached["status"] in READY_STATES:
+                ids.discard(task_id)
+                yield task_id, cached
+        iterations, elapsed = 0, 0.0
+        while ids:
+            ready = {k: v for k, v in self._get_metas(ids).items() if v["status"] in READY_STATES}
+            self._cache.update(ready)
+            ids.difference_update(ready)
+            for task_id, meta in ready.items():
+                if on_message is not None:
+                    on_message(meta)
+                yield task_id, meta
+            if not ids:
+                break
+            if timeout is not None and elapsed >= timeout:
+                raise TimeoutError(f"Operation timed out ({timeout})")
+            if on_interval:
+                on_interval()
+            nap = interval if timeout is None else min(interval, timeout - elapsed)
+            time.sleep(nap)
+            elapsed += nap
+            iterations += 1
+            if max_iterations and iterations >= max_iterations:
+                break
+
+    def _forget(self, task_id: str) -> None:
+        with self._db() as conn:
+            conn.execute(self.queries["result_delete"], (str(task_id),))
+
+    def forget(self, task_id: str) -> None:
+        super().forget(task_id)
+        self.result_consumer.cancel_for(task_id)
+
+    def on_task_call(self, producer: Any, task_id: str) -> dict:
+        # Listen before the task can finish, so a fast result is not missed (not inside workers: joins block there).
+        if not task_join_will_block():
+            self.result_consumer.consume_from(task_id)
+        return {}
+
+    # -- groups -------------------------------------------------------------------------------------
+
+    def _save_group(self, group_id: str, result: Any) -> Any:
+        params = {
+            "group_id": str(group_id),
+            "content_type": self.content_type,
+            "content_encoding": self.content_encoding,
+            "meta": self._encode_payload({"result": result.as_tuple()}, group_id),
+            "expires": float(self.expires) if self.expires else None,
+        }
+        with self._db() as conn:
+            conn.execute(self.queries["group_result_upsert"], params)
+        return result
+
+    def _restore_group(self, group_id: str) -> dict | None:
+        with self._db() as conn:
+            row = conn.execute(self.queries["group_result_get"], (str(group_id),)).fetchone()
+        if row is None:
+            return None
+        meta = self._decode_row(*row)
+        meta["result"] = result_from_tuple(meta["result"], self.app)
+        return meta
+
+    def _delete_group(self, group_id: str) -> None:
+        with self._db() as conn:
+            conn.execute(self.queries["group_result_delete"], (str(group_id),))
+
+    # -- expiry ---------------------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        """Delete every expired result, group and chord (beat's ``celery.backend_cleanup``); blocks until done."""
+        total = 0
+        with self._db() as conn:
+            while True:
+                deleted = self._expire_once(conn, EXPIRE_BATCH_DEFAULT, try_lock=False)
+                total += deleted
+                if deleted < EXPIRE_BATCH_DEFAULT:
+                    break
+        logger.info("celery_durable backend cleanup: %d expired rows deleted", total)
+
+    def _maybe_expire(self) -> None:
+        """At most once per ``maintenance_interval`` per process, delete one batch of expired rows.
+
+        Needs no beat. Runs under a try-advisory-lock, so processes never queue
+        behind each other; errors are logged, never raised into the task.
+        """
+        key = (self.conninfo, self.settings.schema, os.getpid())
+        now = time.monotonic()
+        last = _last_expiry.get(key)
+        if last is not None and now - last < self.settings.maintenance_interval:
+            return
+        _last_expiry[key] = now
+        try:
+            with self._db() as conn:
+                self._expire_once(conn, EXPIRE_BATCH_DEFAULT, try_lock=True)
+        except Exception:  # noqa: BLE001 - expiry must never fail a task
+            logger.warning("celery_durable: expiring old results failed", exc_info=True)
+
+    def _expire_once(self, conn: psycopg.Connection, limit: int, *, try_lock: bool) -> int:
+        """One batch per table in one transaction; 0 when another process holds the expiry lock."""
+        q = self.queries
+        with conn.transaction():
+            if try_lock:
+                locked = conn.execute(q["cleanup_try_lock"], (f"celery_durable:{self.settings.schema}:expire",))
+                if not locked.fetchone()[0]:
+                    return 0
+            deleted = 0
+            for name in ("result_expire_batch", "group_result_expire_batch", "chord_expire_batch"):
+                deleted = max(deleted, conn.execute(q[name], (limit,)).rowcount)
+        return deleted

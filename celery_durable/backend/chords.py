@@ -1,0 +1,181 @@
+"""Native chords: an atomic counter per chord instead of ``celery.chord_unlock`` polling.
+
+Each header part records itself in ``chord_part`` and increments
+``chord.done`` with one ``INSERT … ON CONFLICT DO UPDATE … RETURNING``, in
+the transaction that stores the part's own result. The row lock serialises
+the parts of one chord, so exactly one part sees ``done = size + extra`` and
+gets the claim; it reads the parts in header order, sends the body and marks
+the chord finished. A part delivered twice counts once (keyed by task id and
+header index); a late copy after the chord finished changes nothing; a claim
+whose holder died expires, and the next copy of a part takes it over.
+Errors follow the Redis backend: a failed part fails the body with a
+ChordError naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from uuid import uuid4
+
+import psycopg
+from celery import maybe_signature, states
+from celery.backends.base import _create_chord_error_with_cause
+from celery.exceptions import ChordError
+from celery.result import GroupResult, allow_join_result
+from celery.utils.functional import _regen
+
+logger = logging.getLogger(__name__)
+
+#: ``group_index`` of a part that has none (sorted last, as Redis's ``+inf`` score).
+NO_INDEX = 2**31 - 1
+#: Seconds a body publish may take before another copy of a part may take the claim over.
+PUBLISH_CLAIM_SECONDS_DEFAULT = 60.0
+
+
+class ChordMixin:
+    """set_chord_size / apply_chord / add_to_chord / on_chord_part_return for PostgresBackend."""
+
+    def _chord_expires(self) -> float | None:
+        chord_expires = self.app.conf.get("result_chord_expires")
+        expires = self.expires if chord_expires is None else self.prepare_expires(chord_expires)
+        if not expires or not self.expires:
+            return None
+        return float(max(expires, self.expires))
+
+    def _claim_seconds(self) -> float:
+        join_timeout = self.app.conf.result_chord_join_timeout or 5.0
+        return float(max(5, join_timeout * 2))
+
+    def set_chord_size(self, group_id: str, chord_size: int) -> None:
+        with self._db() as conn:
+            conn.execute(
+                self.queries["chord_size_set"],
+                {"group_id": str(group_id), "size": int(chord_size), "expires": self._chord_expires()},
+            )
+
+    def add_to_chord(self, group_id: str, result: Any) -> None:
+        with self._db() as conn:
+            conn.execute(self.queries["chord_extra_add"], {"group_id": str(group_id), "expires": self._chord_expires()})
+
+    def apply_chord(self, header_result_args: Any, body: Any, **kwargs: Any) -> None:
+        # As Redis: a header holding groups is saved so the body gets its nested structure back.
+        if not isinstance(header_result_args[1], _regen):
+            header_result = self.app.GroupResult(*header_result_args)
+            if any(isinstance(nr, GroupResult) for nr in header_result.results):
+                header_result.save(backend=self)
+
+    def _chord_part_params(self, request: Any, state: str, encoded_result: Any) -> dict | None:
+        """Parameters of chord_part_count for a finished header part, or None when it is not one."""
+        if request is None or state not in states.READY_STATES:
+            return None
+        tid, gid = getattr(request, "id", None), getattr(request, "group", None)
+        if not tid or not gid or not getattr(request, "chord", None):
+            return None
+        index = getattr(request, "group_index", None)
+        return {
+            "group_id": str(gid),
+            "task_id": str(tid),
+            "group_index": NO_INDEX if index is None else int(index),
+            "content_type": self.content_type,
+            "content_encoding": self.content_encoding,
+            "meta": self._encode_payload([str(tid), state, encoded_result], tid),
+            "expires": self._chord_expires(),
+            "token": uuid4().hex,
+            "claim_seconds": self._claim_seconds(),
+        }
+
+    def _chord_count(self, conn: psycopg.Connection, part: dict) -> tuple[bool, str | None]:
+        """Count one part on ``conn`` (the caller's transaction); ``(claimed, token)``."""
+        row = conn.execute(self.queries["chord_part_count"], part).fetchone()
+        claimed = bool(row and row[3])
+        return claimed, part["token"] if claimed else None
+
+    def _take_chord_outcome(self, task_id: str, group_id: str) -> tuple[bool, str | None] | None:
+        stashed = getattr(self._local, "chord_outcome", None)
+        self._local.chord_outcome = None
+        if stashed is not None and stashed[0] == str(task_id) and stashed[1] == str(group_id):
+            return stashed[2]
+        return None
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any, propagate: Any = None,
+                             **kwargs: Any) -> Any:
+        """Count this part (unless its result store already did) and, if it completes the header, send the body."""
+        app = self.app
+        tid, gid = request.id, request.group
+        if not gid or not tid:
+            return None
+        outcome = self._take_chord_outcome(tid, gid)
+        if outcome is None:
+            part = self._chord_part_params(request, state, self.encode_result(result, state))
+            if part is None:
+                return None
+            with self._db() as conn:
+                outcome = self._chord_count(conn, part)
+        claimed, token = outcome
+        if not claimed:
+            return None
+        callback = maybe_signature(request.chord, app=app)
+        try:
+            resl = self._chord_results(gid)
+            with self._db() as conn:
+                extended = conn.execute(
+                    self.queries["chord_claim_extend"],
+                    {"group_id": gid, "token": token,
+                     "claim_seconds": max(self._claim_seconds(), PUBLISH_CLAIM_SECONDS_DEFAULT)},
+                ).fetchone()
+            if not extended:
+                logger.warning("Chord callback for %r not published: another worker took the claim over", gid)
+                return None
+            try:
+                app.amqp._retry_publish(callback.delay, resl)
+            except Exception as exc:  # noqa: BLE001 - as Redis: the body fails, the worker goes on
+                logger.exception("Chord callback for %r raised: %r", gid, exc)
+                return self.chord_error_from_stack(callback, ChordError(f"Callback error: {exc!r}"))
+            finally:
+                self._chord_finish(gid, token)
+        except ChordError as exc:
+            logger.exception("Chord %r raised: %r", gid, exc)
+            try:
+                return self.chord_error_from_stack(callback, exc)
+            finally:
+                self._chord_finish(gid, None)
+        except Exception as exc:  # noqa: BLE001
+            logger.exception("Chord %r raised: %r", gid, exc)
+            try:
+                return self.chord_error_from_stack(callback, ChordError(f"Join error: {exc!r}"))
+            finally:
+                self._chord_finish(gid, None)
+        return None
+
+    def _chord_results(self, gid: str) -> list:
+        """The header's results in order; raises ChordError for the first failed part."""
+        app = self.app
+        header_result = GroupResult.restore(gid, app=app, backend=self)
+        if header_result is not None:
+            # Saved by apply_chord because the header nests groups: join it to keep that structure.
+            header_result.on_ready()
+            join = header_result.join_native if header_result.supports_native_join else header_result.join
+            with allow_join_result():
+                return join(timeout=app.conf.result_chord_join_timeout, propagate=True)
+        with self._db() as conn:
+            rows = conn.execute(self.queries["chord_part_list"], (gid,)).fetchall()
+        results = []
+        for content_type, content_encoding, payload in rows:
+            tid, state, value = self._decode_row(content_type, content_encoding, payload)
+            if state in states.EXCEPTION_STATES:
+                value = self.exception_to_python(value)
+            if state in states.PROPAGATE_STATES:
+                raise _create_chord_error_with_cause(message=f"Dependency {tid} raised {value!r}", original_exc=value)
+            results.append(value)
+        return results
+
+    def _chord_finish(self, gid: str, token: str | None) -> None:
+        try:
+            with self._db() as conn:
+                done = conn.execute(self.queries["chord_finish"], {"group_id": gid, "token": token}).fetchone()
+        except Exception:  # noqa: BLE001 - the body is already decided; expiry removes the row later
+            logger.warning("Chord %r: could not mark it finished", gid, exc_info=True)
+            return
+        if not done:
+            logger.warning("Chord callback claim for %r was lost before cleanup", gid)

@@ -1,0 +1,142 @@
+-- Named queries of the result backend. {schema} is the quoted schema name.
+-- %(channel)s is always '<schema>.result': NOTIFY channels are strings, not identifiers.
+
+-- result_upsert --
+-- Store a task's state; a stored SUCCESS wins over late duplicates (as Celery's key-value backends do), and listeners hear the task id on commit.
+WITH stored AS (
+    INSERT INTO {schema}.result AS r
+        (task_id, status, name, worker, queue, retries, content_type, content_encoding, meta, date_done, expires_at)
+    VALUES (%(task_id)s, %(status)s, %(name)s, %(worker)s, %(queue)s, %(retries)s,
+            %(content_type)s, %(content_encoding)s, %(meta)s,
+            CASE WHEN %(ready)s THEN now() END,
+            now() + make_interval(secs => %(expires)s::float8))
+    ON CONFLICT (task_id) DO UPDATE
+        SET status = EXCLUDED.status,
+            name = coalesce(EXCLUDED.name, r.name),
+            worker = coalesce(EXCLUDED.worker, r.worker),
+            queue = coalesce(EXCLUDED.queue, r.queue),
+            retries = coalesce(EXCLUDED.retries, r.retries),
+            content_type = EXCLUDED.content_type,
+            content_encoding = EXCLUDED.content_encoding,
+            meta = EXCLUDED.meta,
+            date_done = EXCLUDED.date_done,
+            expires_at = EXCLUDED.expires_at
+        WHERE r.status <> 'SUCCESS'
+    RETURNING task_id
+)
+SELECT pg_notify(%(channel)s, task_id) FROM stored
+
+-- result_get --
+-- One task's encoded meta (AsyncResult.state/.get() before waiting).
+SELECT content_type, content_encoding, meta FROM {schema}.result WHERE task_id = %s
+
+-- result_get_many --
+-- Encoded metas of many tasks in one round trip (groups, and ids a NOTIFY named).
+SELECT task_id, content_type, content_encoding, meta FROM {schema}.result WHERE task_id = ANY(%s)
+
+-- result_exists --
+-- Whether any state was stored for a task, PENDING included.
+SELECT EXISTS (SELECT 1 FROM {schema}.result WHERE task_id = %s)
+
+-- result_delete --
+-- AsyncResult.forget().
+DELETE FROM {schema}.result WHERE task_id = %s
+
+-- result_expire_batch --
+-- Delete a bounded batch of expired results, so one cleanup never holds locks for long.
+DELETE FROM {schema}.result
+WHERE task_id IN (SELECT task_id FROM {schema}.result WHERE expires_at < now() LIMIT %s)
+
+-- group_result_upsert --
+-- GroupResult.save(): the member ids as Celery's result tuple, encoded.
+INSERT INTO {schema}.group_result AS g (group_id, content_type, content_encoding, meta, expires_at)
+VALUES (%(group_id)s, %(content_type)s, %(content_encoding)s, %(meta)s,
+        now() + make_interval(secs => %(expires)s::float8))
+ON CONFLICT (group_id) DO UPDATE
+    SET content_type = EXCLUDED.content_type,
+        content_encoding = EXCLUDED.content_encoding,
+        meta = EXCLUDED.meta,
+        date_done = now(),
+        expires_at = EXCLUDED.expires_at
+
+-- group_result_get --
+-- GroupResult.restore().
+SELECT content_type, content_encoding, meta FROM {schema}.group_result WHERE group_id = %s
+
+-- group_result_delete --
+-- GroupResult.delete().
+DELETE FROM {schema}.group_result WHERE group_id = %s
+
+-- group_result_expire_batch --
+-- Delete a bounded batch of expired group results.
+DELETE FROM {schema}.group_result
+WHERE group_id IN (SELECT group_id FROM {schema}.group_result WHERE expires_at < now() LIMIT %s)
+
+-- chord_size_set --
+-- Set the header size once the last header task is about to be sent; re-applying a finished chord's frozen group id starts a new run.
+INSERT INTO {schema}.chord AS c (group_id, size, expires_at)
+VALUES (%(group_id)s, %(size)s, now() + make_interval(secs => %(expires)s::float8))
+ON CONFLICT (group_id) DO UPDATE
+    SET size = EXCLUDED.size,
+        extra = CASE WHEN c.sent_at IS NULL THEN c.extra ELSE 0 END,
+        done = CASE WHEN c.sent_at IS NULL THEN c.done ELSE 0 END,
+        claim_token = NULL,
+        claimed_until = NULL,
+        sent_at = NULL,
+        expires_at = EXCLUDED.expires_at
+
+-- chord_extra_add --
+-- Task.add_to_chord(): one more part to wait for.
+INSERT INTO {schema}.chord AS c (group_id, extra, expires_at)
+VALUES (%(group_id)s, 1, now() + make_interval(secs => %(expires)s::float8))
+ON CONFLICT (group_id) DO UPDATE SET extra = c.extra + 1
+
+-- chord_part_count --
+-- Record one header part (once per task and index) and count it under the chord row's lock; the part that completes the header gets the claim to send the body (or takes over an expired claim).
+WITH part AS (
+    INSERT INTO {schema}.chord_part (group_id, task_id, group_index, content_type, content_encoding, meta)
+    SELECT %(group_id)s, %(task_id)s, %(group_index)s, %(content_type)s, %(content_encoding)s, %(meta)s
+    WHERE NOT EXISTS (SELECT 1 FROM {schema}.chord WHERE group_id = %(group_id)s AND sent_at IS NOT NULL)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+INSERT INTO {schema}.chord AS c (group_id, done, expires_at)
+VALUES (%(group_id)s, (SELECT count(*) FROM part), now() + make_interval(secs => %(expires)s::float8))
+ON CONFLICT (group_id) DO UPDATE
+    SET done = c.done + EXCLUDED.done,
+        claim_token = CASE
+            WHEN c.sent_at IS NULL AND c.size IS NOT NULL AND c.done + EXCLUDED.done >= c.size + c.extra
+                 AND (c.claim_token IS NULL OR c.claimed_until < now())
+            THEN %(token)s ELSE c.claim_token END,
+        claimed_until = CASE
+            WHEN c.sent_at IS NULL AND c.size IS NOT NULL AND c.done + EXCLUDED.done >= c.size + c.extra
+                 AND (c.claim_token IS NULL OR c.claimed_until < now())
+            THEN now() + make_interval(secs => %(claim_seconds)s::float8) ELSE c.claimed_until END
+RETURNING c.done, c.size, c.extra, c.claim_token = %(token)s AS claimed, c.sent_at IS NOT NULL AS finished
+
+-- chord_part_list --
+-- The header's results in header order, read by the part that sends the body.
+SELECT content_type, content_encoding, meta FROM {schema}.chord_part
+WHERE group_id = %s ORDER BY group_index, task_id
+
+-- chord_claim_extend --
+-- Keep the claim while the body is published with retries; false when another worker took it over.
+UPDATE {schema}.chord SET claimed_until = now() + make_interval(secs => %(claim_seconds)s::float8)
+WHERE group_id = %(group_id)s AND claim_token = %(token)s
+RETURNING 1
+
+-- chord_finish --
+-- The body was sent (or the chord failed): mark the chord finished so late duplicates are ignored, drop its parts.
+WITH parts AS (DELETE FROM {schema}.chord_part WHERE group_id = %(group_id)s)
+UPDATE {schema}.chord SET sent_at = now(), claim_token = NULL, claimed_until = NULL
+WHERE group_id = %(group_id)s AND (%(token)s::text IS NULL OR claim_token = %(token)s)
+RETURNING 1
+
+-- chord_expire_batch --
+-- Delete a bounded batch of expired chords (their parts go by ON DELETE CASCADE).
+DELETE FROM {schema}.chord
+WHERE group_id IN (SELECT group_id FROM {schema}.chord WHERE expires_at < now() LIMIT %s)
+
+-- cleanup_try_lock --
+-- Only one process at a time deletes expired rows; the others skip instead of queueing behind it.
+SELECT pg_try_advisory_xact_lock(hashtext(%s))
