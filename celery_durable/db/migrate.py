@@ -44,8 +44,16 @@ def ddl(schema: str) -> str:
 
 def current_version(conn: psycopg.Connection, schema: str) -> int | None:
     """The schema's version, or None when it does not exist."""
-    row = conn.execute("SELECT to_regclass(%s)", (f'"{schema}".schema_version',)).fetchone()
-    if row is None or row[0] is None:
+    # Read the catalog with a query, not to_regclass(): after waiting for the advisory lock inside
+    # a transaction, to_regclass() answers from this backend's catalog cache, which still says
+    # "no such schema" while another process has just committed it (no relation lock was taken,
+    # so its invalidations were not read). Scanning pg_class locks it, which reads them.
+    row = conn.execute(
+        "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = 'schema_version'",
+        (schema,),
+    ).fetchone()
+    if row is None:
         return None
     found = conn.execute(schema_sql("SELECT max(version) FROM {schema}.schema_version", schema)).fetchone()
     return found[0] if found and found[0] is not None else None
