@@ -1,0 +1,223 @@
+-- The current full schema of celery_durable, version 1.
+-- A fresh database gets this file; an older one gets migrations/NNNN_*.sql in order.
+-- {schema} is the configured schema name (default celery_durable).
+-- No superuser and no extension needed.
+
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+CREATE TABLE {schema}.schema_version (
+    version integer NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+------------------------------------------------------------------------------
+-- Transport: queues, exchanges, bindings, messages, dead letters
+------------------------------------------------------------------------------
+
+-- A declared queue. expires_ms / message_ttl_ms are AMQP's x-expires / x-message-ttl.
+CREATE TABLE {schema}.queue (
+    name text PRIMARY KEY,
+    durable boolean NOT NULL DEFAULT true,
+    auto_delete boolean NOT NULL DEFAULT false,
+    expires_ms bigint,
+    message_ttl_ms bigint,
+    max_priority smallint,
+    last_used_at timestamptz NOT NULL DEFAULT now(),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE {schema}.exchange (
+    name text PRIMARY KEY,
+    type text NOT NULL CHECK (type IN ('direct', 'topic', 'fanout')),
+    durable boolean NOT NULL DEFAULT true,
+    auto_delete boolean NOT NULL DEFAULT false,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Routing shared by every process: publish routes in SQL against this table.
+-- pattern is the topic regex (kombu's syntax) for topic exchanges.
+CREATE TABLE {schema}.binding (
+    exchange text NOT NULL,
+    routing_key text NOT NULL,
+    queue text NOT NULL REFERENCES {schema}.queue (name) ON DELETE CASCADE,
+    pattern text,
+    PRIMARY KEY (exchange, routing_key, queue)
+);
+CREATE INDEX binding_queue_idx ON {schema}.binding (queue);
+
+-- One row per message. visible_at is both "not before" (ETA, requeue) and the
+-- lease expiry of a claimed row; lease_token fences acks of a lost lease.
+CREATE TABLE {schema}.message (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue text NOT NULL,
+    priority smallint NOT NULL DEFAULT 0,
+    visible_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz,
+    lease_token uuid,
+    leased_by text,
+    delivery_count integer NOT NULL DEFAULT 0,
+    task text,
+    payload text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_insert_scale_factor = 0.01);
+-- Claim order: per queue, highest priority first, then oldest.
+CREATE INDEX message_claim_idx ON {schema}.message (queue, priority DESC, id);
+-- Only messages with a TTL; expiry never changes on claim, so claims stay HOT updates.
+CREATE INDEX message_expires_idx ON {schema}.message (expires_at) WHERE expires_at IS NOT NULL;
+
+CREATE TABLE {schema}.dead_letter (
+    id bigint PRIMARY KEY,
+    queue text NOT NULL,
+    task text,
+    reason text NOT NULL,
+    delivery_count integer NOT NULL,
+    payload text NOT NULL,
+    created_at timestamptz NOT NULL,
+    dead_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX dead_letter_dead_at_idx ON {schema}.dead_letter (dead_at);
+
+-- Wake listeners once per statement and queue. Payload 'r<queue>' for a ready
+-- message, 'd<epoch>:<queue>' for the earliest delayed one, so workers can set a timer.
+CREATE FUNCTION {schema}.message_notify_v1() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '.message',
+                      CASE WHEN n.first_visible <= now() THEN 'r' || n.queue
+                           ELSE 'd' || extract(epoch FROM n.first_visible)::text || ':' || n.queue END)
+    FROM (SELECT queue, min(visible_at) AS first_visible FROM new_rows GROUP BY queue) AS n;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER message_notify AFTER INSERT ON {schema}.message
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.message_notify_v1();
+
+------------------------------------------------------------------------------
+-- Result backend: task results, group results, chord counters
+------------------------------------------------------------------------------
+
+-- meta is Celery's encoded task meta (status, result, traceback, children, extended
+-- fields) in content_type; the plain columns exist for SQL monitoring.
+CREATE TABLE {schema}.result (
+    task_id text PRIMARY KEY,
+    status text NOT NULL,
+    name text,
+    worker text,
+    queue text,
+    retries integer,
+    content_type text NOT NULL,
+    content_encoding text NOT NULL DEFAULT 'utf-8',
+    meta bytea NOT NULL,
+    date_done timestamptz,
+    expires_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX result_expires_idx ON {schema}.result (expires_at) WHERE expires_at IS NOT NULL;
+
+CREATE TABLE {schema}.group_result (
+    group_id text PRIMARY KEY,
+    content_type text NOT NULL,
+    content_encoding text NOT NULL DEFAULT 'utf-8',
+    meta bytea NOT NULL,
+    date_done timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz
+);
+CREATE INDEX group_result_expires_idx ON {schema}.group_result (expires_at) WHERE expires_at IS NOT NULL;
+
+-- Native chords: the header's parts count themselves here, in the transaction
+-- that stores each part's result; the part that makes done = size + extra claims
+-- the chord (claim_token, until claimed_until) and sends the body; sent_at marks
+-- it finished so late duplicates of a part change nothing. size stays NULL until
+-- the last header task is sent (earlier parts may return before that).
+CREATE TABLE {schema}.chord (
+    group_id text PRIMARY KEY,
+    size integer,
+    extra integer NOT NULL DEFAULT 0,
+    done integer NOT NULL DEFAULT 0,
+    claim_token text,
+    claimed_until timestamptz,
+    sent_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz
+);
+CREATE INDEX chord_expires_idx ON {schema}.chord (expires_at) WHERE expires_at IS NOT NULL;
+
+-- One row per returned header part (keyed by task and header index, so a
+-- redelivered part counts once); meta is the encoded [task_id, state, result].
+-- Deleted when the body is sent.
+CREATE TABLE {schema}.chord_part (
+    group_id text NOT NULL REFERENCES {schema}.chord (group_id) ON DELETE CASCADE,
+    task_id text NOT NULL,
+    group_index integer NOT NULL,
+    content_type text NOT NULL,
+    content_encoding text NOT NULL DEFAULT 'utf-8',
+    meta bytea NOT NULL,
+    PRIMARY KEY (group_id, group_index, task_id)
+);
+
+------------------------------------------------------------------------------
+-- Durable chains: workflows and their step checkpoints
+------------------------------------------------------------------------------
+
+-- status: running, succeeded, failed, cancelled.
+-- steps holds the encoded signatures; current_step is the first unfinished step.
+-- generation changes on restart, so messages of an abandoned run cannot checkpoint.
+CREATE TABLE {schema}.workflow (
+    id text PRIMARY KEY,
+    name text,
+    status text NOT NULL DEFAULT 'running'
+        CHECK (status IN ('running', 'succeeded', 'failed', 'cancelled')),
+    steps jsonb NOT NULL,
+    current_step integer NOT NULL DEFAULT 0,
+    generation integer NOT NULL DEFAULT 0,
+    atomic boolean NOT NULL DEFAULT true,
+    result_task_id text,
+    error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+CREATE INDEX workflow_status_idx ON {schema}.workflow (status, updated_at);
+
+-- One row per finished step (member >= 0 for each member of a group step, -1 otherwise).
+-- result is encoded with content_type (the app's result serializer).
+CREATE TABLE {schema}.checkpoint (
+    workflow_id text NOT NULL REFERENCES {schema}.workflow (id) ON DELETE CASCADE,
+    step integer NOT NULL,
+    member integer NOT NULL DEFAULT -1,
+    task_id text NOT NULL,
+    task_name text,
+    content_type text NOT NULL,
+    result bytea NOT NULL,
+    attempts integer NOT NULL DEFAULT 1,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (workflow_id, step, member)
+);
+
+------------------------------------------------------------------------------
+-- Views for people who monitor with SQL
+------------------------------------------------------------------------------
+
+CREATE VIEW {schema}.queues AS
+SELECT q.name AS queue,
+       count(m.id) AS depth,
+       count(m.id) FILTER (WHERE m.lease_token IS NULL AND m.visible_at <= now()) AS ready,
+       count(m.id) FILTER (WHERE m.lease_token IS NULL AND m.visible_at > now()) AS delayed,
+       count(m.id) FILTER (WHERE m.lease_token IS NOT NULL AND m.visible_at > now()) AS leased,
+       min(m.created_at) AS oldest,
+       now() - min(m.created_at) AS oldest_age
+FROM {schema}.queue AS q
+LEFT JOIN {schema}.message AS m ON m.queue = q.name
+GROUP BY q.name;
+
+CREATE VIEW {schema}.workflows AS
+SELECT w.id, w.name, w.status, w.current_step,
+       jsonb_array_length(w.steps) AS step_count,
+       w.steps -> w.current_step ->> 'task' AS current_task,
+       w.created_at, w.updated_at,
+       now() - w.created_at AS age,
+       (w.status = 'running' AND w.updated_at < now() - interval '5 minutes') AS stalled,
+       w.error
+FROM {schema}.workflow AS w;
