@@ -103,7 +103,7 @@ def conninfo_to_url(conninfo: str) -> str:
     host = quote(params.pop("host", "") or "", safe="")
     port = params.pop("port", None)
     dbname = quote(params.pop("dbname", "") or "", safe="")
-    query = f"?{urlencode(params)}" if params else ""
+    query = f"?{urlencode(params, quote_via=quote)}" if params else ""
     return f"postgresql://{auth}{host}{':' + str(port) if port else ''}/{dbname}{query}"
 
 
