@@ -3,5 +3,6 @@
 from .chain import DurableChain, WorkflowResult, durable_chain
 from .context import StepContext, current_step
 from .runner import instrument
+from .sweeper import Sweeper
 
-__all__ = ["DurableChain", "StepContext", "WorkflowResult", "current_step", "durable_chain", "instrument"]
+__all__ = ["DurableChain", "StepContext", "WorkflowResult", "current_step", "durable_chain", "instrument", "Sweeper"]

@@ -62,12 +62,10 @@ class DurableChain:
             for step in steps:
                 for sig in step.signatures:
                     sig["options"] = {**options, **sig["options"]}
-        if kwargs:
-            first = steps[0].signatures
-            for sig in first:
-                sig["kwargs"] = {**kwargs, **sig["kwargs"]}
+        for sig in steps[0].signatures:
+            sig["args"] = list(args or ()) + sig["args"]
+            sig["kwargs"] = {**(kwargs or {}), **sig["kwargs"]}
         workflow_id = str(workflow_id or uuid.uuid4())
-        first_args = tuple(args or ())
         with store.connection() as conn:
             with conn.transaction():
                 created = conn.execute(store.queries["workflow_insert"], {
@@ -75,9 +73,9 @@ class DurableChain:
                     "result_task_id": workflow_id, "atomic": store.atomic,
                 }).fetchone()
                 if created and store.atomic:
-                    dispatch(app, workflow_id, steps, 0, None, 0, conn=conn, first_args=first_args)
+                    dispatch(app, workflow_id, steps, 0, None, 0, conn=conn)
         if created and not store.atomic:
-            dispatch(app, workflow_id, steps, 0, None, 0, first_args=first_args)
+            dispatch(app, workflow_id, steps, 0, None, 0)
         return WorkflowResult(workflow_id, app=app, backend=store.backend)
 
     def delay(self, *args: Any, **kwargs: Any) -> WorkflowResult:

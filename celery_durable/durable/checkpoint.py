@@ -19,7 +19,7 @@ from celery import states
 from celery.exceptions import TaskRevokedError
 from kombu.serialization import dumps, loads
 
-from ..exceptions import LeaseLost
+from ..exceptions import LeaseLost, WorkflowError
 from .context import StepContext
 from .dispatch import dispatch
 from .steps import decode_steps
@@ -174,6 +174,17 @@ def release_only(store: Store, ref: StepRef) -> None:
     """Delete the step's message without a checkpoint (the task is being retried)."""
     with store.connection() as conn, conn.transaction():
         release(store, conn, ref)
+
+
+def previous_result(store: Store, conn: Any, workflow_id: str, steps: list, index: int) -> Any:
+    """The result the step before ``index`` handed on (a list for a group step)."""
+    if index == 0:
+        return None
+    rows = conn.execute(store.queries["checkpoint_step"], {"id": workflow_id, "step": index - 1}).fetchall()
+    if not rows:
+        raise WorkflowError(f"step {index - 1} of workflow {workflow_id} has no checkpoint: restart from it instead")
+    values = [decode(store.app, ct, blob) for _m, ct, blob in rows]
+    return values if steps[index - 1].kind == "group" else values[0]
 
 
 def cancelled_error(workflow_id: str) -> TaskRevokedError:

@@ -26,7 +26,6 @@ def dispatch(
     *,
     conn: psycopg.Connection | None = None,
     members: set[int] | None = None,
-    first_args: tuple = (),
 ) -> list[str]:
     """Send step ``index`` (all members of a group, or only ``members``); return the task ids.
 
@@ -41,9 +40,7 @@ def dispatch(
         if members is not None and member not in members:
             continue
         args = tuple(sig["args"])
-        if index == 0:
-            args = tuple(first_args) + args
-        elif not sig["immutable"]:
+        if index > 0 and not sig["immutable"]:
             args = (previous,) + args
         options = dict(sig["options"])
         headers = dict(options.pop("headers", None) or {})

@@ -19,12 +19,11 @@ SELECT id, name, status, current_step, generation, steps, result_task_id, error,
 FROM {schema}.workflow WHERE id = %(id)s
 
 -- workflow_list --
--- Recent workflows, optionally of one status.
-SELECT w.id, w.name, w.status, w.current_step, jsonb_array_length(w.steps) AS step_count,
-       w.steps -> w.current_step ->> 'task' AS current_task, w.error, w.created_at, w.updated_at
-FROM {schema}.workflow w
-WHERE %(status)s::text IS NULL OR w.status = %(status)s
-ORDER BY w.created_at DESC
+-- Recent workflows, optionally of one status ('stalled': running without progress for 5 minutes).
+SELECT id, name, status, current_step, step_count, current_task, age, updated_at, error
+FROM {schema}.workflows
+WHERE %(status)s::text IS NULL OR status = %(status)s OR (%(status)s = 'stalled' AND stalled)
+ORDER BY created_at DESC
 LIMIT %(limit)s
 
 -- workflow_advance --
@@ -83,6 +82,12 @@ RETURNING 1
 -- Results of a group step's finished members, in member order.
 SELECT member, content_type, result FROM {schema}.checkpoint
 WHERE workflow_id = %(id)s AND step = %(step)s AND member >= 0
+ORDER BY member
+
+-- checkpoint_step --
+-- Every checkpoint of one step (one row, or one per group member), in member order.
+SELECT member, content_type, result FROM {schema}.checkpoint
+WHERE workflow_id = %(id)s AND step = %(step)s
 ORDER BY member
 
 -- checkpoint_list --

@@ -68,7 +68,7 @@ def flatten(signatures: tuple, app: Any) -> list[Step]:
 
 def _plain(sig: Signature, app: Any) -> dict:
     name = sig.task
-    if app.finalized and name not in app.tasks:
+    if _surely_unknown(app, name):
         raise WorkflowError(f"unknown task {name!r} in durable_chain (not registered with app {app.main!r})")
     options = {k: v for k, v in dict(sig.options).items() if k not in ("task_id", "parent_id", "root_id", "group_id", "chord", "reply_to")}
     return {
@@ -78,6 +78,21 @@ def _plain(sig: Signature, app: Any) -> dict:
         "options": options,
         "immutable": bool(sig.immutable),
     }
+
+
+def _surely_unknown(app: Any, name: str) -> bool:
+    """A name without a module, or one whose module this app loaded without that task, is a typo.
+
+    A client that sends tasks by name without importing their modules is left
+    alone: the worker is the judge there.
+    """
+    if not name:
+        return True
+    if name in app.tasks:
+        return False
+    module = name.rpartition(".")[0]
+    loaded = {task.rpartition(".")[0] for task in app.tasks if not task.startswith("celery.")}
+    return not module or module in loaded
 
 
 def encode_steps(steps: list[Step]) -> str:

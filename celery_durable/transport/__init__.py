@@ -88,6 +88,7 @@ class Transport(virtual.Transport):
         self.notify_channel = channel_name(self.settings.schema)
         self.leases = Leases()
         self._pending_acks: list[Lease] = []
+        self._acked_steps: dict[str, bool] = {}
         self._acks_lock = threading.Lock()
         self._notifier: Notifier | None = None
         self._keeper: Keeper | None = None
@@ -318,7 +319,9 @@ class Transport(virtual.Transport):
         if lease is None:
             return
         if lease.durable_step:
-            # The step's checkpoint transaction deletes this row; keep renewing until it does.
+            # The step's checkpoint transaction deletes this row; keep renewing until it does
+            # (or until the task is gone without doing so: see release_finished_steps).
+            self._acked_steps.setdefault(tag, False)
             return
         self.leases.pop(tag)
         with self._acks_lock:
@@ -372,9 +375,40 @@ class Transport(virtual.Transport):
         renewed = self.fetchall("lease_renew", ids=[l.id for l in leases], tokens=[l.token for l in leases],
                                 lease=self.settings.lease_seconds)
         lost = self.leases.drop_missing({r[0] for r in renewed}, held)
+        for tag, lease in held.items():
+            if lease in lost:
+                self._acked_steps.pop(tag, None)
         unexpected = [l.id for l in lost if not l.durable_step]
         if unexpected:
             logger.warning("lost the lease of messages %s (paused longer than lease_seconds?)", unexpected)
+
+    def release_finished_steps(self) -> None:
+        """Requeue durable-step messages whose task ended without its checkpoint (a pool process died).
+
+        Celery acks such a message (early, or after WorkerLostError) while the
+        row must stay until the step's own transaction deletes it. Once the
+        worker no longer knows the request for two rounds, the row (if it
+        still exists) becomes visible again and the step runs again.
+        """
+        if not self._acked_steps:
+            return
+        live = _live_delivery_tags()
+        if live is None:
+            return
+        gone = []
+        for tag, absent_before in list(self._acked_steps.items()):
+            if tag in live:
+                self._acked_steps[tag] = False
+            elif absent_before:
+                gone.append(tag)
+            else:
+                self._acked_steps[tag] = True
+        if gone:
+            for tag in gone:
+                self._acked_steps.pop(tag, None)
+            leases = self.leases.pop_many(gone)
+            if leases:
+                self._requeue(leases, restored=0)
 
     def consumed_queues(self) -> list[str]:
         return sorted({q for channel in list(self.channels) for q in channel._active_queues})
@@ -445,6 +479,18 @@ class Transport(virtual.Transport):
     @property
     def default_connection_params(self):
         return {"port": self.default_port, "hostname": "localhost"}
+
+
+def _live_delivery_tags() -> set[str] | None:
+    """Delivery tags of the requests this worker process still tracks; None outside a worker."""
+    try:
+        from celery.worker import state
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        return {r._message.delivery_tag for r in list(state.requests.values()) if getattr(r, "_message", None)}
+    except RuntimeError:  # changed while we read it: try next round
+        return None
 
 
 def _priority(value) -> int:

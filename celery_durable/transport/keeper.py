@@ -41,6 +41,7 @@ class Keeper:
         while not self._stop.wait(self.interval):
             try:
                 transport.renew_leases()
+                transport.release_finished_steps()
                 transport.touch_queues()
                 if monotonic() >= self._next_maintenance:
                     self._next_maintenance = monotonic() + transport.settings.maintenance_interval

@@ -18,20 +18,35 @@ import celery_durable  # noqa: F401  (registers the postgresql:// broker scheme)
 
 URL = os.environ.get("CELERY_DURABLE_URL", "")
 SCHEMA = os.environ.get("CELERY_DURABLE_SCHEMA", "celery_durable")
-LEASE = float(os.environ.get("CELERY_DURABLE_LEASE", "30"))
+
+
+def config(env=os.environ) -> dict:
+    """The app configuration for an environment; test processes build client apps from it."""
+    url = env.get("CELERY_DURABLE_URL", "")
+    schema = env.get("CELERY_DURABLE_SCHEMA", "celery_durable")
+    return dict(
+        broker_url=env.get("CELERY_DURABLE_BROKER", url),
+        result_backend=env.get("CELERY_DURABLE_BACKEND", url),
+        broker_transport_options={
+            "schema": schema,
+            "lease_seconds": float(env.get("CELERY_DURABLE_LEASE", "30")),
+            "polling_interval": 1.0,
+        },
+        result_backend_transport_options={
+            "schema": schema,
+            "recovery_after": float(env.get("CELERY_DURABLE_RECOVERY_AFTER", "300")),
+        },
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_prefetch_multiplier=int(env.get("CELERY_DURABLE_PREFETCH", "4")),
+        task_serializer=env.get("CELERY_DURABLE_SERIALIZER", "json"),
+        accept_content=["json", "pickle", "msgpack", "yaml"],
+        result_accept_content=["json", "pickle", "msgpack", "yaml"],
+    )
+
 
 app = Celery("basic")
-app.conf.update(
-    broker_url=os.environ.get("CELERY_DURABLE_BROKER", URL),
-    result_backend=os.environ.get("CELERY_DURABLE_BACKEND", URL),
-    broker_transport_options={"schema": SCHEMA, "lease_seconds": LEASE, "polling_interval": 1.0},
-    result_backend_transport_options={"schema": SCHEMA},
-    broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
-    task_serializer=os.environ.get("CELERY_DURABLE_SERIALIZER", "json"),
-    accept_content=["json", "pickle", "msgpack", "yaml"],
-    result_accept_content=["json", "pickle", "msgpack", "yaml"],
-)
+app.conf.update(config())
 
 
 def _record(tag: str) -> None:
