@@ -101,3 +101,17 @@ def flaky(self, value, tag, failures):
 def where(value):
     ctx = current_step()
     return None if ctx is None else [ctx.workflow_id, ctx.index, ctx.idempotency_key]
+
+
+@app.task
+def chaos_step(value, chain, index, pause=0.0):
+    """One step of the chaos test: an outside record, a row in the step's transaction, a pause."""
+    ctx = current_step()
+    _record(f"{chain}:{index}")
+    ctx.connection.execute(
+        sql.SQL("INSERT INTO {}.chaos_rows (chain, step, key) VALUES (%s, %s, %s)").format(_S),
+        (chain, index, ctx.idempotency_key),
+    )
+    if pause:
+        time.sleep(pause)
+    return list(value or []) + [index]
