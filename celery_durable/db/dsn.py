@@ -15,6 +15,7 @@ from urllib.parse import unquote
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 SCHEMES = ("postgresql", "postgres")
+DEFAULT_PORT = "5432"
 
 #: Kombu turns ``?ssl_<x>=…`` URL parameters into ``Connection.ssl``; these map to libpq keywords.
 _SSL_KEYS = {
@@ -84,6 +85,8 @@ def from_kombu(client: Any, extra: Mapping[str, Any] | None = None) -> str:
 def canonical(params: Mapping[str, Any]) -> str:
     """A stable conninfo (sorted keywords) so equal targets share a pool."""
     clean = {k: str(v) for k, v in sorted(params.items()) if v not in (None, "")}
+    if clean.get("port") == DEFAULT_PORT:
+        del clean["port"]  # Kombu fills in the default port; a URL usually omits it: same target
     return make_conninfo(**clean)
 
 
