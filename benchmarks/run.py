@@ -42,7 +42,7 @@ QUICK = {
     "chain": {"count": 10, "budget": 15},
     "chord": {"count": 3, "budget": 10},
     "backlog": {"n": 3000, "backlog": 50_000, "steady_s": 30},
-    "idle": {"settle_s": 5, "window_s": 20},
+    "idle": {"settle_s": 5, "window_s": 30},
 }
 FULL = {
     "repeat": 3,
