@@ -50,7 +50,7 @@ from ..exceptions import DatabaseUnavailable, MessageTooLarge, SchemaError
 from ..headers import LEASE_HEADER, STEP_HEADER
 from .channel import Channel
 from .keeper import Keeper
-from .notifier import Notifier, Wakeup, channel_name
+from .notifier import NOTIFY_MESSAGE_MAX, Notifier, Wakeup, channel_name
 from .qos import Lease, Leases
 
 logger = logging.getLogger(__name__)
@@ -183,6 +183,7 @@ class Transport(virtual.Transport):
         }
         if exchange:
             query, params["exchange"], params["routing_key"] = "message_route", exchange, routing_key
+            params["channel"], params["notify_max"] = self.notify_channel, NOTIFY_MESSAGE_MAX
         else:
             query, params["queue"] = "message_put", routing_key
         outer = enqueue.current_connection()
@@ -291,19 +292,42 @@ class Transport(virtual.Transport):
             self._keeper = Keeper(self)
             self._keeper.start()
 
-    def _wake(self, wakeups: list[Wakeup]) -> None:
+    def _wake(self, wakeups: list[Wakeup]) -> int:
+        """Act on notifications; return how many inline messages were delivered."""
         now = time()
+        delivered = 0
         for wakeup in wakeups:
+            if wakeup.message is not None:
+                delivered += self._deliver_inline(wakeup.queue, wakeup.message)
+                continue
             if wakeup.at is not None and wakeup.at > now:
                 heapq.heappush(self._delayed, (wakeup.at, wakeup.queue))
                 if self._loop is not None:
                     self._timers.append(self._loop.call_at(wakeup.at, self._on_delayed_due))
                 continue
             self._mark_ready(wakeup.queue)
+        return delivered
+
+    def _deliver_inline(self, queue: str, raw: str) -> int:
+        """A broadcast that travelled in the NOTIFY payload: no row, no lease, nothing to ack."""
+        if queue not in self._callbacks:
+            return 0
+        try:
+            payload = json.loads(raw)
+            payload["properties"]["delivery_tag"] = f"n:{uuid.uuid4()}"
+        except (ValueError, TypeError, KeyError):
+            logger.error("dropped an undecodable broadcast for queue %r", queue)
+            return 0
+        self._deliver(payload, queue)
+        return 1
 
     def _mark_ready(self, queue: str | None = None) -> None:
+        """Claim soon from ``queue``'s consumers, or (None: the safety poll) from every durable queue's."""
         for channel in self.channels:
-            if queue is None or queue in channel._active_queues:
+            if queue is None:
+                if any(q not in channel.transient_queues for q in channel._active_queues):
+                    channel.ready = True
+            elif queue in channel._active_queues:
                 channel.ready = True
 
     def _release_due(self) -> None:
@@ -324,6 +348,11 @@ class Transport(virtual.Transport):
             self._acked_steps.setdefault(tag, False)
             return
         self.leases.pop(tag)
+        if lease.undecodable:
+            # Acked because it could not be decoded (Celery's on_decode_error acks): keep it for a human.
+            logger.error("message %s of queue %r moved to dead_letter: %s", lease.id, lease.queue, lease.undecodable)
+            self._dead_letter([lease], lease.undecodable)
+            return
         with self._acks_lock:
             self._pending_acks.append(lease)
         if self._loop is None or threading.get_ident() != self._loop_thread:
@@ -473,8 +502,8 @@ class Transport(virtual.Transport):
             if self._notifier is None:
                 # Nothing consumes on this connection: just let the time pass.
                 threading.Event().wait(max(0.0, wait))
-            else:
-                self._wake(self._notifier.wait(max(0.0, wait)))
+            elif self._wake(self._notifier.wait(max(0.0, wait))):
+                return
 
     @property
     def default_connection_params(self):

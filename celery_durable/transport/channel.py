@@ -34,8 +34,21 @@ def _check_name(kind: str, value: str | None) -> str:
     return value
 
 
+class Message(virtual.Message):
+    """Remembers a failed decode: consumers (Celery among them) ack what they cannot decode."""
+
+    def _decode(self):
+        try:
+            return super()._decode()
+        except Exception as exc:
+            reason = f"undecodable message ({self.content_type}): {type(exc).__name__}: {exc}"[:500]
+            self.channel.connection.leases.mark_undecodable(self.delivery_tag, reason)
+            raise
+
+
 class Channel(virtual.Channel):
     QoS = QoS
+    Message = Message
     #: Fanout is routed in SQL by basic_publish; Kombu's per-process fallback is not used.
     supports_fanout = False
 
@@ -44,6 +57,8 @@ class Channel(virtual.Channel):
         #: Claim on the next chance: set by consume, NOTIFY, safety poll, or a full batch.
         self.ready = True
         self.no_ack_queues: set[str] = set()
+        #: Auto-delete or non-durable queues: broadcasts reach them by NOTIFY, the safety poll skips them.
+        self.transient_queues: set[str] = set()
 
     @property
     def db(self):
@@ -77,6 +92,8 @@ class Channel(virtual.Channel):
     def _new_queue(self, queue, **kwargs):
         queue = _check_name("queue", queue)
         arguments = kwargs.get("arguments") or {}
+        if kwargs.get("auto_delete") or not kwargs.get("durable", True):
+            self.transient_queues.add(queue)
         self.db.execute(
             "queue_declare",
             name=queue,

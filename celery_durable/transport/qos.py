@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kombu.transport import virtual
 
@@ -26,6 +26,8 @@ class Lease:
     token: uuid.UUID
     queue: str
     durable_step: bool = False
+    #: Set when the consumer could not decode the message: its ack dead-letters it instead.
+    undecodable: str | None = None
 
 
 class Leases:
@@ -41,6 +43,12 @@ class Leases:
 
     def get(self, tag: str) -> Lease | None:
         return self._by_tag.get(tag)
+
+    def mark_undecodable(self, tag: str, reason: str) -> None:
+        with self._lock:
+            lease = self._by_tag.get(tag)
+            if lease is not None:
+                self._by_tag[tag] = replace(lease, undecodable=reason)
 
     def pop(self, tag: str) -> Lease | None:
         with self._lock:
