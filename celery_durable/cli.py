@@ -470,6 +470,12 @@ def _call(name: str, *args: Any, **kwargs: Any) -> Any:
     return func(*args, **kwargs)
 
 
+def _require_schema(target: Target) -> None:
+    """The admin API would create a missing schema on first use; a CLI read must not."""
+    with target.connect() as conn:
+        _checked(conn, target)
+
+
 def _workflow_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no workflows"
@@ -489,6 +495,7 @@ def workflows_group() -> None:
 @with_target
 def workflows_list(target: Target, status: str | None, limit: int, as_json: bool) -> None:
     """Most recent workflows, newest first."""
+    _require_schema(target)
     rows = _call("list_workflows", target.url(), target.schema, status=status, limit=limit)
     emit(as_json, rows, lambda: _workflow_table(rows))
 
@@ -499,6 +506,7 @@ def workflows_list(target: Target, status: str | None, limit: int, as_json: bool
 @with_target
 def workflows_stalled(target: Target, limit: int, as_json: bool) -> None:
     """Running workflows with no progress for a while (the `stalled` column of the workflows view)."""
+    _require_schema(target)
     rows = _call("list_workflows", target.url(), target.schema, status="stalled", limit=limit)
     emit(as_json, rows, lambda: _workflow_table(rows))
 
@@ -509,6 +517,7 @@ def workflows_stalled(target: Target, limit: int, as_json: bool) -> None:
 @with_target
 def workflows_show(target: Target, workflow_id: str, as_json: bool) -> None:
     """One workflow with its steps and checkpoints."""
+    _require_schema(target)
     found = _call("get_workflow", target.url(), target.schema, workflow_id)
     if not found:
         raise CommandError(f"no workflow {workflow_id!r} in schema {target.schema!r} of {target.describe()}")
@@ -534,7 +543,15 @@ def _describe_workflow(found: dict[str, Any]) -> str:
 @with_target
 def workflows_cancel(target: Target, workflow_id: str, as_json: bool) -> None:
     """Stop a workflow: no further step is sent."""
-    result = _call("cancel_workflow", target.app if target.app is not None else target.url(), workflow_id)
+    _require_schema(target)
+    if target.app is not None:
+        result = _call("cancel_workflow", target.app, workflow_id)
+    else:
+        result = _call("cancel_workflow", target.url(), workflow_id, schema=target.schema)
+    if result is False:
+        emit(as_json, {"workflow_id": workflow_id, "action": "none", "result": False},
+             lambda: f"workflow {workflow_id} had already ended; nothing to cancel")
+        return
     _done(as_json, "cancelled", workflow_id, result)
 
 
@@ -544,6 +561,7 @@ def workflows_cancel(target: Target, workflow_id: str, as_json: bool) -> None:
 @with_target
 def workflows_resume(target: Target, workflow_id: str, as_json: bool) -> None:
     """Send the first unfinished step of a stalled, failed or cancelled workflow again."""
+    _require_schema(target)
     result = _call("resume_workflow", target.celery_app(), workflow_id)
     _done(as_json, "resumed", workflow_id, result)
 
@@ -564,6 +582,7 @@ def workflows_restart(target: Target, workflow_id: str, from_step: int, args_jso
             raise CommandError(f"--args is not valid JSON: {exc}") from None
         if not isinstance(args, list):
             args = [args]
+    _require_schema(target)
     result = _call("restart_workflow", target.celery_app(), workflow_id, from_step, args=args)
     _done(as_json, f"restarted from step {from_step}", workflow_id, result)
 

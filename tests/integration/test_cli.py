@@ -269,7 +269,12 @@ def test_celery_subcommand_without_postgres_says_so(tmp_path):
 # -- workflows: the CLI is a thin layer over celery_durable.workflows --------------------------------
 
 
-def test_workflows_without_admin_api(cli, monkeypatch):
+def test_workflows_need_the_schema(cli, schema):
+    result = cli("workflows", "list", expect=1)
+    assert "missing" in result.output and "celery-durable migrate" in result.output
+
+
+def test_workflows_without_admin_api(cli, db, monkeypatch):
     monkeypatch.delattr(celery_durable, "workflows", raising=False)
     monkeypatch.setitem(sys.modules, "celery_durable.workflows", None)  # import fails as if absent
     for command in (["list"], ["show", "w1"], ["cancel", "w1"], ["resume", "w1"], ["stalled"],
@@ -296,8 +301,9 @@ def fake_admin(monkeypatch):
         return {**rows[0], "steps": [{"step": 0, "task": "tasks.extract", "status": "done"},
                                      {"step": 1, "task": "tasks.load", "status": "running"}]}
 
-    def cancel_workflow(app_or_url, workflow_id):
-        calls.append(("cancel", app_or_url, workflow_id))
+    def cancel_workflow(app_or_url, workflow_id, schema=None):
+        calls.append(("cancel", app_or_url, workflow_id, schema))
+        return workflow_id == "w1"
 
     def resume_workflow(app, workflow_id):
         calls.append(("resume", app, workflow_id))
@@ -314,7 +320,7 @@ def fake_admin(monkeypatch):
     return calls
 
 
-def test_workflows_commands_call_the_admin_api(cli, fake_admin, pg_url, schema):
+def test_workflows_commands_call_the_admin_api(cli, db, fake_admin, pg_url, schema):
     out = cli("workflows", "list", "--status", "running").output.splitlines()
     assert out[0].split()[:3] == ["ID", "NAME", "STATUS"] and out[1].split()[:3] == ["w1", "etl", "running"]
     kind, url, called_schema, status, limit = fake_admin[-1]
@@ -331,6 +337,8 @@ def test_workflows_commands_call_the_admin_api(cli, fake_admin, pg_url, schema):
 
     assert "workflow w1 cancelled" in cli("workflows", "cancel", "w1").output
     assert fake_admin[-1][0] == "cancel" and dsn.from_url(fake_admin[-1][1]) == dsn.from_url(pg_url)
+    assert fake_admin[-1][3] == schema
+    assert "already ended" in cli("workflows", "cancel", "w2").output
 
     assert "workflow w1 resumed" in cli("workflows", "resume", "w1").output
     app = fake_admin[-1][1]
