@@ -1,7 +1,8 @@
 """LISTEN/NOTIFY wake-ups: a dedicated connection whose socket joins Kombu's event loop.
 
 Publishers' inserts fire a statement trigger that notifies ``<schema>.message``
-with ``r<queue>`` (ready now) or ``d<epoch>:<queue>`` (first delayed message).
+with ``r<queue>`` (ready now) or ``d<epoch>:<queue>`` (first delayed message);
+broadcasts to transient queues travel whole as ``m<bytes>:<queue><message>``.
 An idle worker therefore sends no queries until something arrives; a slow
 safety poll (``polling_interval``) covers what no notification announces,
 such as a dead worker's lease running out.
@@ -25,17 +26,28 @@ def channel_name(schema: str) -> str:
     return f"{schema}.message"
 
 
+#: Largest message sent inside a NOTIFY payload (PostgreSQL's limit is 8000 bytes with the queue name).
+NOTIFY_MESSAGE_MAX = 6000
+
+
 @dataclass(frozen=True)
 class Wakeup:
-    """A queue has a message ready now (``at`` None) or at epoch ``at``."""
+    """A queue has a message ready now (``at`` None) or at epoch ``at``; or ``message`` came inline."""
 
     queue: str
     at: float | None = None
+    message: str | None = None
 
 
 def parse(payload: str) -> Wakeup | None:
     if payload.startswith("r"):
         return Wakeup(payload[1:])
+    if payload.startswith("m"):
+        size, sep, rest = payload[1:].partition(":")
+        if sep and size.isdigit():
+            raw = rest.encode()
+            n = int(size)
+            return Wakeup(raw[:n].decode(errors="replace"), message=raw[n:].decode(errors="replace"))
     if payload.startswith("d"):
         epoch, sep, queue = payload[1:].partition(":")
         if sep:

@@ -68,20 +68,32 @@ WHERE exchange = %(exchange)s AND routing_key = %(routing_key)s AND queue = %(qu
 SELECT queue, exchange, routing_key FROM {schema}.binding ORDER BY exchange, routing_key, queue
 
 -- message_route --
--- Publish through an exchange: route against the shared bindings and insert one row per
--- target queue, in one statement. Expiry is the earlier of the message's and the queue's TTL.
-INSERT INTO {schema}.message (queue, priority, visible_at, expires_at, task, payload)
-SELECT DISTINCT ON (b.queue) b.queue, %(priority)s, coalesce(%(visible_at)s, now()),
-       least(%(expires_at)s, now() + q.message_ttl_ms * interval '1 millisecond'),
-       %(task)s, %(payload)s
-FROM {schema}.binding b
-JOIN {schema}.exchange e ON e.name = b.exchange
-JOIN {schema}.queue q ON q.name = b.queue
-WHERE b.exchange = %(exchange)s
-  AND (e.type = 'fanout'
-       OR (e.type = 'direct' AND b.routing_key = %(routing_key)s)
-       OR (e.type = 'topic' AND %(routing_key)s ~ b.pattern))
-RETURNING queue
+-- Publish through an exchange: route against the shared bindings in one statement. Durable
+-- queues get a row each (expiry: the earlier of the message's and the queue's TTL). Transient
+-- (auto-delete or non-durable) queues bound to fanout or topic exchanges -- Celery's broadcasts,
+-- events and gossip -- get the message by NOTIFY, like Redis pub/sub, when it fits in a payload.
+WITH target AS (
+    SELECT DISTINCT ON (b.queue) b.queue, q.message_ttl_ms,
+           (e.type <> 'direct' AND (q.auto_delete OR NOT q.durable)
+            AND octet_length(%(payload)s) <= %(notify_max)s) AS by_notify
+    FROM {schema}.binding b
+    JOIN {schema}.exchange e ON e.name = b.exchange
+    JOIN {schema}.queue q ON q.name = b.queue
+    WHERE b.exchange = %(exchange)s
+      AND (e.type = 'fanout'
+           OR (e.type = 'direct' AND b.routing_key = %(routing_key)s)
+           OR (e.type = 'topic' AND %(routing_key)s ~ b.pattern))
+),
+stored AS (
+    INSERT INTO {schema}.message (queue, priority, visible_at, expires_at, task, payload)
+    SELECT t.queue, %(priority)s, coalesce(%(visible_at)s, now()),
+           least(%(expires_at)s, now() + t.message_ttl_ms * interval '1 millisecond'),
+           %(task)s, %(payload)s
+    FROM target t WHERE NOT t.by_notify
+    RETURNING queue
+)
+SELECT count(pg_notify(%(channel)s, 'm' || octet_length(t.queue) || ':' || t.queue || %(payload)s))
+FROM target t WHERE t.by_notify
 
 -- message_put --
 -- Publish straight to a queue (the default exchange: routing key = queue name).

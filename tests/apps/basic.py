@@ -30,7 +30,7 @@ def config(env=os.environ) -> dict:
         broker_transport_options={
             "schema": schema,
             "lease_seconds": float(env.get("CELERY_DURABLE_LEASE", "30")),
-            "polling_interval": 1.0,
+            "polling_interval": float(env.get("CELERY_DURABLE_POLL", "1.0")),
         },
         result_backend_transport_options={
             "schema": schema,
