@@ -8,7 +8,7 @@ import uuid
 import psycopg
 import pytest
 
-from celery_durable.testing.workers import WorkerProcess, start_worker  # noqa: F401
+from celery_durable.testing.workers import WorkerProcess
 
 
 
@@ -31,15 +31,10 @@ def worker_env(pg_url: str, schema: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def workers(worker_env):
-    """Start `celery worker` subprocesses; every one is killed at the end of the test."""
-    started: list[WorkerProcess] = []
+def workers(worker_env, celery_durable_worker):
+    """Start `celery worker` subprocesses (the plugin's fixture) with this test's environment."""
 
     def start(app: str = "tests.apps.basic", *args: str, env: dict | None = None, **kwargs) -> WorkerProcess:
-        proc = start_worker(app, *args, env={**worker_env, **(env or {})}, **kwargs)
-        started.append(proc)
-        return proc
+        return celery_durable_worker(app, *args, env={**worker_env, **(env or {})}, **kwargs)
 
-    yield start
-    for proc in started:
-        proc.kill()
+    return start

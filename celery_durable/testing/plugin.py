@@ -24,3 +24,24 @@ def pg_url() -> str:
 
     server = embedded.start()
     return embedded.create_database(server, f"cd_test_{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def celery_durable_worker():
+    """Start real ``celery worker`` subprocesses: ``celery_durable_worker("proj", "-Q", "q", env={...})``.
+
+    Each returns a WorkerProcess (``kill()`` is SIGKILL, ``stop()`` a warm
+    shutdown); all are killed at the end of the test.
+    """
+    from .workers import start_worker
+
+    started = []
+
+    def start(app: str, *args: str, **kwargs):
+        proc = start_worker(app, *args, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
