@@ -124,7 +124,11 @@ class Transport(virtual.Transport):
 
     def establish_connection(self):
         # A direct connection first: a wrong URL or a down server fails now, with the cause.
+        # get_pool only connects the first time in a process; on a reconnection (the server
+        # restarted, the pool is still there) probe too, or Kombu reports "Connected" to a
+        # server that is down and Celery's retry policy and backoff never apply.
         pool.get_pool(self.conninfo, self.settings)
+        pool.connect(self.conninfo, timeout=self.settings.connect_timeout).close()
         return super().establish_connection()
 
     def close_connection(self, connection):
