@@ -188,9 +188,17 @@ class Harness:
                            env={**self.env, **(env or {})}, **kwargs)
 
     def q(self, query: str, *params):
-        """Run ``query`` with ``{s}`` standing for the quoted test schema; return all rows."""
+        """Run ``query`` with ``{s}`` standing for the quoted test schema; return all rows.
+
+        Reconnects once if the server went away (the restart test restarts it).
+        """
         text = sql.SQL(query).format(s=sql.Identifier(self.schema))
-        cur = self.db.execute(text, params)
+        try:
+            cur = self.db.execute(text, params)
+        except psycopg.OperationalError:
+            self.db.close()
+            self.db = psycopg.connect(self.url, autocommit=True)
+            cur = self.db.execute(text, params)
         return cur.fetchall() if cur.description else []
 
     def one(self, query: str, *params):
