@@ -31,7 +31,8 @@ import celery_durable  # noqa: F401  (registers the postgresql:// broker scheme)
 
 EXECUTIONS_DDL = (
     "CREATE TABLE IF NOT EXISTS {}.executions "
-    "(seq bigserial PRIMARY KEY, tag text NOT NULL, pid int, at timestamptz NOT NULL DEFAULT now())"
+    "(seq bigserial PRIMARY KEY, tag text NOT NULL, pid int, redelivered boolean,"
+    " at timestamptz NOT NULL DEFAULT now())"
 )
 
 
@@ -67,8 +68,8 @@ def make_app(env: dict | None = None) -> Celery:
     )
     app.task(name="t.add")(add)
     app.task(name="t.echo")(echo)
-    app.task(name="t.record")(record)
-    app.task(name="t.record_late", acks_late=True)(record_late)
+    app.task(name="t.record", bind=True)(record)
+    app.task(name="t.record_late", bind=True, acks_late=True)(record_late)
     return app
 
 
@@ -84,17 +85,18 @@ def echo(value):
     return value
 
 
-def record(tag, sleep=0.0):
+def record(task, tag, sleep=0.0):
     """Count one execution of ``tag`` (outside the broker), optionally after sleeping."""
     if sleep:
         time.sleep(sleep)
-    _recorder().record(tag)
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+    _recorder().record(tag, redelivered)
     return tag
 
 
-def record_late(tag, sleep=0.0):
+def record_late(task, tag, sleep=0.0):
     """``record`` registered with acks_late=True."""
-    return record(tag, sleep)
+    return record(task, tag, sleep)
 
 
 _the_recorder = None
@@ -117,9 +119,10 @@ class _Recorder:
         self._conn: psycopg.Connection | None = None
         self._pid = 0
         self._lock = threading.Lock()
-        self._insert = sql.SQL("INSERT INTO {}.executions (tag, pid) VALUES (%s, %s)").format(sql.Identifier(schema))
+        self._insert = sql.SQL("INSERT INTO {}.executions (tag, pid, redelivered) VALUES (%s, %s, %s)").format(
+            sql.Identifier(schema))
 
-    def record(self, tag: str, give_up_after: float = 120.0) -> None:
+    def record(self, tag: str, redelivered: bool, give_up_after: float = 120.0) -> None:
         deadline = time.monotonic() + give_up_after
         with self._lock:
             while True:
@@ -127,7 +130,7 @@ class _Recorder:
                     if self._conn is None or self._pid != os.getpid() or self._conn.closed:
                         self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=3)
                         self._pid = os.getpid()
-                    self._conn.execute(self._insert, (tag, os.getpid()))
+                    self._conn.execute(self._insert, (tag, os.getpid(), redelivered))
                     return
                 except psycopg.OperationalError:
                     self._conn = None
@@ -212,6 +215,10 @@ class Harness:
 
     def distinct_executed(self) -> int:
         return self.one("SELECT count(DISTINCT tag) FROM {s}.executions")
+
+    def redelivered(self) -> int:
+        """Executions of a message that had been delivered before (to a worker since killed, say)."""
+        return self.one("SELECT count(*) FROM {s}.executions WHERE redelivered")
 
     def messages(self, queue: str | None = None) -> int:
         if queue is None:

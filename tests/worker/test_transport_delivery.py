@@ -76,6 +76,7 @@ def test_killed_worker_loses_no_acks_late_task(h):
              f"all {total} tasks to run (at {h.distinct_executed()})", interval=0.5)
     wait_for(lambda: h.messages() == 0, 60, "the message table to empty")
     assert set(h.executed()) == set(tags)
+    assert h.redelivered() > 0, "the kill caught no claimed message: the test tested nothing"
 
 
 def test_task_longer_than_lease_runs_once(h):
@@ -88,6 +89,7 @@ def test_task_longer_than_lease_runs_once(h):
     # and it records before it acks: once the row is gone, every execution is counted.
     wait_for(lambda: h.messages() == 0, 60, "the long task's message to be acked")
     assert h.executions_of("long") == 1
+    assert h.redelivered() == 0
 
 
 def test_countdown_beyond_lease_runs_once_at_its_time(h):
