@@ -47,6 +47,10 @@ def _driver_connection(conn: Any) -> Any:
     """The DB-API connection under a SQLAlchemy Session or Connection (or ``conn`` itself)."""
     if hasattr(conn, "get_bind") and hasattr(conn, "connection") and callable(conn.connection):
         conn = conn.connection()  # Session: joins (or begins) the session's transaction
+    if hasattr(conn, "in_transaction") and hasattr(conn, "begin") and not conn.in_transaction():
+        # A SQLAlchemy Connection that has not begun: begin now, or its commit() would be a
+        # no-op and our insert would roll back when the connection goes back to the pool.
+        conn.begin()
     raw = getattr(conn, "connection", None)
     if raw is not None and hasattr(raw, "driver_connection"):
         return raw.driver_connection  # SQLAlchemy Connection -> pool proxy -> DB-API connection

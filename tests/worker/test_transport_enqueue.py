@@ -82,19 +82,9 @@ def _sentinel(h: Harness, tag: str) -> None:
     wait_for(lambda: h.executions_of(tag) == 1, 60, f"the sentinel {tag} to run")
 
 
-SA_CONNECTION_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="celery_durable/enqueue.py bug: on a SQLAlchemy Connection that has not begun a transaction, "
-           "in_transaction() writes through the DB-API connection (psycopg opens an implicit transaction) "
-           "while SQLAlchemy still thinks none is open, so Connection.commit() is a no-op and the message "
-           "is rolled back when the connection returns to the pool: the committed task never runs. "
-           "Fix: begin() the Connection in _driver_connection when not conn.in_transaction().",
-)
-
-
 @pytest.mark.parametrize("kind", [
     "psycopg",
-    pytest.param("sqlalchemy_connection", marks=SA_CONNECTION_BUG),
+    "sqlalchemy_connection",
     "sqlalchemy_session",
 ])
 def test_transactional_enqueue(h, pg_url, kind):
