@@ -104,9 +104,12 @@ class Worker:
             return ""
         return " | ".join(lines[-n:])[-600:]
 
-    def close(self, keep_log: bool = False) -> None:
+    def close(self, keep_log: bool = False, kill: bool = False) -> None:
         try:
-            self.w.stop(timeout=10)
+            if kill:
+                self.w.kill()
+            else:
+                self.w.stop(timeout=10)
         finally:
             try:
                 os.killpg(self.w.pid, signal.SIGKILL)  # pool children, if any are left
@@ -186,7 +189,9 @@ def workload_timeout(mode: dict, wl: str) -> float:
 
 
 def execute(args) -> dict:
-    mode = FULL if args.full else QUICK
+    mode = dict(FULL if args.full else QUICK)
+    if args.timeout:
+        mode["timeout"] = args.timeout
     repeat = args.repeat or mode["repeat"]
     configs = args.only or ORDER
     workloads = args.workloads or ALL_WORKLOADS
@@ -234,8 +239,11 @@ def execute(args) -> dict:
                     next(x for x in specs if x[0] == s)[1].append(w)
                 else:
                     specs.append((s, [w]))
-            if name not in smoked:
-                specs = [("prefork", ["smoke"])] + specs
+            if name not in smoked:  # the smoke test shares the first prefork worker
+                if specs and specs[0][0] == "prefork":
+                    specs[0] = ("prefork", ["smoke"] + specs[0][1])
+                else:
+                    specs = [("prefork", ["smoke"])] + specs
             for spec, wls in specs:
                 if name not in active:
                     break
@@ -247,7 +255,7 @@ def execute(args) -> dict:
                             worker.wait_ready(60)
                         except Exception as exc:  # noqa: BLE001
                             err = f"worker did not start: {type(exc).__name__}: {worker.tail()}"
-                            worker.close(keep_log=True)
+                            worker.close(keep_log=True, kill=True)
                             worker = None
                             record(run, name, wl, rnd, {"ok": False, "error": err})
                             log(f"r{rnd} {name:12s} {wl:18s} FAILED: {err[:200]}")
@@ -266,14 +274,14 @@ def execute(args) -> dict:
                             active.remove(name)
                             run["skipped"][name] = f"smoke test failed: {res.get('error')} / worker: {res.get('worker_log_tail', '')}"[:800]
                             log(f"{name}: SKIPPED (smoke test failed: {res.get('error')})")
-                            worker.close(keep_log=True)
+                            worker.close(keep_log=True, kill=True)
                             worker = None
                             break
                         continue
                     record(run, name, wl, rnd, res)
                     log(f"r{rnd} {name:12s} {wl:18s} {time.monotonic() - t:6.1f}s " + summary(res))
                     if not res.get("ok") or not worker.alive():
-                        worker.close(keep_log=True)
+                        worker.close(keep_log=True, kill=True)
                         worker = None  # a fresh worker for the next workload
                 if worker is not None:
                     worker.close()
@@ -282,7 +290,9 @@ def execute(args) -> dict:
 
 
 def record(run, cfg, wl, rnd, res):
-    run["results"].setdefault(cfg, {}).setdefault(wl, []).append({"round": rnd, **res})
+    # 1-min load average after the workload: the machine may be shared, this flags noisy rounds
+    res = {"round": rnd, "loadavg_1m": round(os.getloadavg()[0], 2), **res}
+    run["results"].setdefault(cfg, {}).setdefault(wl, []).append(res)
 
 
 def summary(res: dict) -> str:
@@ -323,7 +333,12 @@ def machine() -> dict:
 # --------------------------------------------------------------------------- report
 
 def aggregate(run: dict) -> dict:
-    """cfg -> metric -> {median, min, max, n, failures}"""
+    """cfg -> metric -> {median, min, max, n, by_round, ratio}
+
+    ``ratio`` is the median over rounds of (this config / Redis in the same round), which
+    cancels load that drifts between rounds better than a ratio of medians; for
+    ``durable_chain10_ms`` the reference is Redis's plain ``chain10_ms``.
+    """
     agg: dict = {}
     for cfg, wls in run["results"].items():
         for wl, rounds in wls.items():
@@ -331,11 +346,20 @@ def aggregate(run: dict) -> dict:
                 if r.get("ok"):
                     for k, v in r["metrics"].items():
                         if isinstance(v, (int, float)):
-                            agg.setdefault(cfg, {}).setdefault(k, {"values": []})["values"].append(v)
-    for cfg in agg.values():
-        for m in cfg.values():
+                            m = agg.setdefault(cfg, {}).setdefault(k, {"values": [], "by_round": {}})
+                            m["values"].append(v)
+                            m["by_round"][r["round"]] = v
+    ref = agg.get("redis", {})
+    for cfg, ms in agg.items():
+        for k, m in ms.items():
             vs = m["values"]
             m.update(median=statistics.median(vs), min=min(vs), max=max(vs), n=len(vs))
+            base = ref.get("chain10_ms" if k == "durable_chain10_ms" else k)
+            if base and cfg != "redis":
+                ratios = [v / base["by_round"][r] for r, v in m["by_round"].items()
+                          if base["by_round"].get(r)]
+                if ratios:
+                    m["ratio"] = statistics.median(ratios)
     return agg
 
 
@@ -352,20 +376,23 @@ def fmt(v: float) -> str:
 
 def report(run: dict) -> str:
     agg = aggregate(run)
-    run["summary"] = {c: {k: {x: m[x] for x in ("median", "min", "max", "n")} for k, m in ms.items()}
-                      for c, ms in agg.items()}
+    run["summary"] = {c: {k: {x: m[x] for x in ("median", "min", "max", "n", "ratio") if x in m}
+                          for k, m in ms.items()} for c, ms in agg.items()}
     cols = [c for c in ORDER if c in run["configs"]]
     out = [f"## celery-durable benchmarks — {run['mode']} mode, {run['repeat']} interleaved rounds, {run['started']}", ""]
-    out.append("median (min–max) over rounds; `×` = ratio to Redis in this run "
-               "(for durable_chain10_ms: to Redis's plain chain10_ms).")
+    out.append("median (min–max) over rounds; **×** = median over rounds of the ratio to Redis in the "
+               "same round (for durable_chain10_ms: to Redis's plain chain10_ms).")
+    loads = [r.get("loadavg_1m") for wls in run["results"].values() for rs in wls.values() for r in rs
+             if r.get("loadavg_1m") is not None]
+    if loads:
+        out.append(f"Machine 1-min load average after workloads: {min(loads):.1f}–{max(loads):.1f} "
+                   f"on {run['machine'].get('cpus')} CPUs (above ~2 the box was shared: trust ratios, not absolutes).")
     out.append("")
     out.append("| metric | unit | " + " | ".join(cols) + " |")
     out.append("|---|---|" + "---|" * len(cols))
     for metric, (unit, better, _) in METRICS.items():
         if not any(metric in agg.get(c, {}) for c in cols):
             continue
-        ref_metric = "chain10_ms" if metric == "durable_chain10_ms" else metric
-        ref = agg.get("redis", {}).get(ref_metric, {}).get("median")
         cells = []
         for c in cols:
             m = agg.get(c, {}).get(metric)
@@ -373,8 +400,8 @@ def report(run: dict) -> str:
                 cells.append("–")
                 continue
             cell = f"{fmt(m['median'])} ({fmt(m['min'])}–{fmt(m['max'])})"
-            if ref and c != "redis" and unit not in ("x",) and not metric.startswith(("size_", "idle_", "backlog_fill")):
-                cell += f" **{m['median'] / ref:.2f}×**"
+            if m.get("ratio") is not None:
+                cell += f" **{m['ratio']:.2f}×**"
             cells.append(cell)
         arrow = "↑" if better == "higher" else "↓"
         out.append(f"| {metric} {arrow} | {unit} | " + " | ".join(cells) + " |")
@@ -414,8 +441,13 @@ def main(argv=None) -> int:
     ap.add_argument("--workloads", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
                     help=f"workloads, comma-separated: {','.join(ALL_WORKLOADS)}")
     ap.add_argument("--repeat", type=int, help="interleaved rounds (default 3)")
+    ap.add_argument("--timeout", type=float, help="per-workload time box in seconds (quick 180, full 900)")
     ap.add_argument("--out", help="JSON file (default benchmarks/results/<timestamp>.json)")
+    ap.add_argument("--report", metavar="JSON", help="print the report of an earlier run's JSON and exit")
     args = ap.parse_args(argv)
+    if args.report:
+        print(report(json.loads(Path(args.report).read_text())))
+        return 0
     for c in args.only or []:
         if c not in CONFIGS:
             ap.error(f"unknown config {c!r}; choose from {','.join(ORDER)}")
