@@ -50,7 +50,7 @@ def _measure(broker: str, backend: str, n: int, chords: int, schema: str) -> dic
     queue = f"bl_{uuid.uuid4().hex[:8]}"
     env = dict(os.environ, BL_BROKER=broker, BL_BACKEND=backend, BL_QUEUE=queue, BL_SCHEMA=schema)
     worker = start_worker("benchmarks.backend_latency", "-Q", queue, "-n", f"{queue}@%h",
-                          "--without-gossip", "--without-heartbeat", env=env, loglevel="INFO")  # "ready." is logged at INFO
+                          "--without-gossip", "--without-heartbeat", env=env, loglevel="WARNING")
     client = Celery("bl_client", broker=broker, backend=backend)
     client.conf.update(result_backend_transport_options={"schema": schema},
                        broker_transport_options={"schema": schema}, task_default_queue=queue)
