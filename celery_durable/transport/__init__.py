@@ -48,7 +48,7 @@ from ..config import Settings
 from ..db import dsn, pool, queries
 from ..exceptions import DatabaseUnavailable, MessageTooLarge, SchemaError
 from ..headers import LEASE_HEADER, STEP_HEADER
-from .channel import Channel
+from .channel import Channel, UndecodableBody
 from .keeper import Keeper
 from .notifier import NOTIFY_MESSAGE_MAX, Notifier, Wakeup, channel_name
 from .qos import Lease, Leases
@@ -274,7 +274,15 @@ class Transport(virtual.Transport):
             tag = payload["properties"]["delivery_tag"]
             lease = self.leases.get(tag)
             queue = lease.queue if lease else queue
-            self._deliver(payload, queue)
+            try:
+                self._deliver(payload, queue)
+            except UndecodableBody as exc:
+                # Raised while building the Message, before any consumer saw it.
+                dead = self.leases.pop(tag)
+                if dead is not None:
+                    logger.error("message %s of queue %r moved to dead_letter: %s", dead.id, queue, exc)
+                    self._dead_letter([dead], str(exc))
+                continue
             if queue in channel.no_ack_queues:
                 self.ack(tag)
         return len(payloads)

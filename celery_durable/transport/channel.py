@@ -34,8 +34,18 @@ def _check_name(kind: str, value: str | None) -> str:
     return value
 
 
+class UndecodableBody(Exception):
+    """A claimed row whose body Kombu cannot even unwrap (e.g. bad base64): no Message can be built."""
+
+
 class Message(virtual.Message):
     """Remembers a failed decode: consumers (Celery among them) ack what they cannot decode."""
+
+    def __init__(self, payload, channel=None, **kwargs):
+        try:
+            super().__init__(payload, channel=channel, **kwargs)
+        except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
+            raise UndecodableBody(f"undecodable message body: {type(exc).__name__}: {exc}"[:500]) from exc
 
     def _decode(self):
         try:
