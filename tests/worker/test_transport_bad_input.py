@@ -21,12 +21,22 @@ def _dead_letters(h: Harness):
     return h.q("SELECT queue, reason, payload FROM {s}.dead_letter ORDER BY dead_at")
 
 
-def test_malformed_row_is_dead_lettered_and_the_worker_goes_on(h):
+MALFORMED = [
+    "not json",
+    "[1, 2]",
+    '{"properties": "x"}',
+    '{"body": "e30=", "headers": {}}',
+    '{"properties": {"body_encoding": "base64"}, "body": "%%% not base64", "content-type": "application/json"}',
+]
+
+
+@pytest.mark.parametrize("raw", MALFORMED)
+def test_malformed_row_is_dead_lettered_and_the_worker_goes_on(h, raw):
     worker = h.start(concurrency=1)
-    h.q("INSERT INTO {s}.message (queue, payload) VALUES ('celery', 'not json')")
+    h.q("INSERT INTO {s}.message (queue, payload) VALUES ('celery', %s)", raw)
     wait_for(lambda: _dead_letters(h), 30, "the malformed row to be dead-lettered")
     [(queue, reason, payload)] = _dead_letters(h)
-    assert queue == "celery" and payload == "not json"
+    assert queue == "celery" and payload == raw
     assert "undecodable" in reason
     h.task("record").delay("after-bad-row")
     wait_for(lambda: h.executions_of("after-bad-row") == 1, 30, "a later task to run")
