@@ -49,12 +49,21 @@ app = Celery("basic")
 app.conf.update(config())
 
 
+_created = False
+
+
 def _record(tag: str) -> None:
+    global _created
     with psycopg.connect(URL, autocommit=True) as conn:
-        conn.execute(
-            psycopg.sql.SQL("CREATE TABLE IF NOT EXISTS {}.executions (tag text, pid int, at timestamptz DEFAULT now())")
-            .format(psycopg.sql.Identifier(SCHEMA))
-        )
+        if not _created:
+            try:
+                conn.execute(
+                    psycopg.sql.SQL("CREATE TABLE IF NOT EXISTS {}.executions (tag text, pid int, at timestamptz DEFAULT now())")
+                    .format(psycopg.sql.Identifier(SCHEMA))
+                )
+            except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+                pass  # another pool process created it at the same moment
+            _created = True
         conn.execute(
             psycopg.sql.SQL("INSERT INTO {}.executions (tag, pid) VALUES (%s, %s)").format(psycopg.sql.Identifier(SCHEMA)),
             (tag, os.getpid()),
