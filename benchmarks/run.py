@@ -268,6 +268,7 @@ def execute(args) -> dict:
                     res = run_client(cfg, wl, p, workload_timeout(mode, wl) if wl != "smoke" else 60)
                     if not res.get("ok") and worker is not None:
                         res["worker_log_tail"] = worker.tail(5)
+                        res["worker_log"] = str(worker.w.log_path)  # kept on failure
                     if wl == "smoke":
                         smoked.add(name)
                         if not res.get("ok"):
