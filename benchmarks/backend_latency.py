@@ -50,13 +50,14 @@ def _measure(broker: str, backend: str, n: int, chords: int, schema: str) -> dic
     queue = f"bl_{uuid.uuid4().hex[:8]}"
     env = dict(os.environ, BL_BROKER=broker, BL_BACKEND=backend, BL_QUEUE=queue, BL_SCHEMA=schema)
     worker = start_worker("benchmarks.backend_latency", "-Q", queue, "-n", f"{queue}@%h",
-                          "--without-gossip", "--without-heartbeat", env=env, loglevel="WARNING")
+                          "--without-gossip", "--without-heartbeat", env=env, loglevel="INFO", wait=False)
     client = Celery("bl_client", broker=broker, backend=backend)
     client.conf.update(result_backend_transport_options={"schema": schema},
                        broker_transport_options={"schema": schema}, task_default_queue=queue)
     c_add = client.signature("bl.add")
     c_tsum = client.signature("bl.tsum")
     try:
+        worker.wait_ready()  # "ready." is logged at INFO
         for _ in range(30):  # warm-up: connections, pools, listener
             c_add.delay(1, 1).get(timeout=30)
         samples = []
@@ -70,7 +71,7 @@ def _measure(broker: str, backend: str, n: int, chords: int, schema: str) -> dic
             chord(c_add.clone((i, i)) for i in range(100))(c_tsum.clone()).get(timeout=120)
             chord_times.append((time.perf_counter() - t0) * 1000)
     finally:
-        worker.stop()
+        worker.kill()
         client.close()
     samples.sort()
     return {
