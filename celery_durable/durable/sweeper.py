@@ -66,7 +66,7 @@ class Sweeper:
         row = conn.execute(q["workflow_lock"], {"id": workflow_id}).fetchone()
         if row is None or row[0] != "running":
             return 0
-        status, current, generation, steps_json = row[0], row[1], row[2], row[3]
+        current, generation, steps_json = row[1], row[2], row[3]
         steps = decode_steps(steps_json)
         finished = {m for m, _c, _b in conn.execute(q["checkpoint_step"], {"id": workflow_id, "step": current})}
         step = steps[current]

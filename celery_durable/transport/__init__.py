@@ -51,7 +51,7 @@ from ..headers import LEASE_HEADER, STEP_HEADER
 from .channel import Channel, UndecodableBody
 from .keeper import Keeper
 from .notifier import NOTIFY_MESSAGE_MAX, Notifier, Wakeup, channel_name
-from .qos import Lease, Leases
+from .leases import Lease, Leases
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +86,7 @@ class Transport(virtual.Transport):
         self.listen_conninfo = dsn.from_url(self.settings.listen_url) if self.settings.listen_url else self.conninfo
         self.queries = queries.load("celery_durable.transport", "queries.sql", self.settings.schema)
         self.notify_channel = channel_name(self.settings.schema)
-        self.leases = Leases()
-        self._pending_acks: list[Lease] = []
-        self._acked_steps: dict[str, bool] = {}
-        self._acks_lock = threading.Lock()
+        self.leases = Leases(self)
         self._notifier: Notifier | None = None
         self._keeper: Keeper | None = None
         self._loop = None
@@ -135,7 +132,7 @@ class Transport(virtual.Transport):
         if os.getpid() != self._pid:
             return  # a forked child must not touch its parent's sessions
         try:
-            self.flush_acks()
+            self.leases.flush_acks()
         except self.connection_errors:
             logger.warning("could not send pending acks; their messages return after the lease")
         try:
@@ -252,10 +249,10 @@ class Transport(virtual.Transport):
             self.leases.add(tag, lease)
             payloads.append(payload)
         if discard:
-            self._ack_now(discard)
+            self.leases.ack_now(discard)
         for lease, reason in dead:
             logger.error("message %s of queue %r moved to dead_letter: %s", lease.id, lease.queue, reason)
-            self._dead_letter([lease], reason)
+            self.leases.dead_letter([lease], reason)
         return payloads
 
     def _fetch(self, channel: Channel) -> int:
@@ -281,10 +278,10 @@ class Transport(virtual.Transport):
                 dead = self.leases.pop(tag)
                 if dead is not None:
                     logger.error("message %s of queue %r moved to dead_letter: %s", dead.id, queue, exc)
-                    self._dead_letter([dead], str(exc))
+                    self.leases.dead_letter([dead], str(exc))
                 continue
             if queue in channel.no_ack_queues:
-                self.ack(tag)
+                self.leases.ack(tag)
         return len(payloads)
 
     def _fetch_ready(self) -> int:
@@ -347,109 +344,9 @@ class Transport(virtual.Transport):
         while self._delayed and self._delayed[0][0] <= now:
             self._mark_ready(heapq.heappop(self._delayed)[1])
 
-    # -- acks, rejects, restores ------------------------------------------------
-
-    def ack(self, tag: str) -> None:
-        """Delete the message behind ``tag``; batched per event-loop turn when called on the loop's thread."""
-        lease = self.leases.get(tag)
-        if lease is None:
-            return
-        if lease.durable_step:
-            # The step's checkpoint transaction deletes this row; keep renewing until it does
-            # (or until the task is gone without doing so: see release_finished_steps).
-            self._acked_steps.setdefault(tag, False)
-            return
-        self.leases.pop(tag)
-        if lease.undecodable:
-            # Acked because it could not be decoded (Celery's on_decode_error acks): keep it for a human.
-            logger.error("message %s of queue %r moved to dead_letter: %s", lease.id, lease.queue, lease.undecodable)
-            self._dead_letter([lease], lease.undecodable)
-            return
-        with self._acks_lock:
-            self._pending_acks.append(lease)
-        if self._loop is None or threading.get_ident() != self._loop_thread:
-            self.flush_acks()
-
-    def flush_acks(self) -> None:
-        with self._acks_lock:
-            pending, self._pending_acks = self._pending_acks, []
-        if pending:
-            self._ack_now(pending)
-
-    def _ack_now(self, leases: list[Lease]) -> None:
-        deleted = self.fetchall("message_ack", ids=[l.id for l in leases], tokens=[l.token for l in leases])
-        if len(deleted) < len(leases):
-            gone = {r[0] for r in deleted}
-            lost = [l.id for l in leases if l.id not in gone]
-            logger.warning("ack of messages %s ignored: their lease was lost (another worker may hold them)", lost)
-
-    def reject(self, tag: str, requeue: bool = False) -> None:
-        lease = self.leases.pop(tag)
-        if lease is None:
-            return
-        if requeue:
-            self._requeue([lease], restored=0)
-        else:
-            self._dead_letter([lease], "rejected by the consumer")
-
-    def restore(self, tags: list[str]) -> None:
-        """Give unacked messages back without counting a delivery (warm shutdown, channel close)."""
-        leases = self.leases.pop_many(tags)
-        if leases:
-            self._requeue(leases, restored=1)
-
-    def _requeue(self, leases: list[Lease], restored: int) -> None:
-        self.fetchall("message_requeue", ids=[l.id for l in leases], tokens=[l.token for l in leases],
-                      restored=restored, channel=self.notify_channel)
-
-    def _dead_letter(self, leases: list[Lease], reason: str) -> None:
-        self.execute("message_dead_letter", ids=[l.id for l in leases], tokens=[l.token for l in leases],
-                      reason=reason)
-
-    # -- leases and maintenance (called from the Keeper thread) -------------------
-
-    def renew_leases(self) -> None:
-        held = self.leases.snapshot()
-        if not held:
-            return
-        leases = list(held.values())
-        renewed = self.fetchall("lease_renew", ids=[l.id for l in leases], tokens=[l.token for l in leases],
-                                lease=self.settings.lease_seconds)
-        lost = self.leases.drop_missing({r[0] for r in renewed}, held)
-        for tag, lease in held.items():
-            if lease in lost:
-                self._acked_steps.pop(tag, None)
-        unexpected = [l.id for l in lost if not l.durable_step]
-        if unexpected:
-            logger.warning("lost the lease of messages %s (paused longer than lease_seconds?)", unexpected)
-
-    def release_finished_steps(self) -> None:
-        """Requeue durable-step messages whose task ended without its checkpoint (a pool process died).
-
-        Celery acks such a message (early, or after WorkerLostError) while the
-        row must stay until the step's own transaction deletes it. Once the
-        worker no longer knows the request for two rounds, the row (if it
-        still exists) becomes visible again and the step runs again.
-        """
-        if not self._acked_steps:
-            return
-        live = _live_delivery_tags()
-        if live is None:
-            return
-        gone = []
-        for tag, absent_before in list(self._acked_steps.items()):
-            if tag in live:
-                self._acked_steps[tag] = False
-            elif absent_before:
-                gone.append(tag)
-            else:
-                self._acked_steps[tag] = True
-        if gone:
-            for tag in gone:
-                self._acked_steps.pop(tag, None)
-            leases = self.leases.pop_many(gone)
-            if leases:
-                self._requeue(leases, restored=0)
+    def batching_acks(self) -> bool:
+        """True on the event loop's thread: acks wait for the end of the loop turn, sent together."""
+        return self._loop is not None and threading.get_ident() == self._loop_thread
 
     def consumed_queues(self) -> list[str]:
         return sorted({q for channel in list(self.channels) for q in channel._active_queues})
@@ -481,7 +378,7 @@ class Transport(virtual.Transport):
 
     def _on_tick(self) -> None:
         self._loop_thread = threading.get_ident()
-        self.flush_acks()
+        self.leases.flush_acks()
         self._fetch_ready()
 
     def _on_safety_poll(self) -> None:
@@ -495,7 +392,7 @@ class Transport(virtual.Transport):
     def drain_events(self, connection, timeout=None):
         deadline = None if timeout is None else monotonic() + timeout
         while True:
-            self.flush_acks()
+            self.leases.flush_acks()
             now = monotonic()
             if now >= self._next_poll:
                 self._mark_ready()
@@ -520,18 +417,6 @@ class Transport(virtual.Transport):
     @property
     def default_connection_params(self):
         return {"port": self.default_port, "hostname": "localhost"}
-
-
-def _live_delivery_tags() -> set[str] | None:
-    """Delivery tags of the requests this worker process still tracks; None outside a worker."""
-    try:
-        from celery.worker import state
-    except ImportError:  # pragma: no cover
-        return None
-    try:
-        return {r._message.delivery_tag for r in list(state.requests.values()) if getattr(r, "_message", None)}
-    except RuntimeError:  # changed while we read it: try next round
-        return None
 
 
 def _priority(value) -> int:

@@ -174,7 +174,7 @@ class Channel(virtual.Channel):
             return None
         message = self.Message(payloads[0], channel=self)
         if no_ack:
-            self.db.ack(message.delivery_tag)
+            self.db.leases.ack(message.delivery_tag)
         else:
             self.qos.append(message, message.delivery_tag)
         return message
@@ -186,7 +186,7 @@ class Channel(virtual.Channel):
         return payloads[0]
 
     def _restore(self, message):
-        self.db.restore([message.delivery_tag])
+        self.db.leases.restore([message.delivery_tag])
 
 
 def _int(value) -> int | None:

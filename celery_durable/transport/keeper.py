@@ -40,11 +40,11 @@ class Keeper:
         transport = self.transport
         while not self._stop.wait(self.interval):
             try:
-                transport.renew_leases()
-                transport.release_finished_steps()
+                transport.leases.renew()
+                transport.leases.release_finished_steps()
                 transport.touch_queues()
                 if monotonic() >= self._next_maintenance:
                     self._next_maintenance = monotonic() + transport.settings.maintenance_interval
                     transport.maintain()
-            except Exception as exc:  # the next round retries; a lost lease is reported by renew_leases
+            except Exception as exc:  # the next round retries; lost leases are reported by Leases.renew
                 logger.warning("lease renewal failed: %s", exc)
