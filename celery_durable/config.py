@@ -19,6 +19,7 @@ CLAIM_BATCH_DEFAULT = 100
 MAX_DELIVERIES_DEFAULT = 16
 NATIVE_DELAY_THRESHOLD_DEFAULT = 60.0
 MAX_MESSAGE_BYTES_DEFAULT = 64 * 1024 * 1024
+MAX_RESULT_BYTES_DEFAULT = 64 * 1024 * 1024
 POOL_MAX_SIZE_DEFAULT = 10
 CONNECT_TIMEOUT_DEFAULT = 10.0
 MAINTENANCE_INTERVAL_DEFAULT = 30.0
@@ -45,6 +46,8 @@ class Settings:
     native_delay_threshold: float = NATIVE_DELAY_THRESHOLD_DEFAULT
     #: Largest message accepted by publish, in bytes.
     max_message_bytes: int = MAX_MESSAGE_BYTES_DEFAULT
+    #: Largest encoded result the backend stores, in bytes (PostgreSQL's own limit is 1 GB).
+    max_result_bytes: int = MAX_RESULT_BYTES_DEFAULT
     #: Connections per process and database URL.
     pool_max_size: int = POOL_MAX_SIZE_DEFAULT
     #: Seconds to wait for a new connection.

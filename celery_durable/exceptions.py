@@ -7,7 +7,7 @@ existing ``except`` clauses treat it as a connection loss.
 
 from __future__ import annotations
 
-from kombu.exceptions import OperationalError
+from kombu.exceptions import EncodeError, OperationalError
 
 
 class DurableError(Exception):
@@ -24,6 +24,10 @@ class SchemaError(DurableError):
 
 class MessageTooLarge(DurableError, ValueError):
     """A message is larger than ``max_message_bytes``."""
+
+
+class ResultTooLarge(DurableError, EncodeError):
+    """An encoded result is larger than ``max_result_bytes``: the task fails with this error, the worker goes on."""
 
 
 class LeaseLost(DurableError):

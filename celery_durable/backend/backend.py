@@ -25,12 +25,11 @@ from celery.backends.asynchronous import AsyncBackendMixin
 from celery.backends.base import Backend, decompress_payload
 from celery.exceptions import ImproperlyConfigured, TimeoutError
 from celery.result import result_from_tuple
-from kombu.exceptions import EncodeError
 from kombu.serialization import loads
 from kombu.utils.encoding import bytes_to_str
 
 from ..config import Settings
-from ..exceptions import DatabaseUnavailable, DurableError, SchemaError
+from ..exceptions import DatabaseUnavailable, ResultTooLarge, SchemaError
 from ..db import dsn, pool
 from ..db.queries import load
 from .chords import ChordMixin
@@ -38,8 +37,6 @@ from .consumer import ResultConsumer
 
 logger = logging.getLogger(__name__)
 
-#: Largest encoded result (transport option ``max_result_bytes``); PostgreSQL's own limit is 1 GB.
-MAX_RESULT_BYTES_DEFAULT = 64 * 1024 * 1024
 #: Rows deleted per table and statement by an expiry run.
 EXPIRE_BATCH_DEFAULT = 1000
 
@@ -47,8 +44,6 @@ EXPIRE_BATCH_DEFAULT = 1000
 _last_expiry: dict[tuple[str, str, int], float] = {}
 
 
-class ResultTooLarge(DurableError, EncodeError):
-    """An encoded result is larger than ``max_result_bytes``: the task fails with this error, the worker goes on."""
 
 
 class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
@@ -72,7 +67,7 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
             raise ImproperlyConfigured(f"invalid result_backend URL: {exc}") from None
         options = dict(app.conf.get("result_backend_transport_options") or {})
         self.settings = Settings.from_options(options)
-        self.max_result_bytes = int(options.get("max_result_bytes") or MAX_RESULT_BYTES_DEFAULT)
+        self.max_result_bytes = self.settings.max_result_bytes
         failure_expires = app.conf.get("result_failure_expires")
         self.failure_expires = self.expires if failure_expires is None else self.prepare_expires(failure_expires)
         self.queries = load("celery_durable.backend", "queries.sql", self.settings.schema)

@@ -14,7 +14,7 @@ from celery.exceptions import ImproperlyConfigured
 from psycopg import sql
 
 from celery_durable.backend import PostgresBackend, consumer
-from celery_durable.backend.backend import ResultTooLarge
+from celery_durable.exceptions import ResultTooLarge
 from celery_durable.db.migrate import ensure_schema
 from celery_durable.exceptions import DatabaseUnavailable, SchemaError
 
