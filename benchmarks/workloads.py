@@ -361,7 +361,8 @@ def w_backlog(p):
     purge(m.app, ["bench_backlog"])
     info.update(
         steady_rate_target=rate, steady_sent=sent,
-        table_stats_after_steady=[str(x) for x in stats] if stats else None,
+        table_stats_after_steady=dict(zip(("n_live_tup", "n_dead_tup", "autovacuum_count", "last_autovacuum"),
+                                          (str(x) for x in stats))) if stats else None,
         size_after_purge_mb=_msg_size(conn, schema), backlog_rows=p["backlog"],
     )
     metrics = {
