@@ -90,6 +90,17 @@ def canonical(params: Mapping[str, Any]) -> str:
     return make_conninfo(**clean)
 
 
+def relaxed(conninfo: str) -> str:
+    """The same target with ``synchronous_commit=off``: for writes a database crash may undo harmlessly.
+
+    Leases (claims, renewals, requeues) qualify: an undone claim only means
+    the message is delivered again, which a lease expiry would do anyway.
+    """
+    params = conninfo_to_dict(conninfo)
+    params["options"] = f"{params.get('options', '')} -c synchronous_commit=off".strip()
+    return make_conninfo(**params)
+
+
 def describe(conninfo: str) -> str:
     """``user@host:port/dbname`` for messages and logs; never the password."""
     params = conninfo_to_dict(conninfo)

@@ -83,6 +83,8 @@ class Transport(virtual.Transport):
         self.settings = Settings.from_options(options)
         self.polling_interval = self.settings.polling_interval
         self.conninfo = dsn.from_kombu(client, options.get("connect_options"))
+        #: Claims, renewals and requeues need no fsync: a crash that undoes one only redelivers.
+        self.lease_conninfo = dsn.relaxed(self.conninfo)
         self.listen_conninfo = dsn.from_url(self.settings.listen_url) if self.settings.listen_url else self.conninfo
         self.queries = queries.load("celery_durable.transport", "queries.sql", self.settings.schema)
         self.notify_channel = channel_name(self.settings.schema)
@@ -92,25 +94,27 @@ class Transport(virtual.Transport):
         self._loop = None
         self._loop_thread: int | None = None
         self._timers: list = []
+        self._kick_pipe: tuple[int, int] | None = None
+        self._kicked = False
         self._delayed: list[tuple[float, str]] = []
         self._next_poll = monotonic() + self.settings.polling_interval
         self._pid = os.getpid()
 
     # -- database access --------------------------------------------------------
 
-    def _conn(self):
-        return pool.connection(self.conninfo, self.settings)
+    def _conn(self, relaxed: bool = False):
+        return pool.connection(self.lease_conninfo if relaxed else self.conninfo, self.settings)
 
-    def execute(self, query: str, /, **params) -> None:
-        with self._conn() as conn:
+    def execute(self, query: str, /, relaxed: bool = False, **params) -> None:
+        with self._conn(relaxed) as conn:
             conn.execute(self.queries[query], params)
 
-    def fetchone(self, query: str, /, **params):
-        with self._conn() as conn:
+    def fetchone(self, query: str, /, relaxed: bool = False, **params):
+        with self._conn(relaxed) as conn:
             return conn.execute(self.queries[query], params).fetchone()
 
-    def fetchall(self, query: str, /, **params):
-        with self._conn() as conn:
+    def fetchall(self, query: str, /, relaxed: bool = False, **params):
+        with self._conn(relaxed) as conn:
             return conn.execute(self.queries[query], params).fetchall()
 
     def exchange_type(self, name: str) -> str | None:
@@ -155,6 +159,16 @@ class Transport(virtual.Transport):
             except Exception:
                 pass
         self._timers.clear()
+        if self._kick_pipe is not None:
+            if self._loop is not None:
+                try:
+                    self._loop.remove_reader(self._kick_pipe[0])
+                except Exception:
+                    pass
+            for fd in self._kick_pipe:
+                os.close(fd)
+            self._kick_pipe = None
+            self._kicked = False
         if self._notifier is not None:
             self._notifier.close()
             self._notifier = None
@@ -214,8 +228,8 @@ class Transport(virtual.Transport):
     def claim(self, channel: Channel, queues: list[str], n: int) -> list[dict]:
         """Lease up to ``n`` messages of ``queues`` for ``channel``; return decoded payloads in order."""
         token = uuid.uuid4()
-        rows = self.fetchall("message_claim", queues=list(queues), n=n, lease=self.settings.lease_seconds,
-                             token=token, worker=WORKER_ID)
+        rows = self.fetchall("message_claim", relaxed=True, queues=list(queues), n=n,
+                             lease=self.settings.lease_seconds, token=token, worker=WORKER_ID)
         rows.sort(key=lambda r: (-r[2], r[0]))
         payloads, discard, dead = [], [], []
         for row_id, queue, _priority, deliveries, expired, raw in rows:
@@ -354,7 +368,7 @@ class Transport(virtual.Transport):
     def touch_queues(self) -> None:
         queues = self.consumed_queues()
         if queues:
-            self.execute("queue_touch", names=queues)
+            self.execute("queue_touch", relaxed=True, names=queues)
 
     def maintain(self) -> None:
         """Expire unused queues, messages past their TTL and old dead letters."""
@@ -369,16 +383,37 @@ class Transport(virtual.Transport):
         self._loop_thread = threading.get_ident()
         if self._notifier is not None:
             loop.add_reader(self._notifier.fileno(), self._on_readable)
+        if self._kick_pipe is None:
+            self._kick_pipe = os.pipe()
+            for fd in self._kick_pipe:
+                os.set_blocking(fd, False)
+        loop.add_reader(self._kick_pipe[0], self._on_kick)
         loop.on_tick.add(self._on_tick)
         self._timers.append(loop.call_repeatedly(self.settings.polling_interval, self._on_safety_poll))
 
     def _on_readable(self) -> None:
         if self._notifier is not None:
             self._wake(self._notifier.drain())
+            self._fetch_ready()
 
     def _on_tick(self) -> None:
+        # Deliveries must happen in a reader callback, never here: on_tick runs after the loop
+        # chose its poll timeout, so work Celery schedules for a delivered task (call_soon)
+        # would wait for that timeout. A byte on our own pipe makes the poll return at once.
         self._loop_thread = threading.get_ident()
         self.leases.flush_acks()
+        if not self._kicked and any(
+            c.ready and c._consumers and c.qos.can_consume() for c in self.channels
+        ):
+            self._kicked = True
+            os.write(self._kick_pipe[1], b"k")
+
+    def _on_kick(self) -> None:
+        try:
+            os.read(self._kick_pipe[0], 4096)
+        except BlockingIOError:
+            pass
+        self._kicked = False
         self._fetch_ready()
 
     def _on_safety_poll(self) -> None:

@@ -133,7 +133,7 @@ class Leases:
             self._requeue(leases, restored=1)
 
     def _requeue(self, leases: list[Lease], restored: int) -> None:
-        self.db.fetchall("message_requeue", ids=[l.id for l in leases], tokens=[l.token for l in leases],
+        self.db.fetchall("message_requeue", relaxed=True, ids=[l.id for l in leases], tokens=[l.token for l in leases],
                       restored=restored, channel=self.db.notify_channel)
 
     def dead_letter(self, leases: list[Lease], reason: str) -> None:
@@ -146,7 +146,7 @@ class Leases:
         if not held:
             return
         leases = list(held.values())
-        renewed = self.db.fetchall("lease_renew", ids=[l.id for l in leases], tokens=[l.token for l in leases],
+        renewed = self.db.fetchall("lease_renew", relaxed=True, ids=[l.id for l in leases], tokens=[l.token for l in leases],
                                 lease=self.db.settings.lease_seconds)
         lost = self._drop_missing({r[0] for r in renewed}, held)
         for tag, lease in held.items():
