@@ -83,7 +83,7 @@ class Transport(virtual.Transport):
         self.settings = Settings.from_options(options)
         self.polling_interval = self.settings.polling_interval
         self.conninfo = dsn.from_kombu(client, options.get("connect_options"))
-        #: Claims, renewals and requeues need no fsync: a crash that undoes one only redelivers.
+        #: Claims, renewals, requeues and acks need no fsync: a crash that undoes one only redelivers.
         self.lease_conninfo = dsn.relaxed(self.conninfo)
         self.listen_conninfo = dsn.from_url(self.settings.listen_url) if self.settings.listen_url else self.conninfo
         self.queries = queries.load("celery_durable.transport", "queries.sql", self.settings.schema)
