@@ -98,11 +98,7 @@ def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, res
             conn.execute("BEGIN")
         wf = conn.execute(store.queries["workflow_lock"], {"id": ref.workflow_id}).fetchone()
         if wf is None or wf[2] != ref.generation:
-            conn.execute("ROLLBACK")
-            with conn.transaction():
-                release(store, conn, ref)
-            logger.warning("durable step %s of workflow %s belongs to a superseded run: not checkpointed",
-                           ref.index, ref.workflow_id)
+            _abandon(store, conn, ref, "belongs to a superseded run: not checkpointed")
             return
         status, _current, _gen, steps_json, result_id, _atomic = wf
         content_type, data = encode(app, result)
@@ -113,11 +109,7 @@ def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, res
         }).fetchone()
         if inserted is None:
             # Another attempt finished this step first: keep its outcome, drop ours.
-            conn.execute("ROLLBACK")
-            with conn.transaction():
-                release(store, conn, ref)
-            logger.warning("durable step %s of workflow %s already finished: this attempt's writes rolled back",
-                           ref.index, ref.workflow_id)
+            _abandon(store, conn, ref, "already finished: this attempt's writes rolled back")
             return
         if not release(store, conn, ref):
             conn.execute("ROLLBACK")
@@ -154,6 +146,14 @@ def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, res
     if next_send is not None:
         steps, following, value = next_send
         dispatch(app, ref.workflow_id, steps, following, value, ref.generation)
+
+
+def _abandon(store: Store, conn: psycopg.Connection, ref: StepRef, why: str) -> None:
+    """Roll the step's transaction back, drop its message, say why."""
+    conn.execute("ROLLBACK")
+    with conn.transaction():
+        release(store, conn, ref)
+    logger.warning("durable step %s of workflow %s %s", ref.index, ref.workflow_id, why)
 
 
 def record_failure(store: Store, ref: StepRef, exc: BaseException, traceback: str | None = None) -> None:

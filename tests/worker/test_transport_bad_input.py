@@ -10,13 +10,6 @@ from tests.apps.transport_app import Harness, wait_for
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def h(pg_url, schema, worker_env, workers):
-    harness = Harness(pg_url, schema, worker_env, workers)
-    yield harness
-    harness.close()
-
-
 def _dead_letters(h: Harness):
     return h.q("SELECT queue, reason, payload FROM {s}.dead_letter ORDER BY dead_at")
 

@@ -14,13 +14,6 @@ from tests.apps.transport_app import Harness, wait_for
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def h(pg_url, schema, worker_env, workers):
-    harness = Harness(pg_url, schema, worker_env, workers)
-    yield harness
-    harness.close()
-
-
 def _celery(h: Harness, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run the ``celery`` command line on transport_app, as an operator would."""
     return subprocess.run(

@@ -7,7 +7,6 @@ Executions are counted in ``<schema>.executions`` by the tasks themselves
 from __future__ import annotations
 
 import random
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -17,13 +16,6 @@ from tests.apps.transport_app import Harness, wait_for
 REDIS_BACKEND = "redis://127.0.0.1:6379/5"
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def h(pg_url, schema, worker_env, workers):
-    harness = Harness(pg_url, schema, worker_env, workers)
-    yield harness
-    harness.close()
 
 
 def _postgres_backend_importable() -> bool:

@@ -18,13 +18,6 @@ from tests.apps.transport_app import Harness, wait_for
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def h(pg_url, schema, worker_env, workers):
-    harness = Harness(pg_url, schema, worker_env, workers)
-    yield harness
-    harness.close()
-
-
 def _sqlalchemy_engine(pg_url: str):
     """A ``postgresql+psycopg://`` engine on the test database (a Unix socket goes in ?host=, as SQLAlchemy wants)."""
     sqlalchemy = pytest.importorskip("sqlalchemy")

@@ -8,7 +8,6 @@ embedded server in a temporary directory and stops/starts it with the
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
 import subprocess
 import tempfile
