@@ -99,6 +99,7 @@ class Transport(virtual.Transport):
         self._delayed: list[tuple[float, str]] = []
         self._next_poll = monotonic() + self.settings.polling_interval
         self._pid = os.getpid()
+        self._autovacuum: bool | None = None
 
     # -- database access --------------------------------------------------------
 
@@ -397,10 +398,25 @@ class Transport(virtual.Transport):
             self.execute("queue_touch", relaxed=True, names=queues)
 
     def maintain(self) -> None:
-        """Expire unused queues, messages past their TTL and old dead letters."""
+        """Expire unused queues, messages past their TTL and old dead letters; vacuum if the server does not."""
         self.execute("queue_expire")
         self.execute("message_expire")
         self.execute("dead_letter_expire", retention=self.settings.dead_letter_retention)
+        if self._autovacuum is None:
+            self._autovacuum = bool(self.fetchone("autovacuum_enabled")[0])
+        if not self._autovacuum:
+            self._vacuum()
+
+    def _vacuum(self) -> None:
+        # Every ack leaves a dead row; without autovacuum the table (and each claim's index
+        # scan) would grow for ever.
+        schema = self.settings.schema
+        with self._conn() as conn:
+            if conn.execute(self.queries["message_vacuum_lock"], {"schema": schema}).fetchone()[0]:
+                try:
+                    conn.execute(self.queries["message_vacuum"])
+                finally:
+                    conn.execute(self.queries["message_vacuum_unlock"], {"schema": schema})
 
     # -- event loop (Celery's hub) --------------------------------------------------
 

@@ -193,3 +193,19 @@ WHERE expires_at < now() AND (lease_token IS NULL OR visible_at <= now())
 -- dead_letter_expire --
 -- Forget dead letters older than the retention.
 DELETE FROM {schema}.dead_letter WHERE dead_at < now() - %(retention)s * interval '1 second'
+
+-- autovacuum_enabled --
+-- Whether the server vacuums by itself; when it does not, workers vacuum the message table.
+SELECT current_setting('autovacuum') = 'on'
+
+-- message_vacuum_lock --
+-- One worker at a time vacuums (a session lock: VACUUM cannot run inside a transaction).
+SELECT pg_try_advisory_lock(hashtext('celery_durable:' || %(schema)s || ':vacuum'))
+
+-- message_vacuum --
+-- Reclaim the dead rows acks leave behind, so a busy queue's table stays the same size.
+VACUUM (ANALYZE, SKIP_LOCKED) {schema}.message
+
+-- message_vacuum_unlock --
+-- Release the vacuum lock.
+SELECT pg_advisory_unlock(hashtext('celery_durable:' || %(schema)s || ':vacuum'))
