@@ -57,6 +57,13 @@ def decode(app: Any, content_type: str, data: bytes) -> Any:
     return loads(bytes(data), content_type, "binary", accept=accept)
 
 
+def _release_cursor(store: Store, conn: psycopg.Connection, ref: StepRef) -> psycopg.Cursor | None:
+    """Send the fenced delete of the step's own message (None: nothing to delete in this mode)."""
+    if ref.lease is None or not store.atomic:
+        return None
+    return conn.execute(store.queries["message_release"], {"id": ref.lease[0], "token": ref.lease[1]})
+
+
 def release(store: Store, conn: psycopg.Connection, ref: StepRef) -> bool:
     """Delete the step's own message if this worker still holds it; True when there is nothing to delete."""
     if ref.lease is None or not store.atomic:
@@ -68,18 +75,16 @@ def release(store: Store, conn: psycopg.Connection, ref: StepRef) -> bool:
 def finished_result(store: Store, ref: StepRef) -> tuple[bool, Any]:
     """(True, result) when this step already has a checkpoint or must not run (cancelled, superseded)."""
     with store.connection() as conn:
-        row = conn.execute(store.queries["workflow_get"], {"id": ref.workflow_id}).fetchone()
-        if row is None or row[4] != ref.generation or row[2] in ("cancelled", "succeeded"):
+        row = conn.execute(store.queries["step_state"],
+                           {"id": ref.workflow_id, "step": ref.index, "member": ref.member}).fetchone()
+        if row is None or row[1] != ref.generation or row[0] in ("cancelled", "succeeded"):
             with conn.transaction():
                 release(store, conn, ref)
             return True, None
-        done = conn.execute(
-            store.queries["checkpoint_get"], {"id": ref.workflow_id, "step": ref.index, "member": ref.member}
-        ).fetchone()
-        if done is not None:
+        if row[2] is not None:
             with conn.transaction():
                 release(store, conn, ref)
-            return True, decode(store.app, done[0], done[1])
+            return True, decode(store.app, row[2], row[3])
     return False, None
 
 
@@ -94,24 +99,34 @@ def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, res
     conn = store.borrow() if own else step._conn
     next_send = None
     try:
-        if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            conn.execute("BEGIN")
-        wf = conn.execute(store.queries["workflow_lock"], {"id": ref.workflow_id}).fetchone()
+        content_type, data = encode(app, result)
+        # One round trip: lock, checkpoint and fenced delete go out together; if the answers
+        # say this attempt must not count, the whole transaction is rolled back below.
+        try:
+            with conn.pipeline():
+                if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                    conn.execute("BEGIN")
+                locked = conn.execute(store.queries["workflow_lock"], {"id": ref.workflow_id})
+                inserting = conn.execute(store.queries["checkpoint_insert"], {
+                    "id": ref.workflow_id, "step": ref.index, "member": ref.member, "task_id": task.request.id,
+                    "task_name": task.name, "content_type": content_type, "result": data,
+                    "attempts": (task.request.retries or 0) + 1,
+                })
+                releasing = _release_cursor(store, conn, ref)
+        except psycopg.errors.ForeignKeyViolation:
+            _abandon(store, conn, ref, "has no workflow row any more (deleted?): not checkpointed")
+            return
+        wf, inserted = locked.fetchone(), inserting.fetchone()
+        released = releasing is None or releasing.fetchone() is not None
         if wf is None or wf[2] != ref.generation:
             _abandon(store, conn, ref, "belongs to a superseded run: not checkpointed")
             return
         status, _current, _gen, steps_json, result_id, _atomic = wf
-        content_type, data = encode(app, result)
-        inserted = conn.execute(store.queries["checkpoint_insert"], {
-            "id": ref.workflow_id, "step": ref.index, "member": ref.member, "task_id": task.request.id,
-            "task_name": task.name, "content_type": content_type, "result": data,
-            "attempts": (task.request.retries or 0) + 1,
-        }).fetchone()
         if inserted is None:
             # Another attempt finished this step first: keep its outcome, drop ours.
             _abandon(store, conn, ref, "already finished: this attempt's writes rolled back")
             return
-        if not release(store, conn, ref):
+        if not released:
             conn.execute("ROLLBACK")
             raise LeaseLost(f"lost the lease of step {ref.index} of workflow {ref.workflow_id}: rolled back")
         steps = decode_steps(steps_json)

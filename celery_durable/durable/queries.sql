@@ -66,10 +66,14 @@ DELETE FROM {schema}.workflow
 WHERE status IN ('succeeded', 'cancelled', 'failed')
   AND updated_at < now() - %(retention)s * interval '1 second'
 
--- checkpoint_get --
--- A step's stored result, if it finished (a redelivered finished step is not run again).
-SELECT content_type, result FROM {schema}.checkpoint
-WHERE workflow_id = %(id)s AND step = %(step)s AND member = %(member)s
+-- step_state --
+-- Before a step runs: its workflow's status and generation, and its checkpoint if it already
+-- finished (a redelivered finished step is not run again). One round trip.
+SELECT w.status, w.generation, c.content_type, c.result
+FROM {schema}.workflow w
+LEFT JOIN {schema}.checkpoint c
+       ON c.workflow_id = w.id AND c.step = %(step)s AND c.member = %(member)s
+WHERE w.id = %(id)s
 
 -- checkpoint_insert --
 -- Record a finished step; nothing is inserted if another attempt already finished it.
