@@ -72,20 +72,24 @@ def release(store: Store, conn: psycopg.Connection, ref: StepRef) -> bool:
     return row is not None
 
 
-def finished_result(store: Store, ref: StepRef) -> tuple[bool, Any]:
-    """(True, result) when this step already has a checkpoint or must not run (cancelled, superseded)."""
+FINISHED = "already finished"
+STOPPED = "belongs to a stopped or superseded run"
+
+
+def finished_result(store: Store, ref: StepRef) -> tuple[str | None, Any]:
+    """(FINISHED, result) for a step with a checkpoint, (STOPPED, None) for one that must not run, else (None, None)."""
     with store.connection() as conn:
         row = conn.execute(store.queries["step_state"],
                            {"id": ref.workflow_id, "step": ref.index, "member": ref.member}).fetchone()
         if row is None or row[1] != ref.generation or row[0] in ("cancelled", "succeeded"):
             with conn.transaction():
                 release(store, conn, ref)
-            return True, None
+            return STOPPED, None
         if row[2] is not None:
             with conn.transaction():
                 release(store, conn, ref)
-            return True, decode(store.app, row[2], row[3])
-    return False, None
+            return FINISHED, decode(store.app, row[2], row[3])
+    return None, None
 
 
 def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, result: Any) -> None:

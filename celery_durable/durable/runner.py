@@ -58,11 +58,10 @@ def _wrap(task: Any) -> None:
 def _run_step(task: Any, header: dict, original: Any, args: tuple, kwargs: dict) -> Any:
     store = Store.for_app(task.app)
     ref = checkpoint.StepRef.from_headers(header, getattr(task.request, LEASE_HEADER, None))
-    done, value = checkpoint.finished_result(store, ref)
-    if done:
-        logger.info("durable step %s of workflow %s already finished or stopped: not run again",
-                    ref.index, ref.workflow_id)
-        if value is None:
+    state, value = checkpoint.finished_result(store, ref)
+    if state is not None:
+        logger.info("durable step %s of workflow %s %s: not run again", ref.index, ref.workflow_id, state)
+        if state == checkpoint.STOPPED:
             raise Ignore()
         return value
 
@@ -88,9 +87,13 @@ def _run_step(task: Any, header: dict, original: Any, args: tuple, kwargs: dict)
         _rollback(store, step)
         checkpoint.release_only(store, ref)
         raise
-    except BaseException as exc:
+    except Exception as exc:
         _rollback(store, step)
         checkpoint.record_failure(store, ref, exc, "".join(tb.format_exception(exc)))
+        raise
+    except BaseException:
+        # A shutdown, not a failure: roll back and let the message come back.
+        _rollback(store, step)
         raise
     try:
         checkpoint.commit_success(store, step, ref, task, result)
