@@ -14,7 +14,7 @@ from celery import states
 
 from .config import Settings
 from .db import dsn, pool, queries
-from .durable.checkpoint import cancelled_error, decode, previous_result
+from .durable.checkpoint import cancelled_error, decode, previous_result, unfinished_members
 from .durable.dispatch import dispatch
 from .durable.steps import Step, decode_steps, encode_steps
 from .durable.store import Store
@@ -114,12 +114,8 @@ def resume_workflow(app: Any, workflow_id: str) -> list[str]:
         status, current = row[0], row[1]
         if status == "succeeded":
             raise WorkflowError(f"workflow {workflow_id} already succeeded: use restart_workflow to run it again")
-        finished = {m for m, _ct, _b in conn.execute(q["checkpoint_members"], {"id": workflow_id, "step": current})}
         conn.execute(q["workflow_restart"], {"id": workflow_id, "step": current, "bump": 0, "steps": encode_steps(steps)})
-        members = None
-        if steps[current].kind == "group":
-            members = set(range(len(steps[current].signatures))) - finished
-        return current, members
+        return current, unfinished_members(conn, store, workflow_id, steps, current)
 
     return _resend(store, workflow_id, change)
 

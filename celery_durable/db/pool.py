@@ -84,6 +84,17 @@ def prepare_schema(conninfo: str, settings: Settings) -> None:
     _ready_schemas.add(key)
 
 
+def probe(conninfo: str, settings: Settings) -> None:
+    """Connect once, directly, so a down server or wrong URL fails now with its cause.
+
+    The first probe in a process also creates or checks the schema.
+    """
+    if (conninfo, settings.schema) not in _ready_schemas:
+        prepare_schema(conninfo, settings)
+    else:
+        connect(conninfo, timeout=settings.connect_timeout).close()
+
+
 @contextmanager
 def connection(conninfo: str, settings: Settings) -> Iterator[psycopg.Connection]:
     """A pooled autocommit connection; driver and pool errors become DatabaseUnavailable."""

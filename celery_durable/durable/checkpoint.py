@@ -66,10 +66,8 @@ def _release_cursor(store: Store, conn: psycopg.Connection, ref: StepRef) -> psy
 
 def release(store: Store, conn: psycopg.Connection, ref: StepRef) -> bool:
     """Delete the step's own message if this worker still holds it; True when there is nothing to delete."""
-    if ref.lease is None or not store.atomic:
-        return True
-    row = conn.execute(store.queries["message_release"], {"id": ref.lease[0], "token": ref.lease[1]}).fetchone()
-    return row is not None
+    cursor = _release_cursor(store, conn, ref)
+    return cursor is None or cursor.fetchone() is not None
 
 
 FINISHED = "already finished"
@@ -204,6 +202,14 @@ def previous_result(store: Store, conn: Any, workflow_id: str, steps: list, inde
         raise WorkflowError(f"step {index - 1} of workflow {workflow_id} has no checkpoint: restart from it instead")
     values = [decode(store.app, ct, blob) for _m, ct, blob in rows]
     return values if steps[index - 1].kind == "group" else values[0]
+
+
+def unfinished_members(conn: Any, store: Store, workflow_id: str, steps: list, index: int) -> set[int] | None:
+    """Members of group step ``index`` without a checkpoint; None for a task step (send it whole)."""
+    if steps[index].kind != "group":
+        return None
+    finished = {m for m, _c, _b in conn.execute(store.queries["checkpoint_step"], {"id": workflow_id, "step": index})}
+    return set(range(len(steps[index].signatures))) - finished
 
 
 def cancelled_error(workflow_id: str) -> TaskRevokedError:

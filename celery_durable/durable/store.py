@@ -64,7 +64,6 @@ class Store:
 
     def borrow(self) -> psycopg.Connection:
         """A pooled connection kept across a step's body; give it back with ``give_back``."""
-        pool.prepare_schema(self.conninfo, self.settings)
         return pool.get_pool(self.conninfo, self.settings).getconn()
 
     def give_back(self, conn: psycopg.Connection) -> None:

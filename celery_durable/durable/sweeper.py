@@ -16,7 +16,7 @@ from typing import Any
 
 from celery import signals
 
-from .checkpoint import previous_result
+from .checkpoint import previous_result, unfinished_members
 from .dispatch import dispatch
 from .steps import decode_steps
 from .store import Store
@@ -68,10 +68,8 @@ class Sweeper:
             return 0
         current, generation, steps_json = row[1], row[2], row[3]
         steps = decode_steps(steps_json)
-        finished = {m for m, _c, _b in conn.execute(q["checkpoint_step"], {"id": workflow_id, "step": current})}
-        step = steps[current]
-        members = set(range(len(step.signatures))) - finished if step.kind == "group" else None
-        if step.kind == "task" and finished:
+        members = unfinished_members(conn, self.store, workflow_id, steps, current)
+        if members is None and conn.execute(q["checkpoint_step"], {"id": workflow_id, "step": current}).fetchone():
             return 0
         previous = previous_result(self.store, conn, workflow_id, steps, current)
         logger.warning("re-sending step %s of workflow %s: no progress for %ss", current, workflow_id,

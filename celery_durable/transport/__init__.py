@@ -125,12 +125,11 @@ class Transport(virtual.Transport):
     # -- connection lifecycle ---------------------------------------------------
 
     def establish_connection(self):
-        # A direct connection first: a wrong URL or a down server fails now, with the cause.
-        # get_pool only connects the first time in a process; on a reconnection (the server
-        # restarted, the pool is still there) probe too, or Kombu reports "Connected" to a
-        # server that is down and Celery's retry policy and backoff never apply.
+        # A direct connection on every connect, not only the pool's first: otherwise a
+        # reconnection to a restarted-but-down server reports "Connected" and Celery's retry
+        # policy and backoff never apply. The first probe also prepares the schema.
+        pool.probe(self.conninfo, self.settings)
         pool.get_pool(self.conninfo, self.settings)
-        pool.connect(self.conninfo, timeout=self.settings.connect_timeout).close()
         return super().establish_connection()
 
     def close_connection(self, connection):
