@@ -66,6 +66,8 @@ class Channel(virtual.Channel):
         super().__init__(connection, **kwargs)
         #: Claim on the next chance: set by consume, NOTIFY, safety poll, or a full batch.
         self.ready = True
+        #: Messages asked of the fetcher thread and not yet delivered (one claim in flight at a time).
+        self.claiming = 0
         self.no_ack_queues: set[str] = set()
         #: Auto-delete or non-durable queues: broadcasts reach them by NOTIFY, the safety poll skips them.
         self.transient_queues: set[str] = set()

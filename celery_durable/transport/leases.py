@@ -3,7 +3,7 @@
 A claimed row carries a lease: ``visible_at`` in the future and a token. Acks
 delete the row only while the token still matches (fencing), so a worker that
 lost its lease cannot remove a message another worker now runs. Acks made on
-the event loop's thread are batched and sent once per loop turn; acks from
+the event loop's thread are batched and sent by the fetcher thread with its next round trip; acks from
 other threads go at once. The Keeper thread renews what is held.
 """
 
@@ -109,6 +109,9 @@ class Leases:
         if pending:
             self.ack_now(pending)
 
+    def has_pending(self) -> bool:
+        return bool(self._pending_acks)
+
     def take_pending(self) -> list[Lease]:
         """The acks waiting for the end of the loop turn (the claim sends them in its round trip)."""
         with self._acks_lock:
@@ -143,6 +146,10 @@ class Leases:
         leases = self.pop_many(tags)
         if leases:
             self._requeue(leases, restored=1)
+
+    def requeue(self, leases: list[Lease]) -> None:
+        """Give back rows claimed but never delivered (no delivery counted)."""
+        self._requeue(leases, restored=1)
 
     def _requeue(self, leases: list[Lease], restored: int) -> None:
         self.db.fetchall("message_requeue", relaxed=True, ids=[l.id for l in leases], tokens=[l.token for l in leases],
