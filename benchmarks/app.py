@@ -6,6 +6,7 @@ BENCH_SCHEMA    PostgreSQL schema for our transport/backend (default ``bench``)
 BENCH_COUNTER   Redis URL where counting tasks INCR a key (default redis://127.0.0.1:6379/15):
                 executions are counted OUTSIDE the broker/backend under test, with one cheap INCR.
 BENCH_QUEUE     queue the worker consumes (default ``bench``)
+BENCH_SYNCHRONOUS_COMMIT  "0": our transport and backend with synchronous_commit off
 
 Importing ``celery_durable`` (when it is importable) registers the postgresql:// broker scheme.
 """
@@ -44,10 +45,12 @@ conf: dict = dict(
     result_serializer="json",
     accept_content=["json"],
 )
+#: "0": our synchronous_commit setting off (the pg-nosync config).
+SYNCHRONOUS_COMMIT = os.environ.get("BENCH_SYNCHRONOUS_COMMIT", "1") != "0"
 if _is_ours(BROKER):
-    conf["broker_transport_options"] = {"schema": SCHEMA}
+    conf["broker_transport_options"] = {"schema": SCHEMA, "synchronous_commit": SYNCHRONOUS_COMMIT}
 if _is_ours(BACKEND):
-    conf["result_backend_transport_options"] = {"schema": SCHEMA}
+    conf["result_backend_transport_options"] = {"schema": SCHEMA, "synchronous_commit": SYNCHRONOUS_COMMIT}
 app.conf.update(conf)
 
 _redis = None

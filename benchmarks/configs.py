@@ -61,6 +61,8 @@ CONFIGS: dict[str, Config] = {
     for c in [
         Config("pg", PG_URL, PG_URL, "postgresql:// broker + postgresql:// backend (schema bench)",
                ours_broker=True, ours_backend=True),
+        Config("pg-nosync", PG_URL, PG_URL, "pg with synchronous_commit=false: publishes and results skip the fsync",
+               ours_broker=True, ours_backend=True, extra_env={"BENCH_SYNCHRONOUS_COMMIT": "0"}),
         Config("redis", f"{REDIS}/10", f"{REDIS}/11", "redis broker + redis results"),
         Config("rabbitmq", AMQP, f"{REDIS}/13", "amqp broker (RabbitMQ) + redis results"),
         Config(

@@ -24,6 +24,7 @@ PG_ONLY = {"backlog", "idle"}
 #: name -> (unit, "higher"|"lower" is better, description). The report iterates this order.
 METRICS = {
     "e2e_tps": ("tasks/s", "higher", "N no-op tasks: first enqueue -> last execution (prefork -c 2)"),
+    "drain_tps": ("tasks/s", "higher", "consumer alone: N queued tasks, add_consumer -> last execution"),
     "enqueue_tps": ("tasks/s", "higher", "delay() rate into a queue nobody consumes"),
     "enqueue_busy_tps": ("tasks/s", "higher", "delay() rate while the worker consumes them"),
     "group1000_enqueue_ms": ("ms", "lower", "group of 1,000 no-op tasks: apply_async() returns"),
@@ -141,11 +142,20 @@ def w_throughput(p):
     r = _counter()
     purge(m.app, ["bench", "bench_enqueue"])
     warm(m, r, p["timeout"])
-    # 1. enqueue rate alone: a queue no worker consumes
+    # 1. enqueue rate alone: a queue no worker consumes (yet)
+    key = f"bench:{uuid.uuid4().hex}"
     t0 = time.perf_counter()
     for _ in range(n):
-        m.count.apply_async(("bench:unused",), queue="bench_enqueue")
+        m.count.apply_async((key, n), queue="bench_enqueue")
     enqueue_tps = n / (time.perf_counter() - t0)
+    # 1b. consumer alone: the worker starts consuming those n queued tasks
+    t0 = time.perf_counter()
+    replies = m.app.control.add_consumer("bench_enqueue", reply=True, timeout=5)
+    drain_tps = None
+    if replies:
+        t2, _ = wait_count(r, key, n, p["timeout"])
+        drain_tps = n / (t2 - t0)
+        m.app.control.cancel_consumer("bench_enqueue", reply=True, timeout=5)
     purge(m.app, ["bench_enqueue"])
     # 2. end to end with the worker consuming
     e2e_tps, busy_tps = e2e(m, r, n, p["timeout"])
@@ -156,13 +166,19 @@ def w_throughput(p):
     g.apply_async()
     t1 = time.perf_counter()
     t2, _ = wait_count(r, key, 1000, p["timeout"])
-    return {
+    metrics = {
         "e2e_tps": e2e_tps,
+        "drain_tps": drain_tps,
         "enqueue_tps": enqueue_tps,
         "enqueue_busy_tps": busy_tps,
         "group1000_enqueue_ms": (t1 - t0) * 1000,
         "group1000_e2e_ms": (t2 - t0) * 1000,
-    }, {"n": n}
+    }
+    info = {"n": n}
+    if drain_tps is None:
+        del metrics["drain_tps"]
+        info["drain"] = "skipped: no worker answered add_consumer (the broker carries no broadcast)"
+    return metrics, info
 
 
 def w_throughput_threads(p):

@@ -68,6 +68,7 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
         options = dict(app.conf.get("result_backend_transport_options") or {})
         self.settings = Settings.from_options(options)
         self.max_result_bytes = self.settings.max_result_bytes
+        self._store_conninfo = self.conninfo if self.settings.synchronous_commit else dsn.relaxed(self.conninfo)
         failure_expires = app.conf.get("result_failure_expires")
         self.failure_expires = self.expires if failure_expires is None else self.prepare_expires(failure_expires)
         self.queries = load("celery_durable.backend", "queries.sql", self.settings.schema)
@@ -85,10 +86,14 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
     # -- connections ---------------------------------------------------------------------------
 
     @contextmanager
-    def _db(self) -> Iterator[psycopg.Connection]:
-        """A pooled autocommit connection; a dropped schema becomes SchemaError, an outage DatabaseUnavailable."""
+    def _db(self, store: bool = False) -> Iterator[psycopg.Connection]:
+        """A pooled autocommit connection; a dropped schema becomes SchemaError, an outage DatabaseUnavailable.
+
+        ``store``: for storing results, without waiting for the WAL flush when ``synchronous_commit`` is off.
+        """
+        conninfo = self._store_conninfo if store else self.conninfo
         try:
-            with pool.connection(self.conninfo, self.settings) as conn:
+            with pool.connection(conninfo, self.settings) as conn:
                 yield conn
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
             raise SchemaError(
@@ -155,7 +160,7 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
         """Upsert the meta and NOTIFY on commit; a chord part is counted in the same transaction."""
         params = self._result_params(task_id, result, state, traceback, request)
         part = self._chord_part_params(request, state, result)
-        with self._db() as conn:
+        with self._db(store=True) as conn:
             if part is None:
                 conn.execute(self.queries["result_upsert"], params)
             else:

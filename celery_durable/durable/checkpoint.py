@@ -139,20 +139,23 @@ def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, res
                 conn.execute("COMMIT")
                 return
             value = [decode(app, ct, blob) for _member, ct, blob in rows]
-        if status == "running":
-            following = ref.index + 1
-            if following < len(steps):
-                conn.execute(store.queries["workflow_advance"], {"id": ref.workflow_id, "step": following})
-                if store.atomic:
-                    dispatch(app, ref.workflow_id, steps, following, value, ref.generation, conn=conn)
+        # The rest goes out in a second round trip, COMMIT included; a failing statement
+        # aborts the transaction and surfaces when the pipeline syncs (rolled back below).
+        with conn.pipeline():
+            if status == "running":
+                following = ref.index + 1
+                if following < len(steps):
+                    conn.execute(store.queries["workflow_advance"], {"id": ref.workflow_id, "step": following})
+                    if store.atomic:
+                        dispatch(app, ref.workflow_id, steps, following, value, ref.generation, conn=conn)
+                    else:
+                        next_send = (steps, following, value)
                 else:
-                    next_send = (steps, following, value)
-            else:
-                conn.execute(store.queries["workflow_finish"], {
-                    "id": ref.workflow_id, "status": "succeeded", "error": None, "step": ref.index,
-                })
-                store.backend.store_result_in(conn, result_id, value, states.SUCCESS)
-        conn.execute("COMMIT")
+                    conn.execute(store.queries["workflow_finish"], {
+                        "id": ref.workflow_id, "status": "succeeded", "error": None, "step": ref.index,
+                    })
+                    store.backend.store_result_in(conn, result_id, value, states.SUCCESS)
+            conn.execute("COMMIT")
     except BaseException:
         if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.execute("ROLLBACK")

@@ -43,6 +43,8 @@ def dispatch(
         if index > 0 and not sig["immutable"]:
             args = (previous,) + args
         options = dict(sig["options"])
+        # The checkpoint row is the step's result; storing it again per task id costs a commit.
+        options.setdefault("ignore_result", True)
         headers = dict(options.pop("headers", None) or {})
         headers[STEP_HEADER] = step_header(workflow_id, index, member, generation)
         task_id = str(uuid.uuid4())

@@ -23,7 +23,7 @@ Transport options (``broker_transport_options``): every field of
 ``polling_interval``, ``claim_batch``, ``max_deliveries``,
 ``native_delay_threshold``, ``max_message_bytes``, ``pool_max_size``,
 ``connect_timeout``, ``auto_migrate``, ``maintenance_interval``,
-``dead_letter_retention``, ``listen_url``) plus ``connect_options`` (a dict of
+``dead_letter_retention``, ``listen_url``, ``synchronous_commit``) plus ``connect_options`` (a dict of
 libpq keywords).
 """
 
@@ -219,7 +219,7 @@ class Transport(virtual.Transport):
         if outer is not None:
             enqueue.execute(outer, self.queries[query], params)
             return
-        with self._conn() as conn:
+        with self._conn(relaxed=not self.settings.synchronous_commit) as conn:
             conn.execute(self.queries[query], params)
 
     def _native_eta(self, headers: dict) -> datetime | None:

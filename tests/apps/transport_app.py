@@ -50,13 +50,15 @@ def make_app(env: dict | None = None) -> Celery:
         "polling_interval": float(env.get("CELERY_DURABLE_POLL", "0.5")),
         "native_delay_threshold": float(env.get("CELERY_DURABLE_NATIVE_DELAY", "60")),
         "connect_timeout": 5,
+        # "false" as a string, as it would come from a config file
+        "synchronous_commit": env.get("CELERY_DURABLE_SYNCHRONOUS_COMMIT", "true"),
     }
     app = Celery("transport_app")
     app.conf.update(
         broker_url=url,
         result_backend=env.get("CELERY_DURABLE_BACKEND") or None,
         broker_transport_options=options,
-        result_backend_transport_options={"schema": schema},
+        result_backend_transport_options={"schema": schema, "synchronous_commit": options["synchronous_commit"]},
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_hijack_root_logger=False,

@@ -26,8 +26,10 @@ def _postgres_backend_importable() -> bool:
     return True
 
 
-@pytest.mark.parametrize("backend", ["redis", "postgresql"])
+@pytest.mark.parametrize("backend", ["redis", "postgresql", "postgresql-nosync"])
 def test_tasks_round_trip(pg_url, schema, worker_env, workers, backend):
+    """Tasks and results round-trip; also with ``synchronous_commit`` off on both sides."""
+    env = dict(worker_env)
     if backend == "redis":
         url = REDIS_BACKEND
         redis = pytest.importorskip("redis")
@@ -39,7 +41,9 @@ def test_tasks_round_trip(pg_url, schema, worker_env, workers, backend):
         if not _postgres_backend_importable():
             pytest.skip("celery_durable.backend is not importable yet")
         url = pg_url
-    h = Harness(pg_url, schema, {**worker_env, "CELERY_DURABLE_BACKEND": url}, workers)
+        if backend.endswith("nosync"):
+            env["CELERY_DURABLE_SYNCHRONOUS_COMMIT"] = "false"
+    h = Harness(pg_url, schema, {**env, "CELERY_DURABLE_BACKEND": url}, workers)
     try:
         h.start()
         assert h.task("add").delay(2, 3).get(timeout=30) == 5
