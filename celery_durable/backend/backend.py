@@ -33,6 +33,7 @@ from ..exceptions import DatabaseUnavailable, ResultTooLarge, SchemaError
 from ..db import dsn, pool
 from ..db.queries import load
 from .chords import ChordMixin
+from . import notify
 from .consumer import ResultConsumer
 
 logger = logging.getLogger(__name__)
@@ -140,8 +141,10 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
         name = getattr(request, "task", None) if request is not None else None
         worker = getattr(request, "hostname", None) if request is not None else None
         expires = self.failure_expires if state == states.FAILURE else self.expires
+        encoded = self._encode_payload(meta, meta["task_id"])
         return {
             "task_id": meta["task_id"],
+            "inline": notify.inline(meta["task_id"], self.content_type, self.content_encoding, encoded),
             "status": state,
             "name": name if isinstance(name, str) else None,
             "worker": worker if isinstance(worker, str) else None,
@@ -149,7 +152,7 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
             "retries": retries if isinstance(retries, int) else None,
             "content_type": self.content_type,
             "content_encoding": self.content_encoding,
-            "meta": self._encode_payload(meta, meta["task_id"]),
+            "meta": encoded,
             "ready": state in states.READY_STATES,
             "expires": float(expires) if expires else None,
             "channel": self.channel,

@@ -1,10 +1,11 @@
 """Wake ``AsyncResult.get()`` with LISTEN/NOTIFY instead of polling.
 
 A :class:`Listener` owns one dedicated LISTEN connection per process,
-database and channel (``<schema>.result``; payload: a task id). One thread
-at a time reads it and hands the ids to every :class:`ResultConsumer` of the
-process (Celery makes one backend per thread); each consumer keeps the ids it
-waits for, fetches their metas in one query and resolves its results.
+database and channel (``<schema>.result``; payload: a task id, or the id with
+the meta itself, see :mod:`.notify`). One thread at a time reads it and hands
+the ids to every :class:`ResultConsumer` of the process (Celery makes one
+backend per thread); each consumer keeps the ids it waits for, fetches the
+metas that did not come inline in one query and resolves its results.
 Waiters listen before they read the current state, so no result is missed;
 after a reconnect every consumer re-reads all the ids it waits for, since
 NOTIFYs sent while disconnected are lost.
@@ -27,6 +28,7 @@ from psycopg import sql
 from ..config import Settings
 from ..db import dsn, pool
 from ..exceptions import DatabaseUnavailable
+from . import notify
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +130,7 @@ class Listener:
                     self._read_done.wait(timeout)
             return
         try:
-            ids = self._read(timeout)
+            ids = self._read(timeout)  # task id -> inline meta or None
             if ids:
                 for consumer in list(self._consumers):
                     consumer.deliver(ids)
@@ -138,14 +140,15 @@ class Listener:
                 self._reads += 1
                 self._read_done.notify_all()
 
-    def _read(self, timeout: float) -> set[str]:
+    def _read(self, timeout: float) -> dict[str, tuple | None]:
         conn = self._conn
         try:
             if conn is None or conn.closed:
                 raise psycopg.OperationalError("listen connection closed")
-            ids = {n.payload for n in conn.notifies(timeout=timeout, stop_after=1)}
+            # In commit order: a later state of the same task replaces an earlier one.
+            ids = dict(notify.parse(n.payload) for n in conn.notifies(timeout=timeout, stop_after=1))
             if ids:  # whatever else already arrived, without waiting
-                ids.update(n.payload for n in conn.notifies(timeout=0))
+                ids.update(notify.parse(n.payload) for n in conn.notifies(timeout=0))
             return ids
         except psycopg.Error as exc:
             logger.warning("celery_durable: result listener lost its connection (%s); reconnecting",
@@ -157,7 +160,7 @@ class Listener:
                     pass
             self._conn = None
             self._reconnect()
-            return set()
+            return {}
 
 
 class ResultConsumer(BaseResultConsumer):
@@ -166,7 +169,7 @@ class ResultConsumer(BaseResultConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._consuming: set[str] = set()
-        self._inbox: set[str] = set()
+        self._inbox: dict[str, tuple | None] = {}
         self._inbox_lock = threading.Lock()
         self._listener: Listener | None = None
         self._epoch = 0
@@ -181,16 +184,16 @@ class ResultConsumer(BaseResultConsumer):
             self._listener = listener
         return listener
 
-    def deliver(self, ids: set[str]) -> None:
-        """Called by the reading thread: keep the ids this consumer waits for."""
-        wanted = ids & self._consuming
+    def deliver(self, ids: dict[str, tuple | None]) -> None:
+        """Called by the reading thread: keep the ids (and inline metas) this consumer waits for."""
+        wanted = ids.keys() & self._consuming
         if wanted:
             with self._inbox_lock:
-                self._inbox |= wanted
+                self._inbox.update((task_id, ids[task_id]) for task_id in wanted)
 
-    def _take_inbox(self) -> set[str]:
+    def _take_inbox(self) -> dict[str, tuple | None]:
         with self._inbox_lock:
-            ids, self._inbox = self._inbox, set()
+            ids, self._inbox = self._inbox, {}
         return ids
 
     def start(self, initial_task_id: str, **kwargs: Any) -> None:
@@ -210,7 +213,7 @@ class ResultConsumer(BaseResultConsumer):
     def on_after_fork(self) -> None:
         self._listener = None
         self._consuming = set()
-        self._inbox = set()
+        self._inbox = {}
         self._inbox_lock = threading.Lock()
 
     def on_state_change(self, meta: dict, message: Any) -> None:
@@ -243,12 +246,22 @@ class ResultConsumer(BaseResultConsumer):
         if self._epoch != listener.epoch:
             # (Re)connected since we last looked: NOTIFYs may have been lost.
             self._epoch = listener.epoch
-            ids |= set(self._consuming)
+            for task_id in self._consuming:
+                ids.setdefault(task_id, None)
         if ids:
             self._dispatch(ids)
 
-    def _dispatch(self, ids: set[str]) -> None:
-        metas = self.backend._get_metas(ids)
+    def _dispatch(self, ids: dict[str, tuple | None]) -> None:
+        metas, missing = {}, []
+        for task_id, inline in ids.items():
+            try:
+                if inline is not None:
+                    metas[task_id] = self.backend._decode_meta(*inline)
+                    continue
+            except Exception:  # noqa: BLE001 - not decodable here: read the row as without it
+                pass
+            missing.append(task_id)
+        metas.update(self.backend._get_metas(missing))
         for task_id in ids:
             meta = metas.get(task_id)
             if meta is not None:

@@ -2,7 +2,9 @@
 -- %(channel)s is always '<schema>.result': NOTIFY channels are strings, not identifiers.
 
 -- result_upsert --
--- Store a task's state; a stored SUCCESS wins over late duplicates (as Celery's key-value backends do), and listeners hear the task id on commit.
+-- Store a task's state; a stored SUCCESS wins over late duplicates (as Celery's key-value backends do),
+-- and listeners hear of it on commit: the task id, or %(inline)s (the id and the meta itself) when
+-- the meta is small ASCII text, so the waiter needs no query.
 WITH stored AS (
     INSERT INTO {schema}.result AS r
         (task_id, status, name, worker, queue, retries, content_type, content_encoding, meta, date_done, expires_at)
@@ -24,7 +26,7 @@ WITH stored AS (
         WHERE r.status <> 'SUCCESS'
     RETURNING task_id
 )
-SELECT pg_notify(%(channel)s, task_id) FROM stored
+SELECT pg_notify(%(channel)s, coalesce(%(inline)s, task_id)) FROM stored
 
 -- result_get --
 -- One task's encoded meta (AsyncResult.state/.get() before waiting).
