@@ -160,6 +160,8 @@ class Transport(virtual.Transport):
 
     def _stop_background(self) -> None:
         self._stop_fetcher()
+        if self._loop is not None:
+            self._loop.on_tick.discard(self._on_tick)
         if self._keeper is not None:
             self._keeper.stop()
             self._keeper = None
@@ -473,6 +475,8 @@ class Transport(virtual.Transport):
         # on_tick runs after the loop chose its poll timeout, so work Celery schedules for a
         # delivered task with call_soon would wait for that timeout.)
         self._loop_thread = threading.get_ident()
+        if self._fetcher is None:
+            return  # closed: Celery's next connection has its own transport
         if not self._request_claims() and self.leases.has_pending():
             self._fetcher.flush_acks()
 
