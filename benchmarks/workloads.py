@@ -150,12 +150,12 @@ def w_throughput(p):
     enqueue_tps = n / (time.perf_counter() - t0)
     # 1b. consumer alone: the worker starts consuming those n queued tasks
     t0 = time.perf_counter()
-    replies = m.app.control.add_consumer("bench_enqueue", reply=True, timeout=5)
+    replies = m.app.control.add_consumer("bench_enqueue", reply=True, timeout=5, limit=1)
     drain_tps = None
     if replies:
         t2, _ = wait_count(r, key, n, p["timeout"])
         drain_tps = n / (t2 - t0)
-        m.app.control.cancel_consumer("bench_enqueue", reply=True, timeout=5)
+        m.app.control.cancel_consumer("bench_enqueue", reply=True, timeout=5, limit=1)
     purge(m.app, ["bench_enqueue"])
     # 2. end to end with the worker consuming
     e2e_tps, busy_tps = e2e(m, r, n, p["timeout"])

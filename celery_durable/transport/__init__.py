@@ -441,7 +441,9 @@ class Transport(virtual.Transport):
         # scan) would grow for ever.
         schema = self.settings.schema
         with self._conn() as conn:
-            if conn.execute(self.queries["message_vacuum_lock"], {"schema": schema}).fetchone()[0]:
+            locked = conn.execute(self.queries["message_vacuum_lock"],
+                                  {"schema": schema, "table": f"{schema}.message"}).fetchone()
+            if locked and locked[0]:
                 try:
                     conn.execute(self.queries["message_vacuum"])
                 finally:
@@ -482,6 +484,8 @@ class Transport(virtual.Transport):
 
     def _request_claims(self) -> bool:
         """Ask the fetcher for what each channel can take now (pending acks go along)."""
+        if self._fetcher is None:
+            return False
         asked = False
         for channel in self.channels:
             n = self._claim_size(channel)
@@ -496,6 +500,8 @@ class Transport(virtual.Transport):
             os.read(self._kick_pipe[0], 4096)
         except BlockingIOError:
             pass
+        if self._fetcher is None:
+            return
         done = self._fetcher.done
         while done:
             requests, token, rows = done.popleft()
