@@ -57,6 +57,10 @@ from .leases import Lease, Leases
 logger = logging.getLogger(__name__)
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+#: Longest an ack made on the event loop waits for a claim to ride along with (seconds). A busy
+#: worker's acks share the claims' round trips instead of costing their own (measured: 1.7 rows
+#: per round trip when every loop turn sent its acks).
+ACK_DELAY_MAX = 0.2
 
 
 class Transport(virtual.Transport):
@@ -97,6 +101,7 @@ class Transport(virtual.Transport):
         self._timers: list = []
         self._kick_pipe: tuple[int, int] | None = None
         self._fetcher: Fetcher | None = None
+        self._ack_timer = None
         self._delayed: list[tuple[float, str]] = []
         self._next_poll = monotonic() + self.settings.polling_interval
         self._pid = os.getpid()
@@ -170,12 +175,13 @@ class Transport(virtual.Transport):
                 self._loop.remove_reader(self._notifier.fileno())
             except Exception:
                 pass
-        for timer in self._timers:
+        for timer in [*self._timers, self._ack_timer]:
             try:
                 timer.cancel()
             except Exception:
                 pass
         self._timers.clear()
+        self._ack_timer = None
         if self._kick_pipe is not None:
             if self._loop is not None:
                 try:
@@ -479,8 +485,21 @@ class Transport(virtual.Transport):
         self._loop_thread = threading.get_ident()
         if self._fetcher is None:
             return  # closed: Celery's next connection has its own transport
-        if not self._request_claims() and self.leases.has_pending():
+        if self._request_claims():
+            return  # pending acks go with the claims
+        age = self.leases.pending_age()
+        if age is None:
+            return
+        if age >= ACK_DELAY_MAX or not any(c.ready or c.claiming for c in self.channels):
+            # Nothing to claim soon: send the acks alone. (Acked leases are no longer renewed,
+            # so an ack must not wait long; ACK_DELAY_MAX is far below any lease.)
             self._fetcher.flush_acks()
+        elif self._ack_timer is None:
+            # An idle loop may not turn again for seconds: make sure it does.
+            self._ack_timer = self._loop.call_later(ACK_DELAY_MAX, self._on_ack_timer)
+
+    def _on_ack_timer(self) -> None:
+        self._ack_timer = None  # the loop turns now, and _on_tick sends the acks
 
     def _request_claims(self) -> bool:
         """Ask the fetcher for what each channel can take now (pending acks go along)."""
@@ -490,6 +509,8 @@ class Transport(virtual.Transport):
         for channel in self.channels:
             n = self._claim_size(channel)
             if n > 0:
+                # Readiness is spent on this claim; a NOTIFY during its round trip sets it again.
+                channel.ready = False
                 channel.claiming = n
                 self._fetcher.claim(channel, list(dict.fromkeys(channel._active_queues)), n)
                 asked = True
@@ -514,7 +535,8 @@ class Transport(virtual.Transport):
                 if channel.closed or channel not in self.channels:
                     self.leases.restore([p["properties"]["delivery_tag"] for p in payloads])
                     continue
-                channel.ready = len(claimed) >= n
+                if len(claimed) >= n:
+                    channel.ready = True  # there may be more
                 self._deliver_claimed(channel, payloads)
         self._request_claims()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from time import monotonic
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,8 @@ class Leases:
         self._by_tag: dict[str, Lease] = {}
         self._lock = threading.Lock()
         self._pending_acks: list[Lease] = []
+        #: monotonic() of the oldest pending ack
+        self._pending_since = 0.0
         self._acks_lock = threading.Lock()
         #: Durable-step tags Celery acked while their row must stay: tag -> absent from the worker last round.
         self._acked_steps: dict[str, bool] = {}
@@ -100,6 +103,8 @@ class Leases:
             self.dead_letter([lease], lease.undecodable)
             return
         with self._acks_lock:
+            if not self._pending_acks:
+                self._pending_since = monotonic()
             self._pending_acks.append(lease)
         if not self.db.batching_acks():
             self.flush_acks()
@@ -109,8 +114,9 @@ class Leases:
         if pending:
             self.ack_now(pending)
 
-    def has_pending(self) -> bool:
-        return bool(self._pending_acks)
+    def pending_age(self) -> float | None:
+        """Seconds the oldest pending ack has waited; None when none waits."""
+        return monotonic() - self._pending_since if self._pending_acks else None
 
     def take_pending(self) -> list[Lease]:
         """The acks waiting for the end of the loop turn (the claim sends them in its round trip)."""

@@ -134,3 +134,17 @@ def test_priorities_order_delivery(h):
     h.start(concurrency=1, env={"CELERY_DURABLE_PREFETCH": "1"})
     wait_for(lambda: len(h.executed()) == len(published), 60, "every prioritised task to run")
     assert h.executed() == expected
+
+
+def test_a_stream_of_tasks_never_waits_for_the_safety_poll(h):
+    """NOTIFY alone keeps a busy worker fed, also when a publish lands while a claim is in flight.
+
+    The safety poll is set to 10 minutes: a wake-up lost anywhere would stall the stream here.
+    """
+    h.start(env={"CELERY_DURABLE_POLL": "600"})
+    sent = 0
+    for burst in (1, 300, 1, 1, 500, 1):
+        for i in range(burst):
+            h.task("record").delay(f"s{sent + i}")
+        sent += burst
+        wait_for(lambda: h.distinct_executed() == sent, 60, f"{sent} tasks to run (at {h.distinct_executed()})")
