@@ -421,8 +421,11 @@ class Transport(virtual.Transport):
             self._mark_ready(heapq.heappop(self._delayed)[1])
 
     def batching_acks(self) -> bool:
-        """True on the event loop's thread: acks wait for the end of the loop turn, sent together."""
-        return self._loop is not None and threading.get_ident() == self._loop_thread
+        """True on the open event loop's thread: acks wait for the fetcher's next round trip.
+
+        Once closed, acks (late ones of an old channel) go at once.
+        """
+        return self._fetcher is not None and threading.get_ident() == self._loop_thread
 
     def consumed_queues(self) -> list[str]:
         return sorted({q for channel in list(self.channels) for q in channel._active_queues})

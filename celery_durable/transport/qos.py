@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import logging
+
 from kombu.transport import virtual
+
+logger = logging.getLogger(__name__)
 
 
 class QoS(virtual.QoS):
-    """Prefetch accounting from Kombu; ack, reject and restore go to the database."""
+    """Prefetch accounting from Kombu; ack, reject and restore go to the database.
+
+    The leases are kept from the start: Celery may ack a message after its channel closed
+    (an ``acks_late`` task that ends after a reconnect), when ``channel.connection`` is None.
+    The ack still counts if the lease is still ours: it is fenced by the lease token.
+    """
+
+    def __init__(self, channel, prefetch_count: int = 0) -> None:
+        super().__init__(channel, prefetch_count)
+        self.leases = channel.connection.leases
 
     def ack(self, delivery_tag: str) -> None:
-        self.channel.connection.leases.ack(delivery_tag)
+        self.leases.ack(delivery_tag)
         super().ack(delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        self.channel.connection.leases.reject(delivery_tag, requeue=requeue)
+        self.leases.reject(delivery_tag, requeue=requeue)
         self._quick_ack(delivery_tag)
 
     def restore_unacked(self) -> list:
@@ -22,7 +35,12 @@ class QoS(virtual.QoS):
         tags = list(self._delivered)
         self._delivered.clear()
         try:
-            self.channel.connection.leases.restore(tags)
-        except Exception as exc:  # reported by restore_unacked_once; the leases expire anyway
-            return [(exc, tag) for tag in tags]
+            self.leases.restore(tags)
+        except Exception as exc:
+            # Nothing is lost: the rows stay in the table and come back when their leases
+            # run out. (Kombu would log "UNABLE TO RESTORE" and try to dump them to disk.)
+            logger.warning(
+                "could not give back %d unacked messages now (%s); they return within lease_seconds (%s s)",
+                len(tags), type(exc).__name__, self.leases.db.settings.lease_seconds,
+            )
         return []
