@@ -99,6 +99,8 @@ class Transport(virtual.Transport):
         self._loop = None
         self._loop_thread: int | None = None
         self._timers: list = []
+        #: One-shot hub timers for delayed messages, by due time (forgotten once fired).
+        self._due_timers: dict[float, object] = {}
         self._kick_pipe: tuple[int, int] | None = None
         self._fetcher: Fetcher | None = None
         self._ack_timer = None
@@ -175,12 +177,13 @@ class Transport(virtual.Transport):
                 self._loop.remove_reader(self._notifier.fileno())
             except Exception:
                 pass
-        for timer in [*self._timers, self._ack_timer]:
+        for timer in [*self._timers, *self._due_timers.values(), self._ack_timer]:
             try:
                 timer.cancel()
             except Exception:
                 pass
         self._timers.clear()
+        self._due_timers.clear()
         self._ack_timer = None
         if self._kick_pipe is not None:
             if self._loop is not None:
@@ -387,8 +390,8 @@ class Transport(virtual.Transport):
                 continue
             if wakeup.at is not None and wakeup.at > now:
                 heapq.heappush(self._delayed, (wakeup.at, wakeup.queue))
-                if self._loop is not None:
-                    self._timers.append(self._loop.call_at(wakeup.at, self._on_delayed_due))
+                if self._loop is not None and wakeup.at not in self._due_timers:
+                    self._due_timers[wakeup.at] = self._loop.call_at(wakeup.at, self._on_delayed_due, wakeup.at)
                 continue
             self._mark_ready(wakeup.queue)
         return delivered
@@ -546,7 +549,8 @@ class Transport(virtual.Transport):
     def _on_safety_poll(self) -> None:
         self._mark_ready()
 
-    def _on_delayed_due(self) -> None:
+    def _on_delayed_due(self, at: float) -> None:
+        self._due_timers.pop(at, None)
         self._release_due()
 
     # -- synchronous draining (kombu consumers without a hub) -----------------------
