@@ -274,16 +274,6 @@ def test_workflows_need_the_schema(cli, schema):
     assert "missing" in result.output and "celery-durable migrate" in result.output
 
 
-def test_workflows_without_admin_api(cli, db, monkeypatch):
-    monkeypatch.delattr(celery_durable, "workflows", raising=False)
-    monkeypatch.setitem(sys.modules, "celery_durable.workflows", None)  # import fails as if absent
-    for command in (["list"], ["show", "w1"], ["cancel", "w1"], ["resume", "w1"], ["stalled"],
-                    ["restart", "w1", "--from-step", "1"]):
-        result = cli("workflows", *command, expect=1)
-        assert "workflow administration is not available" in result.output
-        assert "Traceback" not in result.output
-
-
 @pytest.fixture
 def fake_admin(monkeypatch):
     calls: list[tuple] = []

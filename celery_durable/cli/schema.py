@@ -1,0 +1,61 @@
+"""``migrate``, ``sql`` and ``queues``: the schema and the queues' state."""
+
+from __future__ import annotations
+
+
+import click
+import psycopg
+
+from ..db import migrate
+from ..db.queries import schema_sql
+from .group import durable
+from .output import emit, json_option, table
+from .target import Target, with_target
+
+@durable.command("migrate")
+@json_option
+@with_target
+def migrate_cmd(target: Target, as_json: bool) -> None:
+    """Create the schema or bring it to the current version; print the version."""
+    with target.connect() as conn:
+        before = migrate.current_version(conn, target.schema)
+        version = migrate.ensure_schema(conn, target.schema, migrate=True)
+    if before is None:
+        action = "created"
+    elif before == version:
+        action = "up to date"
+    else:
+        action = f"migrated from version {before}"
+    data = {"database": target.describe(), "schema": target.schema, "version": version,
+            "previous_version": before, "action": action}
+    emit(as_json, data, lambda: f"schema {target.schema!r} in {target.describe()}: version {version} ({action})")
+
+
+@durable.command("sql")
+@with_target
+def sql_cmd(target: Target) -> None:
+    """Print the DDL that creates the current schema (for a DBA; no database needed)."""
+    click.echo(migrate.ddl(target.schema).strip())
+
+
+def _checked(conn: psycopg.Connection, target: Target) -> None:
+    """Read-only commands never create the schema: say how to when it is missing or old."""
+    migrate.ensure_schema(conn, target.schema, migrate=False)
+
+
+QUEUE_COLUMNS = ("queue", "depth", "ready", "delayed", "leased", "oldest_age")
+
+
+@durable.command("queues")
+@json_option
+@with_target
+def queues_cmd(target: Target, as_json: bool) -> None:
+    """Every declared queue: depth, ready, delayed, leased and the age of its oldest message."""
+    query = schema_sql(f"SELECT {', '.join(QUEUE_COLUMNS)}, oldest FROM {{schema}}.queues ORDER BY queue",
+                       target.schema)
+    with target.connect() as conn:
+        _checked(conn, target)
+        rows = conn.execute(query).fetchall()
+    data = [dict(zip(QUEUE_COLUMNS + ("oldest",), row)) for row in rows]
+    emit(as_json, data, lambda: table(QUEUE_COLUMNS, [row[:-1] for row in rows]) if rows
+         else f"no queues in schema {target.schema!r}")
