@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 from celery import signals
-from celery.exceptions import Ignore, Reject, Retry
+from celery.exceptions import Ignore, NotRegistered, Reject, Retry
 
 from ..exceptions import LeaseLost
 from ..headers import LEASE_HEADER, STEP_HEADER
@@ -130,3 +130,26 @@ def _on_worker_process_init(sender: Any = None, **_: Any) -> None:
     from celery import current_app
 
     instrument(current_app)
+
+
+@signals.task_unknown.connect
+def _on_task_unknown(sender: Any = None, message: Any = None, name: str | None = None, **_: Any) -> None:
+    """A step this worker cannot run fails its workflow instead of leaving it stalled.
+
+    Celery has already rejected the message (the transport keeps it as a dead letter). Once the
+    task is deployed, resuming the workflow sends the step again.
+    """
+    headers = getattr(message, "headers", None) or {}
+    header = headers.get(STEP_HEADER)
+    app = getattr(sender, "app", None)
+    if not header or app is None:
+        return
+    try:
+        ref = checkpoint.StepRef.from_headers(header, headers.get(LEASE_HEADER))
+        checkpoint.record_failure(Store.for_app(app), ref, NotRegistered(name))
+    except Exception:  # noqa: BLE001 - a worker must not die of this; the workflow shows as stalled
+        logger.exception("could not mark workflow failed after the unknown task %r", name)
+    else:
+        logger.error("durable step %s of workflow %s: task %r is not registered in this worker; "
+                     "the workflow failed at it (resume it once the task is deployed)",
+                     ref.index, ref.workflow_id, name)

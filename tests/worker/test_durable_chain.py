@@ -221,6 +221,18 @@ def test_unknown_task_is_a_clear_error(client):
         durable_chain(known.s(), app.signature("nope")).apply_async()
 
 
+def test_step_the_worker_does_not_know_fails_the_workflow(client, db, workers, env):
+    """Celery rejects an unregistered task; its workflow fails at that step instead of stalling."""
+    workers(APP, env=env)
+    wf = durable_chain(sig(client, "start", "a"), sig(client, "no_such_task", "b")).apply_async()
+    with pytest.raises(Exception, match="no_such_task"):
+        wf.get(timeout=60)
+    shown = workflows.get_workflow(client, workflow_id=wf.workflow_id)
+    assert shown["status"] == "failed" and shown["current_step"] == 1
+    assert "NotRegistered" in shown["error"]
+    assert db.runs("a") == 1
+
+
 def test_redis_broker_with_postgres_backend_recovers_a_lost_step(client, db, workers, env, schema):
     import redis
 
