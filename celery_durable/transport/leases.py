@@ -3,8 +3,8 @@
 A claimed row carries a lease: ``visible_at`` in the future and a token. Acks
 delete the row only while the token still matches (fencing), so a worker that
 lost its lease cannot remove a message another worker now runs. Acks made on
-the event loop's thread are batched and sent by the fetcher thread with its next round trip; acks from
-other threads go at once. The Keeper thread renews what is held.
+the event loop's thread wait for the fetcher thread's next round trip; acks
+from other threads go at once. The Keeper thread renews what is held.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from time import monotonic
 from dataclasses import dataclass, replace
+from time import monotonic
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class Leases:
         return monotonic() - self._pending_since if self._pending_acks else None
 
     def take_pending(self) -> list[Lease]:
-        """The acks waiting for the end of the loop turn (the claim sends them in its round trip)."""
+        """The acks waiting for a round trip (the fetcher sends them with its claims)."""
         with self._acks_lock:
             pending, self._pending_acks = self._pending_acks, []
         return pending

@@ -14,7 +14,7 @@ class QoS(virtual.QoS):
 
     The leases are kept from the start: Celery may ack a message after its channel closed
     (an ``acks_late`` task that ends after a reconnect), when ``channel.connection`` is None.
-    The ack still counts if the lease is still ours: it is fenced by the lease token.
+    Such an ack finds no lease (the close gave the message back) and does nothing.
     """
 
     def __init__(self, channel, prefetch_count: int = 0) -> None:
