@@ -45,8 +45,6 @@ EXPIRE_BATCH_DEFAULT = 1000
 _last_expiry: dict[tuple[str, str, int], float] = {}
 
 
-
-
 class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
     """Celery result backend storing results in PostgreSQL; ``get()`` wakes on NOTIFY."""
 

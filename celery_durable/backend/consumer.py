@@ -254,12 +254,12 @@ class ResultConsumer(BaseResultConsumer):
     def _dispatch(self, ids: dict[str, tuple | None]) -> None:
         metas, missing = {}, []
         for task_id, inline in ids.items():
-            try:
-                if inline is not None:
+            if inline is not None:
+                try:
                     metas[task_id] = self.backend._decode_meta(*inline)
                     continue
-            except Exception:  # noqa: BLE001 - not decodable here: read the row as without it
-                pass
+                except Exception:  # noqa: BLE001 - not decodable here: read the row as without it
+                    pass
             missing.append(task_id)
         metas.update(self.backend._get_metas(missing))
         for task_id in ids:

@@ -160,10 +160,14 @@ class Transport(virtual.Transport):
             return
         fetcher.stop()
         for token, rows in fetcher.undelivered():
-            try:
-                self.leases.requeue([Lease(row[0], token, row[1]) for row in rows])
-            except self.connection_errors:
-                logger.warning("could not give back %d claimed messages; they return after the lease", len(rows))
+            self._give_back(token, rows)
+
+    def _give_back(self, token: uuid.UUID, rows: list) -> None:
+        """Requeue claimed rows nobody will receive (no delivery counted)."""
+        try:
+            self.leases.requeue([Lease(row[0], token, row[1]) for row in rows])
+        except self.connection_errors:
+            logger.warning("could not give back %d claimed messages; they return after the lease", len(rows))
 
     def _stop_background(self) -> None:
         self._stop_fetcher()
@@ -537,13 +541,12 @@ class Transport(virtual.Transport):
             if token is None:
                 raise rows
             for (channel, (_queues, n)), claimed in zip(requests.items(), rows):
-                payloads = self.accept(token, claimed)
                 if channel.closed or channel not in self.channels:
-                    self.leases.restore([p["properties"]["delivery_tag"] for p in payloads])
+                    self._give_back(token, claimed)
                     continue
                 if len(claimed) >= n:
                     channel.ready = True  # there may be more
-                self._deliver_claimed(channel, payloads)
+                self._deliver_claimed(channel, self.accept(token, claimed))
         self._request_claims()
 
     def _on_safety_poll(self) -> None:
