@@ -16,7 +16,6 @@ password) and exit with status 1; nothing but ``migrate`` changes the schema.
 
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 from . import dead_letters, schema, workflows  # noqa: F401  (they register their commands)
@@ -29,7 +28,3 @@ __all__ = ["conninfo_to_url", "durable", "main"]
 def main(argv: Sequence[str] | None = None) -> None:
     """Console script ``celery-durable``."""
     durable.main(args=list(argv) if argv is not None else None, prog_name="celery-durable")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1:])

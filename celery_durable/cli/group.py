@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import click
 
 from .target import _db_options, _given
