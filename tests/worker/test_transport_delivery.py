@@ -62,7 +62,9 @@ def test_killed_worker_loses_no_acks_late_task(h):
     worker = h.start()
     tags = [f"k{i}" for i in range(total)]
     for tag in tags:
-        h.task("record_late").delay(tag)
+        # 10 ms each (~5 s in all on two processes): the kill must land mid-run, however fast
+        # the worker drains no-op tasks.
+        h.task("record_late").delay(tag, sleep=0.01)
     wait_for(lambda: h.distinct_executed() >= 200, 120, "200 executions before the kill")
     worker.kill()
     done_before_restart = h.distinct_executed()
