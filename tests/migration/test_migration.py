@@ -47,7 +47,10 @@ def other_schema(pg_url):
 
 
 def _assert_same(conn, first: str, second: str) -> None:
-    diff = differences(dump(conn, first), dump(conn, second))
+    one, two = dump(conn, first), dump(conn, second)
+    # A migrated schema also keeps the rows of the versions it passed: compare the current one.
+    one["schema_version"], two["schema_version"] = max(one["schema_version"]), max(two["schema_version"])
+    diff = differences(one, two)
     assert not diff, "schemas differ:\n" + "\n".join(diff)
 
 
