@@ -28,7 +28,3 @@ def load(package: str, filename: str, schema: str) -> dict[str, str]:
         lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
         queries[name] = schema_sql("\n".join(lines).strip(), schema)
     return queries
-
-
-def read(package: str, filename: str) -> str:
-    return resources.files(package).joinpath(filename).read_text(encoding="utf-8")

@@ -9,8 +9,6 @@ which batches them across channels.
 from __future__ import annotations
 
 import logging
-from queue import Empty
-
 from kombu.exceptions import ChannelError
 from kombu.transport import virtual
 from kombu.transport.virtual.exchange import TopicExchange
@@ -74,7 +72,7 @@ class Channel(virtual.Channel):
 
     @property
     def db(self):
-        return self.connection
+        return self.connection.db
 
     # -- declarations ---------------------------------------------------------
 
@@ -143,17 +141,14 @@ class Channel(virtual.Channel):
     def _purge(self, queue):
         return self.db.fetchone("message_purge", queue=queue)[0]
 
-    def _delete(self, queue, *args, **kwargs):
-        self.db.execute("queue_delete", name=queue)
-
     # -- publishing -----------------------------------------------------------
 
     def basic_publish(self, message, exchange, routing_key, **kwargs):
         self._inplace_augment_message(message, exchange, routing_key)
-        self.db.publish(message, exchange or "", routing_key or "")
+        self.connection.publisher.publish(message, exchange or "", routing_key or "")
 
     def _put(self, queue, message, **kwargs):
-        self.db.publish(message, "", queue)
+        self.connection.publisher.publish(message, "", queue)
 
     # -- consuming ------------------------------------------------------------
 
@@ -162,7 +157,7 @@ class Channel(virtual.Channel):
         if no_ack:
             self.no_ack_queues.add(queue)
         self.ready = True
-        self.db.consumer_added(self)
+        self.connection.consumer_added(self)
 
     def basic_cancel(self, consumer_tag):
         queue = self._tag_to_queue.get(consumer_tag)
@@ -171,24 +166,15 @@ class Channel(virtual.Channel):
             self.no_ack_queues.discard(queue)
 
     def basic_get(self, queue, no_ack=False, **kwargs):
-        payloads = self.db.claim(self, [queue], 1)
+        payloads = self.connection.delivery.claim([queue], 1)
         if not payloads:
             return None
         message = self.Message(payloads[0], channel=self)
         if no_ack:
-            self.db.leases.ack(message.delivery_tag)
+            self.connection.leases.ack(message.delivery_tag)
         else:
             self.qos.append(message, message.delivery_tag)
         return message
-
-    def _get(self, queue, timeout=None):
-        payloads = self.db.claim(self, [queue], 1)
-        if not payloads:
-            raise Empty()
-        return payloads[0]
-
-    def _restore(self, message):
-        self.db.leases.restore([message.delivery_tag])
 
 
 def _int(value) -> int | None:

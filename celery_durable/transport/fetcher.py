@@ -70,7 +70,7 @@ class Fetcher:
             if not requests and not acks:
                 continue
             try:
-                token, rows = transport.claim_rows(list(requests.values()), acks)
+                token, rows = transport.delivery.claim_rows(list(requests.values()), acks)
             except BaseException as exc:  # the loop raises it: Celery reconnects on connection errors
                 self.done.append((requests, None, exc))
                 self._kick()

@@ -4,7 +4,7 @@ It runs beside the event loop, not on it, so leases are renewed even while
 the loop is busy or blocked (``--pool solo`` runs tasks on the loop's thread).
 Every ``lease_seconds / 3`` it renews what the worker holds (prefetched, ETA
 and running messages alike) and marks the queues it consumes as used; every
-``maintenance_interval`` it runs the cleanup queries.
+``maintenance_interval`` it runs the transport's maintenance.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from . import Transport
+    from .transport import Transport
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +38,35 @@ class Keeper:
 
     def _run(self) -> None:
         transport = self.transport
+        leases = transport.leases
         while not self._stop.wait(self.interval):
             try:
-                transport.leases.renew()
-                transport.leases.release_finished_steps()
-                transport.touch_queues()
+                leases.renew()
+                if leases.acked_steps():
+                    live = _live_delivery_tags()
+                    if live is not None:
+                        leases.release_finished_steps(live)
+                self._touch_queues()
                 if monotonic() >= self._next_maintenance:
                     self._next_maintenance = monotonic() + transport.settings.maintenance_interval
-                    transport.maintain()
+                    transport.maintenance.run()
             except Exception as exc:  # the next round retries; lost leases are reported by Leases.renew
                 logger.warning("lease renewal failed: %s", exc)
+
+    def _touch_queues(self) -> None:
+        """A consumer is alive: the expiring and auto-delete queues it reads stay."""
+        queues = sorted({q for channel in list(self.transport.channels) for q in channel._active_queues})
+        if queues:
+            self.transport.db.execute("queue_touch", relaxed=True, names=queues)
+
+
+def _live_delivery_tags() -> set[str] | None:
+    """Delivery tags of the requests this worker process still tracks; None outside a worker."""
+    try:
+        from celery.worker import state
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        return {r._message.delivery_tag for r in list(state.requests.values()) if getattr(r, "_message", None)}
+    except RuntimeError:  # changed while we read it: try next round
+        return None

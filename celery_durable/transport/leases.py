@@ -14,10 +14,9 @@ import threading
 import uuid
 from dataclasses import dataclass, replace
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import Callable
 
-if TYPE_CHECKING:
-    from . import Transport
+from .database import Database
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +34,14 @@ class Lease:
 
 
 class Leases:
-    """The leases of one transport by delivery tag, shared with the Keeper thread, and their fate."""
+    """The leases of one transport by delivery tag, shared with the Keeper thread, and their fate.
 
-    def __init__(self, db: "Transport") -> None:
+    ``batching`` tells whether an ack made now may wait for the fetcher's next round trip.
+    """
+
+    def __init__(self, db: Database, batching: Callable[[], bool]) -> None:
         self.db = db
+        self._batching = batching
         self._by_tag: dict[str, Lease] = {}
         self._lock = threading.Lock()
         self._pending_acks: list[Lease] = []
@@ -83,9 +86,6 @@ class Leases:
                     lost.append(lease)
         return lost
 
-    def __len__(self) -> int:
-        return len(self._by_tag)
-
     def ack(self, tag: str) -> None:
         """Delete the message behind ``tag``; batched per event-loop turn when called on the loop's thread."""
         lease = self.get(tag)
@@ -106,7 +106,7 @@ class Leases:
             if not self._pending_acks:
                 self._pending_since = monotonic()
             self._pending_acks.append(lease)
-        if not self.db.batching_acks():
+        if not self._batching():
             self.flush_acks()
 
     def flush_acks(self) -> None:
@@ -181,19 +181,19 @@ class Leases:
         if unexpected:
             logger.warning("lost the lease of messages %s (paused longer than lease_seconds?)", unexpected)
 
-    def release_finished_steps(self) -> None:
+    def acked_steps(self) -> bool:
+        """Whether Celery acked durable-step messages whose rows this transport still keeps."""
+        return bool(self._acked_steps)
+
+    def release_finished_steps(self, live: set[str]) -> None:
         """Requeue durable-step messages whose task ended without its checkpoint (a pool process died).
 
         Celery acks such a message (early, or after WorkerLostError) while the
         row must stay until the step's own transaction deletes it. Once the
-        worker no longer knows the request for two rounds, the row (if it
-        still exists) becomes visible again and the step runs again.
+        worker no longer knows the request (``live``: the delivery tags it still
+        tracks) for two rounds, the row (if it still exists) becomes visible
+        again and the step runs again.
         """
-        if not self._acked_steps:
-            return
-        live = _live_delivery_tags()
-        if live is None:
-            return
         gone = []
         for tag, absent_before in list(self._acked_steps.items()):
             if tag in live:
@@ -209,14 +209,3 @@ class Leases:
             if leases:
                 self._requeue(leases, restored=0)
 
-
-def _live_delivery_tags() -> set[str] | None:
-    """Delivery tags of the requests this worker process still tracks; None outside a worker."""
-    try:
-        from celery.worker import state
-    except ImportError:  # pragma: no cover
-        return None
-    try:
-        return {r._message.delivery_tag for r in list(state.requests.values()) if getattr(r, "_message", None)}
-    except RuntimeError:  # changed while we read it: try next round
-        return None

@@ -36,10 +36,10 @@ def test_acked_rows_are_vacuumed_and_an_idle_queue_is_not(pg_url, schema):
         _wait(lambda: _vacuum_stats(pg_url, schema)[0] >= 1000, 30, "1,000 dead rows in the statistics")
         _dead, before = _vacuum_stats(pg_url, schema)
 
-        transport._vacuum()
+        transport.maintenance.vacuum()
         _wait(lambda: _vacuum_stats(pg_url, schema)[1] == before + 1, 30, "the vacuum to be counted")
         assert _vacuum_stats(pg_url, schema)[0] < 1000
 
-        transport._vacuum()  # nothing to reclaim: no VACUUM (an idle worker costs one query)
+        transport.maintenance.vacuum()  # nothing to reclaim: no VACUUM (an idle worker costs one query)
         time.sleep(2)
         assert _vacuum_stats(pg_url, schema)[1] == before + 1

@@ -1,0 +1,222 @@
+"""Delivery: which channels may claim, claiming, and handing claimed rows to Kombu's consumers.
+
+A channel is *ready* when something may be waiting for it: it began
+consuming, a NOTIFY named one of its queues, the safety poll ran, or its last
+claim came back full. Claims lease rows (see :mod:`.leases`); accepted rows
+become payloads with a delivery tag ``<row id>:<lease token>``; rows past their
+TTL are dropped, rows delivered too often or undecodable become dead letters.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+import socket
+import uuid
+from time import time
+from typing import TYPE_CHECKING, Callable
+
+from ..headers import LEASE_HEADER, STEP_HEADER
+from .channel import Channel, UndecodableBody
+from .leases import Lease
+from .notifier import Wakeup
+
+if TYPE_CHECKING:
+    from .transport import Transport
+
+logger = logging.getLogger(__name__)
+
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Delivery:
+    def __init__(self, transport: "Transport") -> None:
+        self.transport = transport
+        self.db = transport.db
+        self.leases = transport.leases
+        #: (epoch, queue) of announced delayed messages, earliest first.
+        self._delayed: list[tuple[float, str]] = []
+        #: Told of each newly announced due time, so an event loop can set a timer for it.
+        self.on_delayed: Callable[[float], None] | None = None
+
+    # -- readiness ---------------------------------------------------------------------------
+
+    def wake(self, wakeups: list[Wakeup]) -> int:
+        """Act on notifications; return how many inline messages were delivered."""
+        now = time()
+        delivered = 0
+        for wakeup in wakeups:
+            if wakeup.message is not None:
+                delivered += self.deliver_inline(wakeup.queue, wakeup.message)
+            elif wakeup.at is not None and wakeup.at > now:
+                heapq.heappush(self._delayed, (wakeup.at, wakeup.queue))
+                if self.on_delayed is not None:
+                    self.on_delayed(wakeup.at)
+            else:
+                self.mark_ready(wakeup.queue)
+        return delivered
+
+    def mark_ready(self, queue: str | None = None) -> None:
+        """Claim soon from ``queue``'s consumers, or (None: the safety poll) from every durable queue's."""
+        for channel in self.transport.channels:
+            if queue is None:
+                if any(q not in channel.transient_queues for q in channel._active_queues):
+                    channel.ready = True
+            elif queue in channel._active_queues:
+                channel.ready = True
+
+    def release_due(self) -> None:
+        """Delayed messages whose time has come make their queues ready."""
+        now = time()
+        while self._delayed and self._delayed[0][0] <= now:
+            self.mark_ready(heapq.heappop(self._delayed)[1])
+
+    def next_due(self) -> float | None:
+        """Epoch of the earliest announced delayed message, or None."""
+        return self._delayed[0][0] if self._delayed else None
+
+    def claim_size(self, channel: Channel) -> int:
+        """How many messages to claim for ``channel`` now (0: not now).
+
+        A channel that still holds messages refills only once half its prefetch
+        is free: one claim then serves several tasks, and its pool never starves
+        since half stays queued locally.
+        """
+        if (not channel.ready or channel.claiming or not channel._consumers or not channel._active_queues
+                or channel.closed):
+            return 0
+        capacity = channel.qos.can_consume_max_estimate()
+        if capacity is None:
+            return self.db.settings.claim_batch
+        prefetch = channel.qos.prefetch_count
+        if capacity < prefetch and capacity < max(1, prefetch // 2):
+            return 0
+        return min(capacity, self.db.settings.claim_batch)
+
+    # -- claiming ------------------------------------------------------------------------------
+
+    def claim(self, queues: list[str], n: int) -> list[dict]:
+        """Lease up to ``n`` messages of ``queues`` now (pending acks go along); return decoded payloads."""
+        token, (rows,) = self.claim_rows([(list(queues), n)], self.leases.take_pending())
+        return self.accept(token, rows)
+
+    def claim_rows(self, requests: list[tuple[list[str], int]], acks: list[Lease]) -> tuple[uuid.UUID, list[list]]:
+        """Send ``acks`` and one claim per ``(queues, n)`` request in one round trip.
+
+        Returns the lease token and the claimed rows of each request. Pipeline mode: a busy
+        worker pays one round trip per batch of acks and claims, not one per statement.
+        """
+        token = uuid.uuid4()
+        q = self.db.queries
+        claim = {"lease": self.db.settings.lease_seconds, "token": token, "worker": WORKER_ID}
+        with self.db.connection(relaxed=True) as conn:
+            if not acks and len(requests) == 1:
+                queues, n = requests[0]
+                return token, [conn.execute(q["message_claim"], dict(claim, queues=queues, n=n)).fetchall()]
+            with conn.pipeline():
+                acked = conn.execute(q["message_ack"], self.leases.ack_params(acks)) if acks else None
+                cursors = [conn.cursor().execute(q["message_claim"], dict(claim, queues=queues, n=n))
+                           for queues, n in requests]
+            if acked is not None:
+                self.leases.check_acked(acks, acked.fetchall())
+            return token, [cur.fetchall() for cur in cursors]
+
+    def accept(self, token: uuid.UUID, rows: list) -> list[dict]:
+        """Register the leases of claimed rows; return their decoded payloads in delivery order.
+
+        Rows past their TTL are deleted, rows delivered too often or undecodable go to dead_letter.
+        """
+        max_deliveries = self.db.settings.max_deliveries
+        rows.sort(key=lambda r: (-r[2], r[0]))
+        payloads, discard, dead = [], [], []
+        for row_id, queue, _priority, deliveries, expired, raw in rows:
+            lease = Lease(row_id, token, queue)
+            if expired:
+                discard.append(lease)
+                continue
+            if max_deliveries and deliveries > max_deliveries:
+                dead.append((lease, f"delivered {deliveries} times (max_deliveries={max_deliveries})"))
+                continue
+            try:
+                payload = json.loads(raw)
+                props = payload["properties"]
+                headers = payload.get("headers")
+                if headers is None:
+                    headers = payload["headers"] = {}
+                if not isinstance(props, dict) or not isinstance(headers, dict):
+                    raise TypeError("properties and headers must be objects")
+            except (ValueError, TypeError, KeyError) as exc:
+                dead.append((lease, f"undecodable message: {type(exc).__name__}: {exc}"[:500]))
+                continue
+            tag = f"{row_id}:{token}"
+            props["delivery_tag"] = tag
+            info = props.get("delivery_info")
+            if not isinstance(info, dict):
+                info = props["delivery_info"] = {}
+            info["redelivered"] = deliveries > 1
+            if STEP_HEADER in headers:
+                headers[LEASE_HEADER] = tag
+                lease = Lease(row_id, token, queue, durable_step=True)
+            self.leases.add(tag, lease)
+            payloads.append(payload)
+        if discard:
+            self.leases.ack_now(discard)
+        for lease, reason in dead:
+            logger.error("message %s of queue %r moved to dead_letter: %s", lease.id, lease.queue, reason)
+            self.leases.dead_letter([lease], reason)
+        return payloads
+
+    def give_back(self, token: uuid.UUID, rows: list) -> None:
+        """Requeue claimed rows nobody will receive (no delivery counted)."""
+        try:
+            self.leases.requeue([Lease(row[0], token, row[1]) for row in rows])
+        except self.transport.connection_errors:
+            logger.warning("could not give back %d claimed messages; they return after the lease", len(rows))
+
+    # -- handing over ------------------------------------------------------------------------------
+
+    def deliver_claimed(self, channel: Channel, payloads: list[dict]) -> int:
+        """Hand claimed payloads to the channel's consumers; return how many."""
+        for payload in payloads:
+            tag = payload["properties"]["delivery_tag"]
+            lease = self.leases.get(tag)
+            queue = lease.queue if lease else payload["properties"].get("delivery_info", {}).get("routing_key")
+            try:
+                self.transport._deliver(payload, queue)
+            except UndecodableBody as exc:
+                # Raised while building the Message, before any consumer saw it.
+                dead = self.leases.pop(tag)
+                if dead is not None:
+                    logger.error("message %s of queue %r moved to dead_letter: %s", dead.id, queue, exc)
+                    self.leases.dead_letter([dead], str(exc))
+                continue
+            if queue in channel.no_ack_queues:
+                self.leases.ack(tag)
+        return len(payloads)
+
+    def deliver_inline(self, queue: str, raw: str) -> int:
+        """A broadcast that travelled in the NOTIFY payload: no row, no lease, nothing to ack."""
+        if queue not in self.transport._callbacks:
+            return 0
+        try:
+            payload = json.loads(raw)
+            payload["properties"]["delivery_tag"] = f"n:{uuid.uuid4()}"
+        except (ValueError, TypeError, KeyError):
+            logger.error("dropped an undecodable broadcast for queue %r", queue)
+            return 0
+        self.transport._deliver(payload, queue)
+        return 1
+
+    def fetch(self, channel: Channel) -> int:
+        """Claim for one channel now, in this thread, and deliver; return how many were delivered."""
+        n = self.claim_size(channel)
+        if n <= 0:
+            return 0
+        payloads = self.claim(list(dict.fromkeys(channel._active_queues)), n)
+        channel.ready = len(payloads) >= n
+        return self.deliver_claimed(channel, payloads)
+
+    def fetch_ready(self) -> int:
+        return sum(self.fetch(channel) for channel in list(self.transport.channels))

@@ -1,0 +1,172 @@
+"""The transport inside Celery's event loop (Kombu's hub): readers, ticks and timers.
+
+The loop never waits for the database. Claims and acks go to the
+:class:`~.fetcher.Fetcher` thread, which writes a byte to our pipe when rows
+arrive; deliveries happen only in that pipe's reader callback. (Delivering in
+``on_tick`` stalls: on_tick runs after the loop chose its poll timeout, so work
+Celery schedules for a delivered task with ``call_soon`` would wait for it.)
+Acks made on the loop's thread wait for the next claim's round trip, or at
+most ``ACK_DELAY_MAX``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .fetcher import Fetcher
+
+if TYPE_CHECKING:
+    from .transport import Transport
+
+logger = logging.getLogger(__name__)
+
+#: Longest an ack made on the event loop waits for a claim to ride along with (seconds). A busy
+#: worker's acks share the claims' round trips instead of costing their own.
+ACK_DELAY_MAX = 0.2
+
+
+class HubLoop:
+    def __init__(self, transport: "Transport", hub: Any) -> None:
+        self.transport = transport
+        self.delivery = transport.delivery
+        self.hub = hub
+        self.thread = threading.get_ident()
+        self._kick_r, self._kick_w = os.pipe()
+        for fd in (self._kick_r, self._kick_w):
+            os.set_blocking(fd, False)
+        self.fetcher: Fetcher | None = Fetcher(transport, self._kick_w)
+        self._timers: list = []
+        #: One-shot timers for delayed messages, by due time (forgotten once fired).
+        self._due_timers: dict[float, Any] = {}
+        self._ack_timer = None
+        self._notifier_fd: int | None = None
+        hub.add_reader(self._kick_r, self._on_fetched)
+        hub.on_tick.add(self._on_tick)
+        self._timers.append(hub.call_repeatedly(transport.settings.polling_interval, self._on_safety_poll))
+        self.delivery.on_delayed = self._on_delayed_announced
+
+    def watch_notifier(self) -> None:
+        """Read the transport's LISTEN connection from the loop (once it exists)."""
+        notifier = self.transport.notifier
+        if notifier is not None and self._notifier_fd is None:
+            self._notifier_fd = notifier.fileno()
+            self.hub.add_reader(self._notifier_fd, self._on_readable)
+
+    def batching_acks(self) -> bool:
+        """True on the open loop's thread: acks wait for the fetcher's next round trip."""
+        return self.fetcher is not None and threading.get_ident() == self.thread
+
+    def stop_fetcher(self) -> None:
+        """Stop the fetcher thread; rows it claimed that were never delivered go back at once."""
+        fetcher, self.fetcher = self.fetcher, None
+        if fetcher is None:
+            return
+        fetcher.stop()
+        for token, rows in fetcher.undelivered():
+            self.delivery.give_back(token, rows)
+
+    def close(self) -> None:
+        self.stop_fetcher()
+        if self.delivery.on_delayed == self._on_delayed_announced:
+            self.delivery.on_delayed = None
+        self.hub.on_tick.discard(self._on_tick)
+        for fd in (self._notifier_fd, self._kick_r):
+            if fd is not None:
+                try:
+                    self.hub.remove_reader(fd)
+                except Exception:  # the hub may already be closed
+                    pass
+        self._notifier_fd = None
+        for timer in [*self._timers, *self._due_timers.values(), self._ack_timer]:
+            if timer is not None:
+                try:
+                    timer.cancel()
+                except Exception:
+                    pass
+        self._timers.clear()
+        self._due_timers.clear()
+        self._ack_timer = None
+        for fd in (self._kick_r, self._kick_w):
+            os.close(fd)
+
+    # -- callbacks ------------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        notifier = self.transport.notifier
+        if notifier is not None:
+            self.delivery.wake(notifier.drain())
+            self._request_claims()
+
+    def _on_tick(self) -> None:
+        self.thread = threading.get_ident()
+        if self.fetcher is None:
+            return  # closed: Celery's next connection has its own transport
+        if self._request_claims():
+            return  # pending acks go with the claims
+        leases = self.transport.leases
+        age = leases.pending_age()
+        if age is None:
+            return
+        if age >= ACK_DELAY_MAX or not any(c.ready or c.claiming for c in self.transport.channels):
+            # Nothing to claim soon: send the acks alone. (Acked leases are no longer renewed,
+            # so an ack must not wait long; ACK_DELAY_MAX is far below any lease.)
+            self.fetcher.flush_acks()
+        elif self._ack_timer is None:
+            # An idle loop may not turn again for seconds: make sure it does.
+            self._ack_timer = self.hub.call_later(ACK_DELAY_MAX, self._on_ack_timer)
+
+    def _on_ack_timer(self) -> None:
+        self._ack_timer = None  # the loop turns now, and _on_tick sends the acks
+
+    def _request_claims(self) -> bool:
+        """Ask the fetcher for what each channel can take now (pending acks go along)."""
+        if self.fetcher is None:
+            return False
+        asked = False
+        for channel in self.transport.channels:
+            n = self.delivery.claim_size(channel)
+            if n > 0:
+                # Readiness is spent on this claim; a NOTIFY during its round trip sets it again.
+                channel.ready = False
+                channel.claiming = n
+                self.fetcher.claim(channel, list(dict.fromkeys(channel._active_queues)), n)
+                asked = True
+        return asked
+
+    def _on_fetched(self) -> None:
+        try:
+            os.read(self._kick_r, 4096)
+        except BlockingIOError:
+            pass
+        if self.fetcher is None:
+            return
+        channels = self.transport.channels
+        done = self.fetcher.done
+        while done:
+            requests, token, rows = done.popleft()
+            for channel in requests:
+                channel.claiming = 0
+            if token is None:
+                raise rows
+            for (channel, (_queues, n)), claimed in zip(requests.items(), rows):
+                if channel.closed or channel not in channels:
+                    self.delivery.give_back(token, claimed)
+                    continue
+                if len(claimed) >= n:
+                    channel.ready = True  # there may be more
+                self.delivery.deliver_claimed(channel, self.delivery.accept(token, claimed))
+        self._request_claims()
+
+    def _on_safety_poll(self) -> None:
+        self.delivery.mark_ready()
+
+    def _on_delayed_announced(self, at: float) -> None:
+        if at not in self._due_timers:
+            self._due_timers[at] = self.hub.call_at(at, self._on_delayed_due, at)
+
+    def _on_delayed_due(self, at: float) -> None:
+        self._due_timers.pop(at, None)
+        self.delivery.release_due()

@@ -1,0 +1,82 @@
+"""Publishing: one statement routes a message and inserts a row per target queue.
+
+A publish inside :func:`celery_durable.in_transaction` is an insert in the
+caller's transaction; otherwise it commits on a pooled connection (waiting for
+the WAL flush unless ``synchronous_commit`` is off).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+from .. import enqueue
+from ..exceptions import MessageTooLarge
+from .database import Database
+from .notifier import NOTIFY_MESSAGE_MAX
+
+
+class Publisher:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def publish(self, message: dict, exchange: str, routing_key: str) -> None:
+        """Insert the message for every queue the exchange routes it to; raises MessageTooLarge."""
+        settings = self.db.settings
+        payload = json.dumps(message, separators=(",", ":"))
+        if len(payload) > settings.max_message_bytes:
+            raise MessageTooLarge(
+                f"message of {len(payload)} bytes exceeds max_message_bytes ({settings.max_message_bytes})"
+            )
+        props = message.get("properties") or {}
+        headers = message.get("headers") or {}
+        params = {
+            "priority": _priority(props.get("priority")),
+            "visible_at": self._native_eta(headers),
+            "expires_at": _expires_at(props.get("expiration")),
+            "task": headers.get("task"),
+            "payload": payload,
+        }
+        if exchange:
+            query, params["exchange"], params["routing_key"] = "message_route", exchange, routing_key
+            params["channel"], params["notify_max"] = self.db.notify_channel, NOTIFY_MESSAGE_MAX
+        else:
+            query, params["queue"] = "message_put", routing_key
+        outer = enqueue.current_connection()
+        if outer is not None:
+            enqueue.execute(outer, self.db.queries[query], params)
+            return
+        with self.db.connection(relaxed=not settings.synchronous_commit) as conn:
+            conn.execute(self.db.queries[query], params)
+
+    def _native_eta(self, headers: dict) -> datetime | None:
+        """The ETA when it lies further ahead than ``native_delay_threshold``: the row waits in the table."""
+        threshold = self.db.settings.native_delay_threshold
+        eta = headers.get("eta")
+        if not threshold or not eta:
+            return None
+        try:
+            when = datetime.fromisoformat(eta)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        if (when - datetime.now(timezone.utc)).total_seconds() > threshold:
+            return when
+        return None
+
+
+def _priority(value) -> int:
+    try:
+        return max(0, min(int(value), 255))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _expires_at(expiration) -> datetime | None:
+    if expiration in (None, ""):
+        return None
+    try:
+        return datetime.now(timezone.utc) + timedelta(milliseconds=float(expiration))
+    except (TypeError, ValueError):
+        return None
