@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 _current: ContextVar[Any] = ContextVar("celery_durable_transaction", default=None)
+#: Integrations that know of an open transaction elsewhere (Django's atomic()): called with the
+#: broker's conninfo when no in_transaction() block is active; the first connection returned wins.
+_finders: list[Callable[[str], Any]] = []
 
 
 @contextmanager
@@ -30,8 +33,22 @@ def in_transaction(conn: Any) -> Iterator[Any]:
         _current.reset(token)
 
 
-def current_connection() -> Any:
-    return _current.get()
+def current_connection(conninfo: str | None = None) -> Any:
+    """The connection a publish to the broker at ``conninfo`` joins, or None (publish on its own)."""
+    conn = _current.get()
+    if conn is not None or conninfo is None:
+        return conn
+    for find in _finders:
+        conn = find(conninfo)
+        if conn is not None:
+            return conn
+    return None
+
+
+def add_finder(find: Callable[[str], Any]) -> None:
+    """Let ``find(conninfo)`` offer an open transaction's connection to publishes (once per function)."""
+    if find not in _finders:
+        _finders.append(find)
 
 
 def execute(conn: Any, query: str, params: dict) -> None:

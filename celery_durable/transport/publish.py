@@ -42,7 +42,7 @@ class Publisher:
             params["channel"], params["notify_max"] = self.db.notify_channel, NOTIFY_MESSAGE_MAX
         else:
             query, params["queue"] = "message_put", routing_key
-        outer = enqueue.current_connection()
+        outer = enqueue.current_connection(self.db.conninfo)
         if outer is not None:
             enqueue.execute(outer, self.db.queries[query], params)
             return

@@ -74,8 +74,8 @@ def test_metrics_move_as_tasks_are_queued_run_and_dead_lettered(client, workers,
 
     workers("tests.apps.basic")
     after = wait_until(scrape, lambda f: f.get(("celery_durable_dead_letters", "celery")) == 1
-                       and f[("celery_durable_queue_ready", "celery")] == 0, "the worker to drain the queue")
-    assert after[("celery_durable_queue_depth", "celery")] == 1  # only the delayed one
+                       and f[("celery_durable_queue_depth", "celery")] == 1, "the worker to drain the queue")
+    assert after[("celery_durable_queue_ready", "celery")] == 0  # only the delayed one is left
     assert after[("celery_durable_queue_delayed", "celery")] == 1
     assert after[("celery_durable_queue_leased", "celery")] == 0
 

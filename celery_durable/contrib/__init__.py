@@ -1,0 +1,1 @@
+"""Integrations with the tools Celery users already run (Django)."""

@@ -1,0 +1,190 @@
+"""Admin pages: workflows (resume, cancel, restart from a step), dead letters (requeue, purge), queues.
+
+Every page is read-only: a workflow's or message's row is changed only by
+celery_durable's own functions, which keep the invariants (one transaction
+under the row lock, the step's message sent with it). Acting needs the
+model's change permission ("operate" below); purging needs delete.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import connections
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from ... import workflows
+from ...exceptions import DurableError
+from . import conf
+from .models import DeadLetter, Queue, Workflow
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """View pages only; actions that need ``operate`` check the model's change permission."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in self.opts.fields] + list(self.readonly_fields)
+
+
+@admin.register(Workflow)
+class WorkflowAdmin(ReadOnlyAdmin):
+    list_display = ("id", "name", "status", "current_step", "step_count", "current_task", "age", "stalled", "updated_at")
+    list_filter = ("status", "stalled")
+    search_fields = ("id", "name")
+    readonly_fields = ("steps", "operate")
+    actions = ("resume", "cancel")
+
+    @admin.display(description="steps, checkpoints and results")
+    def steps(self, obj: Workflow) -> str:
+        found = workflows.get_workflow(conf.celery_app(), workflow_id=obj.id)
+        if found is None:
+            return "-"
+        done = {}
+        for mark in found["checkpoints"]:
+            done.setdefault(mark["step"], []).append(mark)
+        rows = []
+        for step in found["steps"]:
+            marks = done.get(step["index"], [])
+            state = "current" if step["index"] == found["current_step"] and found["status"] != "succeeded" else ""
+            result = "; ".join(_short(m.get("result")) for m in marks) if marks else ""
+            finished = max((m["finished_at"] for m in marks), default=None)
+            attempts = sum(m["attempts"] for m in marks) if marks else ""
+            rows.append((step["index"], step["task"], state or ("done" if marks else ""), attempts, finished or "", result))
+        body = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>", rows)
+        return format_html(
+            '<table class="celery-durable-steps"><thead><tr><th>step</th><th>task</th><th>state</th>'
+            "<th>attempts</th><th>finished</th><th>result</th></tr></thead><tbody>{}</tbody></table>", body)
+
+    @admin.display(description="operate")
+    def operate(self, obj: Workflow) -> str:
+        url = reverse("admin:celery_durable_workflow_restart", args=[obj.id])
+        return format_html('<a class="button" href="{}">Restart from a step…</a>', url)
+
+    @admin.action(description="Resume selected workflows (re-send the current step)", permissions=["operate"])
+    def resume(self, request: HttpRequest, queryset: Any) -> None:
+        self._each(request, queryset, "Resumed", lambda wid: workflows.resume_workflow(conf.celery_app(), wid))
+
+    @admin.action(description="Cancel selected workflows (no further step)", permissions=["operate"])
+    def cancel(self, request: HttpRequest, queryset: Any) -> None:
+        self._each(request, queryset, "Cancelled", lambda wid: workflows.cancel_workflow(conf.celery_app(), wid))
+
+    def _each(self, request: HttpRequest, queryset: Any, verb: str, act: Any) -> None:
+        done = []
+        for wid in queryset.values_list("id", flat=True):
+            try:
+                if act(wid) is not False:
+                    done.append(wid)
+            except DurableError as exc:
+                self.message_user(request, f"{wid}: {exc}", messages.ERROR)
+        if done:
+            self.message_user(request, f"{verb} {len(done)} workflow(s)", messages.SUCCESS)
+
+    def get_urls(self) -> list:
+        view = self.admin_site.admin_view(self.restart_view)
+        return [path("<path:object_id>/restart/", view, name="celery_durable_workflow_restart")] + super().get_urls()
+
+    def restart_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if not self.has_operate_permission(request):
+            from django.core.exceptions import PermissionDenied
+
+            raise PermissionDenied
+        obj = get_object_or_404(Workflow.objects.all(), pk=object_id)
+        form = RestartForm(request.POST or None, step_count=obj.step_count)
+        if request.method == "POST" and form.is_valid():
+            try:
+                sent = workflows.restart_workflow(conf.celery_app(), obj.id, form.cleaned_data["step"],
+                                                  args=form.cleaned_data["args"])
+            except DurableError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(request, f"Restarted {obj.id} from step {form.cleaned_data['step']} "
+                                           f"({len(sent)} task(s) sent)", messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:celery_durable_workflow_change", args=[obj.id]))
+        context = {**self.admin_site.each_context(request), "opts": self.opts, "original": obj, "form": form,
+                   "title": f"Restart {obj} from a step"}
+        return TemplateResponse(request, "admin/celery_durable/workflow/restart.html", context)
+
+
+class RestartForm(forms.Form):
+    step = forms.TypedChoiceField(coerce=int, help_text="Checkpoints of this step and later ones are dropped.")
+    args = forms.CharField(required=False, label="New arguments (JSON list, optional)",
+                           help_text="Replaces the step's positional arguments; a single-task step only.")
+
+    def __init__(self, *args: Any, step_count: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["step"].choices = [(i, str(i)) for i in range(step_count)]
+
+    def clean_args(self) -> list | None:
+        text = self.cleaned_data["args"].strip()
+        if not text:
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise forms.ValidationError(f"not JSON: {exc}") from None
+        return value if isinstance(value, list) else [value]
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(ReadOnlyAdmin):
+    list_display = ("id", "queue", "task", "reason", "delivery_count", "dead_at")
+    list_filter = ("queue",)
+    search_fields = ("task", "reason")
+    actions = ("requeue", "purge")
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.delete_{opts.model_name}")
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        found = super().get_actions(request)
+        found.pop("delete_selected", None)  # "purge" says what it does
+        return found
+
+    @admin.action(description="Requeue selected dead letters (back to their queue)", permissions=["operate"])
+    def requeue(self, request: HttpRequest, queryset: Any) -> None:
+        from ...cli.dead_letters import _dead_letter_filter, _requeue
+
+        ids = list(queryset.values_list("id", flat=True))
+        wrapper = connections[conf.database_alias() or "default"]
+        wrapper.ensure_connection()
+        where, params = _dead_letter_filter(ids, None)
+        moved = _requeue(wrapper.connection, conf.schema(), where, params)
+        self.message_user(request, f"Requeued {len(moved)} message(s)", messages.SUCCESS)
+
+    @admin.action(description="Purge selected dead letters (delete them)", permissions=["delete"])
+    def purge(self, request: HttpRequest, queryset: Any) -> None:
+        count, _ = queryset.delete()
+        self.message_user(request, f"Purged {count} dead letter(s)", messages.SUCCESS)
+
+
+@admin.register(Queue)
+class QueueAdmin(ReadOnlyAdmin):
+    list_display = ("queue", "depth", "ready", "delayed", "leased", "oldest_age")
+    search_fields = ("queue",)
+    actions = None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 200 else text[:197] + "..."

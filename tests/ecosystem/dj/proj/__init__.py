@@ -1,0 +1,1 @@
+"""A small Django project for the integration tests (settings from the environment)."""

@@ -1,0 +1,106 @@
+"""The admin pages through Django's test client: workflows (resume, cancel, restart from a step),
+dead letters (requeue, purge) and queues, on a non-default schema, with a real worker."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.urls import reverse
+
+from celery_durable import durable_chain, workflows
+
+from .conftest import SCHEMA
+from .proj.shop.models import Execution
+from .proj.shop.tasks import add, flaky
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ACTION = "django.contrib.admin.actions"
+
+
+def wait(check, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+    return value
+
+
+def status(app, wid: str) -> str:
+    return workflows.get_workflow(app, workflow_id=wid)["status"]
+
+
+def test_models_follow_the_configured_schema():
+    from celery_durable.contrib.django.models import DeadLetter, Queue, Workflow
+
+    assert SCHEMA != "celery_durable"
+    assert [m._meta.db_table for m in (Workflow, DeadLetter, Queue)] == [
+        f'{SCHEMA}"."workflows', f'{SCHEMA}"."dead_letter', f'{SCHEMA}"."queues']
+
+
+def test_workflow_pages_and_actions(admin_client, django_project, worker):
+    app = django_project
+    wf = durable_chain(add.s(1, 2), flaky.s("wf"), add.s(10)).apply_async()
+    wid = wf.id
+    wait(lambda: status(app, wid) == "failed", "the flaky step to fail the workflow")
+
+    page = admin_client.get(reverse("admin:celery_durable_workflow_changelist"))
+    assert page.status_code == 200
+    assert wid in page.content.decode() and "failed" in page.content.decode()
+
+    detail = admin_client.get(reverse("admin:celery_durable_workflow_change", args=[wid])).content.decode()
+    assert "tests.ecosystem.dj.proj.shop.tasks.flaky" in detail
+    assert "<code>3</code>" in detail  # step 0's checkpointed result
+    assert "Restart from a step" in detail
+    assert 'name="_save"' not in detail  # read-only: no save button
+
+    Execution.objects.create(tag="fixed:wf", pid=0)  # "deploy the fix", then resume
+    changelist = reverse("admin:celery_durable_workflow_changelist")
+    done = admin_client.post(changelist, {"index": 0, "action": "resume", "_selected_action": [wid]}, follow=True)
+    assert "Resumed 1 workflow(s)" in done.content.decode()
+    assert wf.get(timeout=60) == 14
+    assert Execution.objects.filter(tag="wf").count() == 2
+
+    restart = reverse("admin:celery_durable_workflow_restart", args=[wid])
+    assert admin_client.get(restart).status_code == 200
+    done = admin_client.post(restart, {"step": "1", "args": ""}, follow=True)
+    assert f"Restarted {wid} from step 1" in done.content.decode()
+    wait(lambda: Execution.objects.filter(tag="wf").count() == 3, "the restarted step to run")
+    wait(lambda: status(app, wid) == "succeeded", "the restarted workflow to finish")
+
+    second = durable_chain(flaky.s(0, "never")).apply_async()
+    wait(lambda: status(app, second.id) == "failed", "the second workflow to fail")
+    done = admin_client.post(changelist, {"index": 0, "action": "cancel", "_selected_action": [second.id]}, follow=True)
+    assert "Cancelled 1 workflow(s)" in done.content.decode()
+    assert status(app, second.id) == "cancelled"
+
+
+def test_dead_letters_requeue_and_purge(admin_client, django_project, broker, worker):
+    from celery_durable.contrib.django.models import DeadLetter
+
+    django_project.send_task("shop.tasks.not_deployed")  # the worker rejects an unknown task
+    first = wait(lambda: DeadLetter.objects.first(), "the unknown task to be dead-lettered")
+    changelist = reverse("admin:celery_durable_deadletter_changelist")
+    page = admin_client.get(changelist).content.decode()
+    assert "shop.tasks.not_deployed" in page and "delete_selected" not in page
+
+    done = admin_client.post(changelist, {"index": 0, "action": "requeue", "_selected_action": [first.id]}, follow=True)
+    assert "Requeued 1 message(s)" in done.content.decode()
+    # Back in its queue, delivered again, rejected again: a new dead letter, the old one gone.
+    again = wait(lambda: DeadLetter.objects.exclude(id=first.id).first(), "the requeued message to come back")
+    assert not DeadLetter.objects.filter(id=first.id).exists()
+    assert again.task == "shop.tasks.not_deployed"
+
+    done = admin_client.post(changelist, {"index": 0, "action": "purge", "_selected_action": [again.id]}, follow=True)
+    assert "Purged 1 dead letter(s)" in done.content.decode()
+    assert not DeadLetter.objects.exists()
+    assert broker.q("SELECT count(*) FROM {s}.dead_letter")[0][0] == 0
+
+
+def test_queues_page_shows_depth(admin_client, django_project, broker):
+    django_project.send_task("shop.tasks.add", args=(1, 1), queue="parked", countdown=3600)
+    page = admin_client.get(reverse("admin:celery_durable_queue_changelist")).content.decode()
+    assert "parked" in page
+    row = page[page.index("parked"):].split("</tr>", 1)[0]
+    assert [cell.split(">")[-1] for cell in row.split("</td>")[:4]] == ["1", "0", "1", "0"]  # depth ready delayed leased
+    assert admin_client.get(reverse("admin:celery_durable_queue_add")).status_code == 403

@@ -1,0 +1,113 @@
+"""A publish inside `transaction.atomic()` joins Django's transaction: rollback sends nothing,
+commit sends once, savepoints are honoured, `delay_on_commit()` is transactional, and a setting
+turns it off. A real worker runs what was sent; the broker is looked at from another connection."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.db import connection, transaction
+from django.test import override_settings
+
+from .proj.shop.models import Execution, Order
+from .proj.shop.tasks import record
+
+pytestmark = pytest.mark.django_db(transaction=True)
+TASK = "tests.ecosystem.dj.proj.shop.tasks.record"
+
+
+def runs(tag: str) -> int:
+    return Execution.objects.filter(tag=tag).count()
+
+
+def wait_runs(tag: str, n: int = 1, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while runs(tag) < n:
+        assert time.monotonic() < deadline, f"{tag} did not run {n} time(s)"
+        time.sleep(0.05)
+
+
+def settle() -> None:
+    """Send a sentinel and wait for it: the worker takes messages in order, so whatever was
+    committed before it has run by then."""
+    tag = f"sentinel-{time.monotonic_ns()}"
+    record.delay(tag)
+    wait_runs(tag)
+
+
+def test_rollback_sends_nothing(worker, broker):
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            Order.objects.create(number=1)
+            record.delay("rolled-back")
+            assert broker.messages(TASK) == 0  # not visible outside the transaction
+            raise RuntimeError("the order fails")
+    assert broker.messages(TASK) == 0
+    settle()
+    assert runs("rolled-back") == 0
+    assert not Order.objects.exists()
+
+
+def test_commit_sends_once_and_is_visible_only_at_commit(worker, broker):
+    with transaction.atomic():
+        Order.objects.create(number=2)
+        result = record.delay("committed")
+        with connection.cursor() as cursor:  # the message is a row of this very transaction
+            cursor.execute(f'SELECT count(*) FROM "{broker_schema()}".message WHERE task = %s', [TASK])
+            assert cursor.fetchone()[0] == 1
+        assert broker.messages(TASK) == 0
+    assert result.get(timeout=60) == "committed"
+    settle()
+    assert runs("committed") == 1
+
+
+def test_nested_atomic_blocks_follow_their_savepoints(worker, broker):
+    with transaction.atomic():
+        record.delay("outer")
+        try:
+            with transaction.atomic():
+                record.delay("inner-rolled-back")
+                raise ValueError("inner block fails")
+        except ValueError:
+            pass
+        with transaction.atomic():
+            record.delay("inner-kept")
+        assert broker.messages(TASK) == 0
+    settle()
+    assert (runs("outer"), runs("inner-rolled-back"), runs("inner-kept")) == (1, 0, 1)
+
+
+def test_delay_on_commit_publishes_inside_the_transaction(worker, broker):
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            record.delay_on_commit("on-commit-rolled-back")
+            raise RuntimeError("rolled back")
+    with transaction.atomic():
+        assert record.delay_on_commit("on-commit") is None
+        with connection.cursor() as cursor:  # published now, in the transaction: not left to on_commit
+            cursor.execute(f'SELECT count(*) FROM "{broker_schema()}".message WHERE task = %s', [TASK])
+            assert cursor.fetchone()[0] == 1
+        assert not connection.run_on_commit
+    settle()
+    assert (runs("on-commit"), runs("on-commit-rolled-back")) == (1, 0)
+
+
+def test_setting_off_publishes_on_its_own(worker, broker):
+    with override_settings(CELERY_DURABLE_JOIN_ATOMIC=False):
+        with pytest.raises(RuntimeError):
+            with transaction.atomic():
+                record.delay("not-joined")  # committed at once, outside the block
+                raise RuntimeError("rolled back")
+    wait_runs("not-joined")  # ran although the block rolled back
+
+
+def test_outside_atomic_nothing_changes(worker, broker):
+    record.delay("autocommit")
+    wait_runs("autocommit")
+
+
+def broker_schema() -> str:
+    from .conftest import SCHEMA
+
+    return SCHEMA
