@@ -132,31 +132,54 @@ WHERE m.id = candidate.id
 RETURNING m.id, m.queue, m.priority, m.delivery_count, m.expires_at <= now() AS expired, m.payload
 
 -- message_ack --
--- Delete acknowledged messages, but only rows this lease still holds (fencing).
+-- Delete acknowledged messages, but only rows this lease still holds (fencing). Like every
+-- statement on held rows, it locks them in id order first, so it never deadlocks with another.
+WITH held AS (
+    SELECT m.id
+    FROM {schema}.message m
+    JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token) ON m.id = a.id AND m.lease_token = a.token
+    ORDER BY m.id
+    FOR UPDATE OF m
+)
 DELETE FROM {schema}.message m
-USING unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token)
-WHERE m.id = a.id AND m.lease_token = a.token
+USING held
+WHERE m.id = held.id
 RETURNING m.id
 
 -- message_requeue --
 -- Make held messages visible again now and wake consumers; a graceful restore
--- (restored = 1) does not count as a delivery.
-WITH requeued AS (
+-- (restored = 1) does not count as a delivery. Rows are locked in id order.
+WITH held AS (
+    SELECT m.id
+    FROM {schema}.message m
+    JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token) ON m.id = a.id AND m.lease_token = a.token
+    ORDER BY m.id
+    FOR UPDATE OF m
+),
+requeued AS (
     UPDATE {schema}.message m
     SET visible_at = now(), lease_token = NULL, leased_by = NULL,
         delivery_count = greatest(m.delivery_count - %(restored)s, 0)
-    FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token)
-    WHERE m.id = a.id AND m.lease_token = a.token
+    FROM held
+    WHERE m.id = held.id
     RETURNING m.queue
 )
 SELECT pg_notify(%(channel)s, 'r' || queue) FROM (SELECT DISTINCT queue FROM requeued) AS q
 
 -- message_dead_letter --
--- Move held messages to the dead-letter table with a reason, in one statement.
-WITH moved AS (
+-- Move held messages to the dead-letter table with a reason, in one statement; rows are locked
+-- in id order.
+WITH held AS (
+    SELECT m.id
+    FROM {schema}.message m
+    JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token) ON m.id = a.id AND m.lease_token = a.token
+    ORDER BY m.id
+    FOR UPDATE OF m
+),
+moved AS (
     DELETE FROM {schema}.message m
-    USING unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token)
-    WHERE m.id = a.id AND m.lease_token = a.token
+    USING held
+    WHERE m.id = held.id
     RETURNING m.*
 )
 INSERT INTO {schema}.dead_letter (id, queue, task, reason, delivery_count, payload, created_at)
@@ -164,11 +187,18 @@ SELECT id, queue, task, %(reason)s, delivery_count, payload, created_at FROM mov
 
 -- lease_renew --
 -- Extend the leases this worker still holds; rows missing from the result were acked
--- elsewhere or lost.
+-- elsewhere or lost. Rows are locked in id order (claim order differs from ack order).
+WITH held AS (
+    SELECT m.id
+    FROM {schema}.message m
+    JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token) ON m.id = a.id AND m.lease_token = a.token
+    ORDER BY m.id
+    FOR UPDATE OF m
+)
 UPDATE {schema}.message m
 SET visible_at = now() + %(lease)s * interval '1 second'
-FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token)
-WHERE m.id = a.id AND m.lease_token = a.token
+FROM held
+WHERE m.id = held.id
 RETURNING m.id
 
 -- message_count --
@@ -177,10 +207,13 @@ SELECT count(*) FROM {schema}.message
 WHERE queue = %(queue)s AND (lease_token IS NULL OR visible_at <= now())
 
 -- message_purge --
--- Remove every message of a queue that no live lease holds; returns how many.
+-- Remove every message of a queue that no live lease holds; returns how many. Rows another
+-- statement has locked are in use (being claimed or acked) and stay: purge never waits for them.
 WITH purged AS (
     DELETE FROM {schema}.message
-    WHERE queue = %(queue)s AND (lease_token IS NULL OR visible_at <= now())
+    WHERE id IN (SELECT id FROM {schema}.message
+                 WHERE queue = %(queue)s AND (lease_token IS NULL OR visible_at <= now())
+                 FOR UPDATE SKIP LOCKED)
     RETURNING 1
 )
 SELECT count(*) FROM purged
