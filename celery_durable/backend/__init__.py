@@ -6,8 +6,9 @@ Registered through Celery's ``celery.result_backends`` entry point under
 Features: every serializer (meta stored as bytea with its content type),
 ``result_extended``, groups, ``forget``, ``result_expires`` (beat's
 ``celery.backend_cleanup`` and opportunistic deletion), native chords (an
-atomic counter, no ``chord_unlock`` polling), and ``AsyncResult.get()``
-woken by LISTEN/NOTIFY on channel ``<schema>.result``.
+atomic counter, no ``chord_unlock`` polling), and ``AsyncResult.get()``,
+joins and ``get_many`` woken by LISTEN/NOTIFY on the channel of each awaited
+task, listened to only while something waits (see :mod:`.listener`).
 
 Options (``result_backend_transport_options``): every key of
 :class:`celery_durable.config.Settings` (notably ``schema``,

@@ -5,8 +5,9 @@ encoded with the backend's serializer into ``result.meta`` (bytea) together
 with its content type, so a reader configured with another serializer still
 decodes it; the plain columns (status, name, worker, queue, retries,
 date_done) exist for people who monitor with SQL. Waiting is done by the
-NOTIFY-driven :class:`~celery_durable.backend.consumer.ResultConsumer`;
-native chords live in :mod:`celery_durable.backend.chords`.
+NOTIFY-driven :class:`~celery_durable.backend.consumer.ResultConsumer`, each
+task's NOTIFY on its own channel (:func:`.notify.channel`); native chords live
+in :mod:`celery_durable.backend.chords`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from typing import Any, Iterator
 
 import psycopg
 from celery import states
-from celery._state import task_join_will_block
 from celery.backends.asynchronous import AsyncBackendMixin
 from celery.backends.base import Backend, decompress_payload
-from celery.exceptions import ImproperlyConfigured, TimeoutError
+from celery.exceptions import ImproperlyConfigured
 from celery.result import result_from_tuple
 from kombu.serialization import loads
 from kombu.utils.encoding import bytes_to_str
@@ -71,8 +71,6 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
         failure_expires = app.conf.get("result_failure_expires")
         self.failure_expires = self.expires if failure_expires is None else self.prepare_expires(failure_expires)
         self.queries = load("celery_durable.backend", "queries.sql", self.settings.schema)
-        #: NOTIFY channel; payload is a task id (NOTIFY payloads stop at 8000 bytes, results do not).
-        self.channel = f"{self.settings.schema}.result"
         self.connection_errors = (DatabaseUnavailable,)
         self._local = threading.local()
         self.result_consumer = self.ResultConsumer(
@@ -95,10 +93,14 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
             with pool.connection(conninfo, self.settings) as conn:
                 yield conn
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
-            raise SchemaError(
-                f"schema {self.settings.schema!r} lacks the result tables in {dsn.describe(self.conninfo)} "
-                f"({str(exc).splitlines()[0]}); was it dropped while this process ran?"
-            ) from None
+            raise self.schema_error(exc) from None
+
+    def schema_error(self, exc: BaseException) -> SchemaError:
+        """The error for a query that found no result tables."""
+        return SchemaError(
+            f"schema {self.settings.schema!r} lacks the result tables in {dsn.describe(self.conninfo)} "
+            f"({str(exc).splitlines()[0]}); was it dropped while this process ran?"
+        )
 
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         return isinstance(exc, DatabaseUnavailable)
@@ -153,7 +155,7 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
             "meta": encoded,
             "ready": state in states.READY_STATES,
             "expires": float(expires) if expires else None,
-            "channel": self.channel,
+            "channel": notify.channel(self.settings.schema, meta["task_id"]),
         }
 
     def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
@@ -209,35 +211,21 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
     def get_many(self, task_ids: Any, timeout: float | None = None, interval: float = 0.5, no_ack: bool = True,
                  on_message: Any = None, on_interval: Any = None, max_iterations: int | None = None,
                  READY_STATES: frozenset = states.READY_STATES) -> Iterator[tuple[str, dict]]:
-        """Yield ``(task_id, meta)`` as tasks become ready, one query per pass (polls; get() waits on NOTIFY)."""
-        interval = 0.5 if interval is None else interval
+        """Yield ``(task_id, meta)`` as tasks become ready, woken by NOTIFY (``interval``: longest wait between checks).
+
+        Raises celery's TimeoutError after ``timeout`` s; with ``max_iterations``,
+        returns after that many waits even if some tasks are not ready.
+        """
         ids = {bytes_to_str(t) for t in task_ids}
         for task_id in list(ids):
             cached = self._cache.get(task_id)
             if cached is not None and cached["status"] in READY_STATES:
                 ids.discard(task_id)
                 yield task_id, cached
-        iterations, elapsed = 0, 0.0
-        while ids:
-            ready = {k: v for k, v in self._get_metas(ids).items() if v["status"] in READY_STATES}
-            self._cache.update(ready)
-            ids.difference_update(ready)
-            for task_id, meta in ready.items():
-                if on_message is not None:
-                    on_message(meta)
-                yield task_id, meta
-            if not ids:
-                break
-            if timeout is not None and elapsed >= timeout:
-                raise TimeoutError(f"Operation timed out ({timeout})")
-            if on_interval:
-                on_interval()
-            nap = interval if timeout is None else min(interval, timeout - elapsed)
-            time.sleep(nap)
-            elapsed += nap
-            iterations += 1
-            if max_iterations and iterations >= max_iterations:
-                break
+        if ids:
+            yield from self.result_consumer.wait_for_ids(
+                ids, timeout=timeout, interval=1.0 if interval is None else interval, on_message=on_message,
+                on_interval=on_interval, max_iterations=max_iterations)
 
     def _forget(self, task_id: str) -> None:
         with self._db() as conn:
@@ -246,12 +234,6 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
     def forget(self, task_id: str) -> None:
         super().forget(task_id)
         self.result_consumer.cancel_for(task_id)
-
-    def on_task_call(self, producer: Any, task_id: str) -> dict:
-        # Listen before the task can finish, so a fast result is not missed (not inside workers: joins block there).
-        if not task_join_will_block():
-            self.result_consumer.consume_from(task_id)
-        return {}
 
     # -- groups -------------------------------------------------------------------------------------
 

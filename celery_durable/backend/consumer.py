@@ -1,166 +1,40 @@
-"""Wake ``AsyncResult.get()`` with LISTEN/NOTIFY instead of polling.
+"""Wake ``AsyncResult.get()``, joins and ``get_many`` with LISTEN/NOTIFY instead of polling.
 
-A :class:`Listener` owns one dedicated LISTEN connection per process,
-database and channel (``<schema>.result``; payload: a task id, or the id with
-the meta itself, see :mod:`.notify`). One thread at a time reads it and hands
-the ids to every :class:`ResultConsumer` of the process (Celery makes one
-backend per thread); each consumer keeps the ids it waits for, fetches the
-metas that did not come inline in one query and resolves its results.
-Waiters listen before they read the current state, so no result is missed;
-after a reconnect every consumer re-reads all the ids it waits for, since
-NOTIFYs sent while disconnected are lost.
+Celery makes one backend, so one :class:`ResultConsumer`, per thread; they
+share the process's :class:`~celery_durable.backend.listener.Listener`. A
+wait (``get()``, ``join_native``/``iter_native``, ``get_many``) holds the
+channels of the tasks it waits for: its first step LISTENs on them and reads
+their current state in one round trip, then it reads NOTIFYs (the task id,
+or the id with the meta itself, see :mod:`.notify`) until they are ready,
+and releases the channels when it ends, however it ends. Registering a
+pending result (``delay()``, a group's members) costs nothing on the
+database: a process that never waits never listens.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
-import weakref
-from typing import Any
+from collections import Counter
+from typing import Any, Callable, Iterator
 
 import psycopg
 from celery import states
 from celery.backends.asynchronous import BaseResultConsumer
-from psycopg import sql
+from celery.exceptions import TimeoutError
 
-from ..config import Settings
-from ..db import dsn, pool
 from ..exceptions import DatabaseUnavailable
 from . import notify
-
-logger = logging.getLogger(__name__)
-
-#: Attempts (with doubling sleeps from 0.2 s) to re-establish a lost LISTEN connection before get() raises.
-RECONNECT_ATTEMPTS_DEFAULT = 6
-
-_lock = threading.Lock()
-_listeners: dict[tuple[str, str, int], "Listener"] = {}
+from .listener import Listener, get_listener
 
 
-def get_listener(conninfo: str, channel: str, settings: Settings) -> "Listener":
-    """This process's listener for a database and channel (a forked child gets its own)."""
-    key = (conninfo, channel, os.getpid())
-    listener = _listeners.get(key)
-    if listener is None:
-        with _lock:
-            listener = _listeners.get(key)
-            if listener is None:
-                # A parent's listeners stay referenced (never closed) so their sockets are left alone.
-                listener = _listeners[key] = Listener(conninfo, channel, settings)
-    return listener
-
-
-def close_all() -> None:
-    """Close this process's listeners (tests, interpreter exit)."""
-    pid = os.getpid()
-    with _lock:
-        for key in [k for k in _listeners if k[2] == pid]:
-            _listeners.pop(key).close()
-
-
-class Listener:
-    """One LISTEN connection; fans the notified task ids out to the consumers of this process."""
-
-    def __init__(self, conninfo: str, channel: str, settings: Settings) -> None:
-        self.conninfo = dsn.from_url(settings.listen_url) if settings.listen_url else conninfo
-        self.channel = channel
-        self.settings = settings
-        self.pid = os.getpid()
-        #: Bumped on every (re)connect: consumers then re-read everything they wait for.
-        self.epoch = 0
-        self._conn: psycopg.Connection | None = None
-        self._connect_lock = threading.Lock()
-        self._read_lock = threading.Lock()
-        self._read_done = threading.Condition()
-        self._reads = 0
-        self._consumers: "weakref.WeakSet[ResultConsumer]" = weakref.WeakSet()
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
-    def register(self, consumer: "ResultConsumer") -> None:
-        self._consumers.add(consumer)
-
-    def ensure(self) -> None:
-        """Connect and LISTEN unless already done; raises DatabaseUnavailable (no password in it)."""
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            return
-        with self._connect_lock:
-            conn = self._conn
-            if conn is None or conn.closed:
-                self._connect()
-
-    def _connect(self) -> None:
-        conn = pool.connect(self.conninfo, timeout=self.settings.connect_timeout)
-        try:
-            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
-        except psycopg.Error as exc:
-            conn.close()
-            raise pool.unavailable(self.conninfo, exc) from None
-        self._conn = conn
-        self.epoch += 1
-
-    def _reconnect(self) -> None:
-        delay = 0.2
-        for attempt in range(1, RECONNECT_ATTEMPTS_DEFAULT + 1):
-            try:
-                with self._connect_lock:
-                    self._connect()
-                logger.info("celery_durable: result listener reconnected")
-                return
-            except DatabaseUnavailable:
-                if attempt == RECONNECT_ATTEMPTS_DEFAULT:
-                    raise
-                logger.warning("celery_durable: result listener reconnect %d failed; retrying", attempt)
-                time.sleep(delay)
-                delay *= 2
-
-    def wait(self, timeout: float) -> None:
-        """Block up to ``timeout`` s for NOTIFYs and deliver them; while another thread reads, wait for its read."""
-        with self._read_done:
-            reads = self._reads
-        if not self._read_lock.acquire(blocking=False):
-            with self._read_done:
-                if self._reads == reads:
-                    self._read_done.wait(timeout)
-            return
-        try:
-            ids = self._read(timeout)  # task id -> inline meta or None
-            if ids:
-                for consumer in list(self._consumers):
-                    consumer.deliver(ids)
-        finally:
-            self._read_lock.release()
-            with self._read_done:
-                self._reads += 1
-                self._read_done.notify_all()
-
-    def _read(self, timeout: float) -> dict[str, tuple | None]:
-        conn = self._conn
-        try:
-            if conn is None or conn.closed:
-                raise psycopg.OperationalError("listen connection closed")
-            # In commit order: a later state of the same task replaces an earlier one.
-            ids = dict(notify.parse(n.payload) for n in conn.notifies(timeout=timeout, stop_after=1))
-            if ids:  # whatever else already arrived, without waiting
-                ids.update(notify.parse(n.payload) for n in conn.notifies(timeout=0))
-            return ids
-        except psycopg.Error as exc:
-            logger.warning("celery_durable: result listener lost its connection (%s); reconnecting",
-                           str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            if conn is not None:
-                try:
-                    conn.close()
-                except Exception:  # noqa: BLE001
-                    pass
-            self._conn = None
-            self._reconnect()
-            return {}
+def _awaited_ids(result: Any) -> list[str]:
+    """The ids a wait on ``result`` (an AsyncResult or a ResultSet) needs: those not ready yet."""
+    members = getattr(result, "results", None)
+    if members is None:
+        return [] if result._cache else [str(result.id)]
+    return [str(r.id) for r in members if hasattr(r, "_cache") and not r._cache]
 
 
 class ResultConsumer(BaseResultConsumer):
@@ -169,6 +43,7 @@ class ResultConsumer(BaseResultConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._consuming: set[str] = set()
+        self._held: Counter[str] = Counter()  # ids whose channels this consumer's waits hold
         self._inbox: dict[str, tuple | None] = {}
         self._inbox_lock = threading.Lock()
         self._listener: Listener | None = None
@@ -179,31 +54,23 @@ class ResultConsumer(BaseResultConsumer):
         listener = self._listener
         if listener is None or listener.pid != os.getpid():
             backend = self.backend
-            listener = get_listener(backend.conninfo, backend.channel, backend.settings)
+            listener = get_listener(backend.conninfo, backend.settings)
             listener.register(self)
             self._listener = listener
         return listener
 
-    def deliver(self, ids: dict[str, tuple | None]) -> None:
-        """Called by the reading thread: keep the ids (and inline metas) this consumer waits for."""
-        wanted = ids.keys() & self._consuming
-        if wanted:
-            with self._inbox_lock:
-                self._inbox.update((task_id, ids[task_id]) for task_id in wanted)
+    def _channels(self, ids: list[str]) -> list[str]:
+        schema = self.backend.settings.schema
+        # Version 1 workers notify the schema's one channel: heard while waiting, during an upgrade.
+        return [notify.legacy_channel(schema), *(notify.channel(schema, i) for i in ids)]
 
-    def _take_inbox(self) -> dict[str, tuple | None]:
-        with self._inbox_lock:
-            ids, self._inbox = self._inbox, {}
-        return ids
+    # -- Celery's interface ------------------------------------------------------------------------
 
     def start(self, initial_task_id: str, **kwargs: Any) -> None:
         self.consume_from(initial_task_id)
 
     def consume_from(self, task_id: str) -> None:
-        listener = self._get_listener()
-        listener.ensure()
-        if not self._consuming:
-            self._epoch = listener.epoch  # nothing awaited yet, so nothing was missed
+        """Remember that a result object waits for ``task_id``; no database work (the wait LISTENs)."""
         self._consuming.add(str(task_id))
 
     def cancel_for(self, task_id: str) -> None:
@@ -213,6 +80,7 @@ class ResultConsumer(BaseResultConsumer):
     def on_after_fork(self) -> None:
         self._listener = None
         self._consuming = set()
+        self._held = Counter()
         self._inbox = {}
         self._inbox_lock = threading.Lock()
 
@@ -221,37 +89,104 @@ class ResultConsumer(BaseResultConsumer):
         if meta["status"] in states.READY_STATES:
             self.cancel_for(meta["task_id"])
 
+    def _wait_for_pending(self, result: Any, timeout: float | None = None, on_interval: Any = None,
+                          on_message: Any = None, **kwargs: Any) -> Iterator[None]:
+        """Celery's wait loop, holding the channels of ``result``'s pending ids while it runs."""
+        ids = _awaited_ids(result)
+        with self._holding(ids):
+            yield from super()._wait_for_pending(result, timeout=timeout, on_interval=on_interval,
+                                                 on_message=on_message, **kwargs)
+
     def on_wait_for_pending(self, result: Any, **kwargs: Any) -> None:
-        # Already listening (consume_from ran when the result became pending): read the current state once.
-        for meta in result._iter_meta(**kwargs):
-            if meta is not None:
-                self.on_state_change(meta, None)
-                if meta["status"] in (states.SUCCESS, states.FAILURE):
-                    # as Redis: a ready meta buffered for nobody would leak
-                    try:
-                        buf = self._pending_messages.pop(meta["task_id"])
-                    except KeyError:
-                        pass
-                    else:
-                        self._pending_messages.total -= len(buf)
+        """First step of a wait: LISTEN and read the current states, in one round trip."""
+        ids = _awaited_ids(result)
+        if not ids:
+            return
+        for meta in self._subscribe(ids).values():
+            self.on_state_change(meta, None)
+            if meta["status"] in (states.SUCCESS, states.FAILURE):
+                # as Redis: a ready meta buffered for nobody would leak
+                try:
+                    buf = self._pending_messages.pop(meta["task_id"])
+                except KeyError:
+                    pass
+                else:
+                    self._pending_messages.total -= len(buf)
 
     def drain_events(self, timeout: float | None = None) -> None:
         """Wait up to ``timeout`` s for NOTIFYs about awaited tasks and resolve them; raises DatabaseUnavailable."""
+        for task_id, meta in self._fetch(self._next_ids(1.0 if timeout is None else timeout)).items():
+            self.on_state_change(meta, None)
+
+    # -- waiting -------------------------------------------------------------------------------------
+
+    class _Holding:
+        """Holds channels for the length of a ``with`` block; releasing never blocks."""
+
+        def __init__(self, consumer: "ResultConsumer", ids: list[str]) -> None:
+            self.consumer, self.ids = consumer, ids
+            self.channels = consumer._channels(ids) if ids else []
+
+        def __enter__(self) -> None:
+            if self.ids:
+                self.consumer._get_listener().acquire(self.channels)
+                self.consumer._held.update(self.ids)
+
+        def __exit__(self, *exc: Any) -> None:
+            if not self.ids:
+                return
+            consumer = self.consumer
+            consumer._held.subtract(self.ids)
+            for task_id in [t for t, n in consumer._held.items() if n <= 0]:
+                del consumer._held[task_id]
+            listener = consumer._listener
+            if listener is not None and listener.pid == os.getpid():
+                listener.release(self.channels)
+                listener.unlisten_nowait()
+
+    def _holding(self, ids: list[str]) -> "ResultConsumer._Holding":
+        return self._Holding(self, ids)
+
+    def _subscribe(self, ids: list[str]) -> dict[str, dict]:
+        """LISTEN on the held channels and read the states of ``ids``: ``{task_id: meta}`` of those stored."""
         listener = self._get_listener()
-        listener.ensure()
+        if not self._held:
+            self._epoch = listener.epoch  # nothing awaited before, so nothing was missed
+        backend = self.backend
+        try:
+            rows = listener.subscribe(backend.queries["result_get_many"], ids)
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+            raise backend.schema_error(exc) from None
+        return {task_id: backend._decode_meta(ct, ce, meta) for task_id, ct, ce, meta in rows}
+
+    def deliver(self, ids: dict[str, tuple | None]) -> None:
+        """Called by the reading thread: keep the ids (and inline metas) this consumer waits for."""
+        wanted = [task_id for task_id in ids if task_id in self._consuming or task_id in self._held]
+        if wanted:
+            with self._inbox_lock:
+                self._inbox.update((task_id, ids[task_id]) for task_id in wanted)
+
+    def _take_inbox(self) -> dict[str, tuple | None]:
+        with self._inbox_lock:
+            ids, self._inbox = self._inbox, {}
+        return ids
+
+    def _next_ids(self, timeout: float) -> dict[str, tuple | None]:
+        """Ids notified for this consumer within ``timeout`` s (all held ids after a reconnect)."""
+        listener = self._get_listener()
         ids = self._take_inbox()
         if not ids and self._epoch == listener.epoch:
-            listener.wait(1.0 if timeout is None else timeout)
+            listener.wait(timeout)
             ids = self._take_inbox()
         if self._epoch != listener.epoch:
             # (Re)connected since we last looked: NOTIFYs may have been lost.
             self._epoch = listener.epoch
-            for task_id in self._consuming:
+            for task_id in list(self._held):
                 ids.setdefault(task_id, None)
-        if ids:
-            self._dispatch(ids)
+        return ids
 
-    def _dispatch(self, ids: dict[str, tuple | None]) -> None:
+    def _fetch(self, ids: dict[str, tuple | None]) -> dict[str, dict]:
+        """Metas of notified ids: decoded from the NOTIFY, else read in one query."""
         metas, missing = {}, []
         for task_id, inline in ids.items():
             if inline is not None:
@@ -262,8 +197,40 @@ class ResultConsumer(BaseResultConsumer):
                     pass
             missing.append(task_id)
         metas.update(self.backend._get_metas(missing))
-        for task_id in ids:
-            meta = metas.get(task_id)
-            if meta is not None:
-                meta.setdefault("task_id", task_id)
-                self.on_state_change(meta, None)
+        for task_id, meta in metas.items():
+            meta.setdefault("task_id", task_id)
+        return metas
+
+    def wait_for_ids(self, ids: set[str], *, timeout: float | None, interval: float,
+                     on_message: Callable | None, on_interval: Callable | None,
+                     max_iterations: int | None) -> Iterator[tuple[str, dict]]:
+        """Yield ``(task_id, meta)`` as each of ``ids`` becomes ready (``get_many``), waiting on NOTIFY.
+
+        Raises celery's TimeoutError after ``timeout`` s; stops after
+        ``max_iterations`` waits of up to ``interval`` s when that is set.
+        """
+        pending = set(ids)
+        started = time.monotonic()
+        iterations = 0
+        with self._holding(sorted(pending)):
+            metas = self._subscribe(sorted(pending))
+            while True:
+                for task_id, meta in metas.items():
+                    if task_id in pending and meta["status"] in states.READY_STATES:
+                        pending.discard(task_id)
+                        self.backend._cache[task_id] = meta
+                        if on_message is not None:
+                            on_message(meta)
+                        yield task_id, meta
+                if not pending:
+                    return
+                if max_iterations and iterations >= max_iterations:
+                    return
+                remaining = None if timeout is None else timeout - (time.monotonic() - started)
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"Operation timed out ({timeout})")
+                if on_interval:
+                    on_interval()
+                wait = interval if remaining is None else min(interval, remaining)
+                metas = self._fetch({k: v for k, v in self._next_ids(wait).items() if k in pending})
+                iterations += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import uuid
@@ -10,10 +11,10 @@ from types import SimpleNamespace
 import psycopg
 import pytest
 from celery import Celery, states
-from celery.exceptions import ImproperlyConfigured
+from celery.exceptions import ImproperlyConfigured, TimeoutError
 from psycopg import sql
 
-from celery_durable.backend import PostgresBackend, consumer
+from celery_durable.backend import PostgresBackend, listener, notify
 from celery_durable.exceptions import ResultTooLarge
 from celery_durable.db.migrate import ensure_schema
 from celery_durable.exceptions import DatabaseUnavailable, SchemaError
@@ -38,7 +39,7 @@ def make(pg_url, schema):
     yield _make
     for app in apps:
         app.close()
-    consumer.close_all()
+    listener.close_all()
 
 
 def rows(pg_url, schema, table):
@@ -90,6 +91,43 @@ def test_get_wakes_on_notify_from_another_thread(make):
     timer = threading.Timer(0.2, app.backend.store_result, ("late", "done", states.SUCCESS))
     timer.start()
     assert result.get(timeout=10) == "done"
+
+
+def server_channels(backend):
+    """The channels the process's LISTEN session listens on, as the server says."""
+    probe = "SELECT pg_listening_channels() WHERE %s::text[] IS NOT NULL"
+    return sorted(r[0] for r in listener.get_listener(backend.conninfo, backend.settings).subscribe(probe, []))
+
+
+def test_a_wait_listens_to_its_own_channel_only_while_it_waits(make):
+    app = make()
+    backend = app.backend
+    backend.store_result("other", 1, states.SUCCESS)  # a result nobody waits for
+    assert app.AsyncResult("other").get(timeout=10) == 1  # stored already: read, no wait
+    with pytest.raises(TimeoutError):
+        app.AsyncResult("never").get(timeout=0.2)
+    assert server_channels(backend) == []
+    threading.Timer(0.2, backend.store_result, ("late", "done", states.SUCCESS)).start()
+    seen = []
+    threading.Timer(0.1, lambda: seen.extend(server_channels(make().backend))).start()
+    assert app.AsyncResult("late").get(timeout=10) == "done"
+    assert notify.channel(backend.settings.schema, "late") in seen
+    assert server_channels(backend) == []
+
+
+def test_an_abandoned_join_stops_listening(make):
+    app = make()
+    backend = app.backend
+    ids = [f"m{i}" for i in range(5)]
+    group = app.GroupResult("abandoned", [app.AsyncResult(i) for i in ids])
+    backend.store_result("m0", 0, states.SUCCESS)
+    threading.Timer(0.1, backend.store_result, ("m1", 1, states.SUCCESS)).start()
+    iterator = group.iter_native(timeout=10)
+    next(iterator)
+    next(iterator)
+    del iterator  # never finished: its channels go when the generator is collected
+    gc.collect()
+    assert server_channels(backend) == []
 
 
 def test_group_save_restore_delete_and_join_native(make):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -17,7 +18,7 @@ import pytest
 from celery import chain, chord, group
 from celery.exceptions import ChordError
 
-from celery_durable.backend import consumer
+from celery_durable.backend import listener
 from celery_durable.db.migrate import ensure_schema
 from tests.apps.results import make_app
 
@@ -65,7 +66,7 @@ def client(pg_url, ready_schema, queue):
     yield _client
     for app in apps:
         app.close()
-    consumer.close_all()
+    listener.close_all()
 
 
 @pytest.mark.parametrize("serializer", ["json", "pickle", "msgpack", "yaml"])
@@ -196,3 +197,28 @@ def test_two_processes_read_each_others_results(client, pg_url, schema, queue):
     finally:
         proc.kill()
     assert out.strip() == "{'from': 'parent'}"
+
+
+def test_group_join_waits_on_notify_not_on_a_poll_interval(start, client):
+    start()
+    app = client()
+    add = app.tasks["results.add"]
+    outcome = {}
+
+    def joins():
+        # Members still pending when each join starts (countdown). No timeout and an hour-long poll
+        # interval: a join that polls sleeps for the hour; only NOTIFY finishes these.
+        res = group(add.s(i, i).set(countdown=1) for i in range(10)).apply_async()
+        outcome["get"] = res.get(interval=3600)
+        res = group(add.s(i, 1).set(countdown=1) for i in range(10)).apply_async()
+        outcome["join_native"] = res.join_native(interval=3600)
+        ids = [add.apply_async((i, 2), countdown=1).id for i in range(10)]
+        outcome["get_many"] = [meta["result"] for _, meta in sorted(
+            app.backend.get_many(ids, interval=3600), key=lambda item: ids.index(item[0]))]
+
+    thread = threading.Thread(target=joins, daemon=True)
+    thread.start()
+    thread.join(TIMEOUT)
+    assert not thread.is_alive(), f"a join is still sleeping in a poll (finished: {sorted(outcome)})"
+    assert outcome == {"get": [2 * i for i in range(10)], "join_native": [i + 1 for i in range(10)],
+                       "get_many": [i + 2 for i in range(10)]}
