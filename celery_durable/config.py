@@ -68,6 +68,9 @@ class Settings:
     #: commit returns before its fsync (about 2x faster here); a crash of the database server,
     #: never of a client, may then lose the last ~0.6 s of them (wal_writer_delay x 3).
     synchronous_commit: bool = True
+    #: Server-side prepared statements for repeated queries. None: on, unless a pooler (PgBouncer)
+    #: is detected, which may run a statement on a session that never saw its PREPARE.
+    prepared_statements: bool | None = None
 
     def __post_init__(self) -> None:
         if not _SCHEMA_NAME.match(self.schema):
@@ -89,7 +92,9 @@ class Settings:
         coerced = {}
         for key, value in values.items():
             default = getattr(settings, key)
-            if isinstance(default, bool):
+            if key == "prepared_statements" and isinstance(value, str):
+                coerced[key] = None if value.lower() == "auto" else value.lower() in ("1", "true", "yes")
+            elif isinstance(default, bool):
                 coerced[key] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
             elif isinstance(default, int) and not isinstance(default, bool):
                 coerced[key] = int(value)

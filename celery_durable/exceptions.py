@@ -36,3 +36,7 @@ class LeaseLost(DurableError):
 
 class WorkflowError(DurableError):
     """A durable workflow cannot be run, resumed or changed as asked."""
+
+
+class ListenUnavailable(DurableError):
+    """LISTEN over this URL receives no notifications (a transaction pooler sits in between): set ``listen_url``."""

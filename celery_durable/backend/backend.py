@@ -67,7 +67,6 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
         options = dict(app.conf.get("result_backend_transport_options") or {})
         self.settings = Settings.from_options(options)
         self.max_result_bytes = self.settings.max_result_bytes
-        self._store_conninfo = self.conninfo if self.settings.synchronous_commit else dsn.relaxed(self.conninfo)
         failure_expires = app.conf.get("result_failure_expires")
         self.failure_expires = self.expires if failure_expires is None else self.prepare_expires(failure_expires)
         self.queries = load("celery_durable.backend", "queries.sql", self.settings.schema)
@@ -77,20 +76,20 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
             self, self.app, self.accept, self._pending_results, self._pending_messages
         )
 
+    def as_uri(self, include_password: bool = False) -> str:
+        """The URL for banners and logs: password masked (Kombu's own masking cannot parse multi-host URLs)."""
+        return self.url if include_password else dsn.mask_url(self.url)
+
     def __reduce__(self, args: tuple = (), kwargs: dict | None = None) -> Any:
         return super().__reduce__(args, dict(kwargs or {}, url=self.url, expires=self.expires))
 
     # -- connections ---------------------------------------------------------------------------
 
     @contextmanager
-    def _db(self, store: bool = False) -> Iterator[psycopg.Connection]:
-        """A pooled autocommit connection; a dropped schema becomes SchemaError, an outage DatabaseUnavailable.
-
-        ``store``: for storing results, without waiting for the WAL flush when ``synchronous_commit`` is off.
-        """
-        conninfo = self._store_conninfo if store else self.conninfo
+    def _db(self) -> Iterator[psycopg.Connection]:
+        """A pooled autocommit connection; a dropped schema becomes SchemaError, an outage DatabaseUnavailable."""
         try:
-            with pool.connection(conninfo, self.settings) as conn:
+            with pool.connection(self.conninfo, self.settings) as conn:
                 yield conn
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
             raise self.schema_error(exc) from None
@@ -163,11 +162,17 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
         """Upsert the meta and NOTIFY on commit; a chord part is counted in the same transaction."""
         params = self._result_params(task_id, result, state, traceback, request)
         part = self._chord_part_params(request, state, result)
-        with self._db(store=True) as conn:
+        relaxed = not self.settings.synchronous_commit  # the commit need not wait for the WAL flush
+        with self._db() as conn:
             if part is None:
-                conn.execute(self.queries["result_upsert"], params)
+                if relaxed:
+                    pool.execute_relaxed(conn, self.queries["result_upsert"], params)
+                else:
+                    conn.execute(self.queries["result_upsert"], params)
             else:
                 with conn.transaction():
+                    if relaxed:
+                        conn.execute(pool.NO_FLUSH_WAIT)
                     conn.execute(self.queries["result_upsert"], params)
                     outcome = self._chord_count(conn, part)
                 # Only after COMMIT: on_chord_part_return acts on it next, in this thread.

@@ -35,7 +35,7 @@ import psycopg
 from psycopg import ClientCursor, sql
 
 from ..config import Settings
-from ..db import dsn, pool
+from ..db import dsn, listen, pool
 from ..exceptions import DatabaseUnavailable
 from . import notify
 
@@ -153,7 +153,7 @@ class Listener:
         return conn
 
     def _connect(self) -> None:
-        conn = pool.connect(self.conninfo, timeout=self.settings.connect_timeout)
+        conn = listen.connect(self.conninfo, self.settings, "result-listener")
         with self._counts_lock:
             wanted = set(self._wanted)
         try:

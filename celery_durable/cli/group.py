@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..db import appname
 from .target import _db_options, _given
 
 
@@ -15,6 +16,7 @@ def durable(ctx: click.Context, url: str | None, schema: str | None) -> None:
 
     --url and --schema go before or after the command name.
     """
+    appname.set_role("cli")  # its connections show as <name>:cli in pg_stat_activity
     celery_ctx = ctx.find_root().obj if ctx.parent is not None else None
     given = _given(ctx, url, schema, None)
     given.app = getattr(celery_ctx, "app", None)

@@ -31,9 +31,16 @@ def migrate_cmd(target: Target, as_json: bool) -> None:
 
 
 @durable.command("sql")
+@click.option("--grants", "role", metavar="ROLE",
+              help="Print instead the GRANTs that let ROLE run workers, clients and read commands (DML only).")
 @with_target
-def sql_cmd(target: Target) -> None:
+def sql_cmd(target: Target, role: str | None) -> None:
     """Print the DDL that creates the current schema (for a DBA; no database needed)."""
+    if role is not None:
+        if not role or "\x00" in role:
+            raise click.BadParameter("a role name is needed", param_hint="--grants")
+        click.echo(migrate.grants(target.schema, role).strip())
+        return
     click.echo(migrate.ddl(target.schema).strip())
 
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, replace
 from typing import Any, Callable
-from urllib.parse import quote, urlencode
 
 import click
 import psycopg
 from click.core import ParameterSource
-from psycopg.conninfo import conninfo_to_dict
 
 from ..config import SCHEMA_DEFAULT, Settings
 from ..db import dsn, pool
@@ -56,11 +54,11 @@ class Target:
 
     def connect(self) -> psycopg.Connection:
         """A direct autocommit connection; DatabaseUnavailable names the target."""
-        return pool.connect(self.require(), timeout=self.settings.connect_timeout)
+        return pool.connect(self.require(), settings=self.settings)
 
     def url(self) -> str:
         """A ``postgresql://`` URL equal to the conninfo (the workflow admin API takes URLs)."""
-        return conninfo_to_url(self.require())
+        return dsn.to_url(self.require())
 
     def celery_app(self) -> Any:
         """The ``-A`` app, or a minimal app on this database for commands that send tasks."""
@@ -77,16 +75,8 @@ class Target:
         return app
 
 
-def conninfo_to_url(conninfo: str) -> str:
-    params = conninfo_to_dict(conninfo)
-    user = quote(params.pop("user", "") or "", safe="")
-    password = params.pop("password", None)
-    auth = f"{user}:{quote(password, safe='')}@" if password else (f"{user}@" if user else "")
-    host = quote(params.pop("host", "") or "", safe="")
-    port = params.pop("port", None)
-    dbname = quote(params.pop("dbname", "") or "", safe="")
-    query = f"?{urlencode(params, quote_via=quote)}" if params else ""
-    return f"postgresql://{auth}{host}{':' + str(port) if port else ''}/{dbname}{query}"
+#: Kept for callers of the old name: a ``postgresql://`` URL for a conninfo (multi-host lists kept).
+conninfo_to_url = dsn.to_url
 
 
 def _is_postgres(url: Any) -> bool:

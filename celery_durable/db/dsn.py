@@ -1,23 +1,31 @@
-"""Turn Celery/Kombu URLs and connection fields into psycopg conninfo strings.
+"""Turn Celery/Kombu URLs and connection fields into psycopg conninfo strings, and back.
 
-The same URL may reach us three ways: as Celery's ``result_backend`` string,
-as a Kombu ``Connection`` already split into fields, or as a SQLAlchemy URL
-(``postgresql+psycopg://``). All end as one canonical conninfo so broker and
-backend on the same database share one pool.
+One libpq URL works unchanged as ``broker_url``, ``result_backend`` and the
+CLI's ``--url``: every libpq keyword is a query parameter
+(``?sslmode=verify-full&sslrootcert=/ca.pem&target_session_attrs=read-write``),
+hosts may be a list (``h1:5432,h2:5432``, libpq tries them in order), and
+Kombu's ``ssl_*`` spellings are accepted too. The URL may also reach us as a
+Kombu ``Connection`` split into fields (after a failover ``switch()``) or as a
+SQLAlchemy URL (``postgresql+psycopg://``). All end as one canonical conninfo,
+so broker and backend on the same database share one pool.
 """
 
 from __future__ import annotations
 
+import re
 import ssl as _ssl
 from typing import Any, Mapping
-from urllib.parse import unquote
+from urllib.parse import quote, unquote, urlencode
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 SCHEMES = ("postgresql", "postgres")
 DEFAULT_PORT = "5432"
+#: What replaces a password in URLs shown in banners and logs.
+MASK = "**"
 
-#: Kombu turns ``?ssl_<x>=…`` URL parameters into ``Connection.ssl``; these map to libpq keywords.
+#: Kombu's ``ssl_*`` spellings (URL parameters, ``broker_use_ssl`` keys) and their libpq keywords.
 _SSL_KEYS = {
     "ssl_mode": "sslmode",
     "ssl_rootcert": "sslrootcert",
@@ -37,49 +45,89 @@ _SSL_KEYS = {
     "ssl_keyfile": "sslkey",
 }
 _CERT_REQS = {_ssl.CERT_REQUIRED: "verify-full", _ssl.CERT_OPTIONAL: "verify-ca", _ssl.CERT_NONE: "require"}
+#: ``ssl_cert_reqs`` as Kombu URLs spell it.
+_CERT_REQS_NAMES = {"cert_required": _ssl.CERT_REQUIRED, "required": _ssl.CERT_REQUIRED,
+                    "cert_optional": _ssl.CERT_OPTIONAL, "optional": _ssl.CERT_OPTIONAL,
+                    "cert_none": _ssl.CERT_NONE, "none": _ssl.CERT_NONE}
+_PASSWORD_IN_URL = re.compile(r"(://[^:@/?#]*:)[^@/?#]*@")
 
 
 def from_url(url: str) -> str:
-    """Conninfo for a ``postgresql://``/``postgres://``/``postgresql+driver://`` URL; query parameters pass to libpq."""
+    """Conninfo for a ``postgresql://``/``postgres://``/``postgresql+driver://`` URL.
+
+    Query parameters are libpq keywords (or Kombu's ``ssl_*`` spellings of
+    them); raises ValueError for another scheme or a parameter libpq does not
+    know. The message never contains the password.
+    """
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ValueError("not a URL: expected postgresql://user@host:port/database")
     base = scheme.split("+", 1)[0].lower()
     if base not in SCHEMES:
         raise ValueError(f"unsupported URL scheme {scheme!r}: expected postgresql:// or postgres://")
-    params = conninfo_to_dict(f"postgresql://{rest}")
-    return canonical(params)
+    location, _, query = rest.partition("?")
+    # Split by hand, not with parse_qsl: libpq decodes %XX only ("+" stays "+"), so its own
+    # keywords pass through raw; only Kombu's spellings are decoded and renamed here.
+    libpq, ssl_params = [], {}
+    for part in filter(None, query.split("&")):
+        key, _, value = part.partition("=")
+        if unquote(key) in _SSL_KEYS or unquote(key) == "ssl_cert_reqs":
+            ssl_params[unquote(key)] = unquote(value)
+        else:
+            libpq.append(part)
+    try:
+        parsed = conninfo_to_dict(f"postgresql://{location}" + (f"?{'&'.join(libpq)}" if libpq else ""))
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(f"invalid PostgreSQL URL {mask_url(url)}: {str(exc).strip()}") from None
+    parsed.update(_ssl_params(ssl_params))
+    return canonical(parsed)
 
 
 def from_kombu(client: Any, extra: Mapping[str, Any] | None = None) -> str:
-    """Conninfo from a ``kombu.Connection``'s parsed fields and SSL/transport options."""
-    params: dict[str, Any] = {}
-    host = client.hostname
-    if host:
+    """Conninfo from a ``kombu.Connection``: its URL (kept whole, see ``can_parse_url``) or parsed fields.
+
+    ``broker_use_ssl`` (``client.ssl``) and the transport option
+    ``connect_options`` (``extra``) add libpq keywords; fields Celery gives
+    apart from the URL (``broker_user``, ``broker_password``, ``broker_port``)
+    fill in what the URL leaves out.
+    """
+    host = client.hostname or ""
+    params: dict[str, Any] = conninfo_to_dict(from_url(host)) if "://" in host else {}
+    if host and "://" not in host:
         params["host"] = unquote(host)
-    if client.port:
-        params["port"] = client.port
-    if client.userid:
-        params["user"] = client.userid
     password = client.password
     if callable(password):
         password = password()
-    if password:
-        params["password"] = password
-    if client.virtual_host and client.virtual_host != "/":
+    for key, value in (("port", client.port), ("user", client.userid), ("password", password)):
+        if value and key not in params:
+            params[key] = value
+    if "://" not in host and client.virtual_host and client.virtual_host != "/":
         params["dbname"] = client.virtual_host.lstrip("/")
     ssl = client.ssl
     if isinstance(ssl, Mapping):
-        for key, value in ssl.items():
-            if key in ("ssl_cert_reqs", "cert_reqs"):
-                params.setdefault("sslmode", _CERT_REQS.get(value, "require"))
-            elif key in _SSL_KEYS:
-                params[_SSL_KEYS[key]] = value
+        params.update(_ssl_params(ssl))
     elif ssl:
-        params["sslmode"] = "require"
+        params.setdefault("sslmode", "require")
     for key, value in (extra or {}).items():
         params[key] = value
     return canonical(params)
+
+
+def _ssl_params(ssl: Mapping[str, Any]) -> dict[str, Any]:
+    """libpq keywords for Kombu-style SSL options (``ssl_cert_reqs`` becomes an ``sslmode``)."""
+    params: dict[str, Any] = {}
+    for key, value in ssl.items():
+        if key in ("ssl_cert_reqs", "cert_reqs"):
+            if isinstance(value, str):
+                value = _CERT_REQS_NAMES.get(value.lower(), value)
+            params.setdefault("sslmode", _CERT_REQS.get(value, "require"))
+        elif key in _SSL_KEYS:
+            params[_SSL_KEYS[key]] = value
+    # An explicit sslmode beats the one implied by ssl_cert_reqs.
+    explicit = [v for k, v in ssl.items() if _SSL_KEYS.get(k) == "sslmode"]
+    if explicit:
+        params["sslmode"] = explicit[-1]
+    return params
 
 
 def canonical(params: Mapping[str, Any]) -> str:
@@ -90,22 +138,46 @@ def canonical(params: Mapping[str, Any]) -> str:
     return make_conninfo(**clean)
 
 
-def relaxed(conninfo: str) -> str:
-    """The same target with ``synchronous_commit=off``: for writes a database crash may undo harmlessly.
-
-    Leases (claims, renewals, requeues) qualify: an undone claim only means
-    the message is delivered again, which a lease expiry would do anyway.
-    """
+def to_url(conninfo: str, *, mask: str | None = None) -> str:
+    """A ``postgresql://`` URL for a conninfo (multi-host lists kept); ``mask`` replaces the password."""
     params = conninfo_to_dict(conninfo)
-    params["options"] = f"{params.get('options', '')} -c synchronous_commit=off".strip()
-    return make_conninfo(**params)
+    user = quote(params.pop("user", "") or "", safe="")
+    password = params.pop("password", None)
+    if password and mask is not None:
+        password = mask
+    auth = f"{user}:{quote(password, safe='*')}@" if password else (f"{user}@" if user else "")
+    dbname = quote(params.pop("dbname", "") or "", safe="")
+    hosts = _hosts(params)
+    query = f"?{urlencode(params, quote_via=quote)}" if params else ""
+    return f"postgresql://{auth}{hosts}/{dbname}{query}"
+
+
+def _hosts(params: dict[str, Any]) -> str:
+    """``h1:p1,h2:p2`` for the URL's authority; pops host and port from ``params``."""
+    hosts = str(params.pop("host", "") or "").split(",")
+    ports = str(params.pop("port", "") or "").split(",")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    if len(ports) != len(hosts):  # libpq would refuse it too; keep both lists as they are
+        params["port"] = ",".join(ports)
+        ports = [""] * len(hosts)
+    return ",".join(quote(h, safe="") + (f":{p}" if p else "") for h, p in zip(hosts, ports))
+
+
+def mask_url(url: str, mask: str = MASK) -> str:
+    """The URL as banners and logs may show it: password (in the authority or the query) masked."""
+    try:
+        return to_url(from_url(url), mask=mask)
+    except Exception:  # noqa: BLE001 - unparsable: mask what looks like a password, show the rest
+        masked = _PASSWORD_IN_URL.sub(lambda m: f"{m.group(1)}{mask}@", url)
+        return re.sub(r"([?&]password=)[^&]*", rf"\g<1>{mask}", masked)
 
 
 def describe(conninfo: str) -> str:
-    """``user@host:port/dbname`` for messages and logs; never the password."""
+    """``user@host:port/dbname`` (hosts listed as in the URL) for messages and logs; never the password."""
     params = conninfo_to_dict(conninfo)
-    host = params.get("host") or "localhost"
-    port = params.get("port") or "5432"
+    params.setdefault("host", "localhost")
+    params.setdefault("port", DEFAULT_PORT)
     user = params.get("user") or "(default user)"
     dbname = params.get("dbname") or "(default database)"
-    return f"{user}@{host}:{port}/{dbname}"
+    return f"{user}@{unquote(_hosts(params))}/{dbname}"

@@ -42,6 +42,12 @@ def ddl(schema: str) -> str:
     return schema_sql(text + version, schema)
 
 
+def grants(schema: str, role: str) -> str:
+    """The GRANTs a DML-only application role needs (``sql/grants.sql``), ``role`` quoted as an identifier."""
+    text = resources.files(_SQL).joinpath("sql", "grants.sql").read_text(encoding="utf-8")
+    return schema_sql(text, schema).replace("{role}", '"' + role.replace('"', '""') + '"')
+
+
 def current_version(conn: psycopg.Connection, schema: str) -> int | None:
     """The schema's version, or None when it does not exist."""
     # Read the catalog with a query, not to_regclass(): after waiting for the advisory lock inside

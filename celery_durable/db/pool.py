@@ -1,5 +1,13 @@
 """One psycopg pool per (database, process): shared by transport, backend and durable chains.
 
+A worker's fetcher and keeper threads each have a pool of one connection of
+their own, so ``pg_stat_activity`` tells them apart (:mod:`.appname`). Behind
+a pooler such as PgBouncer in transaction mode, consecutive statements may run
+on different server sessions, so nothing here relies on session state: no
+startup ``options`` (commits that need not wait for the WAL flush set it per
+transaction, see :func:`execute_relaxed`), no session advisory locks, and no
+server-side prepared statements when a pooler is detected (``prepared_statements``).
+
 Pools are keyed by pid because a forked child (Celery prefork) cannot use
 its parent's pool: the pool's threads did not survive the fork and its
 sockets belong to the parent's sessions. The parent's pool object is kept
@@ -20,27 +28,80 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..config import Settings
 from ..exceptions import DatabaseUnavailable
+from . import appname
 from .dsn import describe
 from .migrate import ensure_schema
 
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_pools: dict[tuple[str, int], ConnectionPool] = {}
+_pools: dict[tuple[str, int, str], ConnectionPool] = {}
 _inherited: list[ConnectionPool] = []
 _ready_schemas: set[tuple[str, str]] = set()
 
 
-def connect(conninfo: str, *, autocommit: bool = True, timeout: float | None = None) -> psycopg.Connection:
-    """A new connection outside any pool; raises DatabaseUnavailable naming the target."""
+#: Sent in the same pipeline as a statement: the implicit transaction they share (up to the
+#: pipeline's Sync) commits without waiting for the WAL flush, and nothing outlives it.
+NO_FLUSH_WAIT = "SELECT set_config('synchronous_commit', 'off', true)"
+#: Components that are one thread each: their pool holds a single connection.
+THREAD_COMPONENTS = frozenset({"fetcher", "keeper"})
+
+
+def connect(conninfo: str, *, autocommit: bool = True, timeout: float | None = None,
+            component: str | None = None, settings: Settings | None = None) -> psycopg.Connection:
+    """A new connection outside any pool, named for ``component``; raises DatabaseUnavailable naming the target."""
+    settings = settings or Settings()
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             conninfo,
             autocommit=autocommit,
-            connect_timeout=max(1, int(timeout or Settings().connect_timeout)),
+            connect_timeout=max(1, int(timeout or settings.connect_timeout)),
+            application_name=appname.application_name(conninfo, component),
         )
     except psycopg.OperationalError as exc:
         raise unavailable(conninfo, exc) from None
+    try:
+        _configure(conn, settings)
+    except psycopg.Error as exc:
+        conn.close()
+        raise unavailable(conninfo, exc) from None
+    return conn
+
+
+def behind_pooler(conn: psycopg.Connection) -> bool:
+    """True when a pooler sits between us and PostgreSQL.
+
+    PgBouncer (and other poolers that share server sessions) hands each client
+    a made-up process id at startup; the server session's own differs.
+    """
+    row = conn.execute("SELECT pg_backend_pid()", prepare=False).fetchone()
+    if not conn.autocommit:
+        conn.rollback()
+    return row is not None and row[0] != conn.info.backend_pid
+
+
+def _configure(conn: psycopg.Connection, settings: Settings) -> None:
+    """No server-side prepared statements when they could land on another session (or when told so)."""
+    prepare = settings.prepared_statements
+    if prepare is None:
+        prepare = not behind_pooler(conn)
+    if not prepare:
+        conn.prepare_threshold = None
+
+
+def execute_relaxed(conn: psycopg.Connection, query, params=None) -> psycopg.Cursor:
+    """Run one statement whose commit need not wait for the WAL flush (a database crash may undo it).
+
+    Outside a transaction, the setting rides in the statement's own pipeline,
+    so it holds for that commit alone, on whatever server session runs it
+    (PgBouncer included). Inside a transaction the statement runs as it is.
+    """
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return conn.execute(query, params)
+    with conn.pipeline():
+        conn.execute(NO_FLUSH_WAIT)
+        cursor = conn.execute(query, params)
+    return cursor
 
 
 def unavailable(conninfo: str, exc: BaseException) -> DatabaseUnavailable:
@@ -50,10 +111,11 @@ def unavailable(conninfo: str, exc: BaseException) -> DatabaseUnavailable:
 
 
 def get_pool(conninfo: str, settings: Settings) -> ConnectionPool:
-    """The pool for this database in this process, created (and the schema checked) on first use."""
+    """The pool for this database, process and component, created (and the schema checked) on first use."""
     if (conninfo, settings.schema) not in _ready_schemas:
         prepare_schema(conninfo, settings)
-    key = (conninfo, os.getpid())
+    component = appname.component()
+    key = (conninfo, os.getpid(), component)
     pool = _pools.get(key)
     if pool is not None:
         return pool
@@ -64,10 +126,11 @@ def get_pool(conninfo: str, settings: Settings) -> ConnectionPool:
             pool = ConnectionPool(
                 conninfo,
                 min_size=1,
-                max_size=max(1, settings.pool_max_size),
-                kwargs={"autocommit": True},
+                max_size=1 if component in THREAD_COMPONENTS else max(1, settings.pool_max_size),
+                kwargs={"autocommit": True, "application_name": appname.application_name(conninfo, component)},
+                configure=lambda conn: _configure(conn, settings),
                 timeout=settings.connect_timeout,
-                name=f"celery_durable-{os.getpid()}",
+                name=f"celery_durable-{os.getpid()}-{component}",
                 open=True,
             )
             _pools[key] = pool
@@ -79,7 +142,7 @@ def prepare_schema(conninfo: str, settings: Settings) -> None:
     key = (conninfo, settings.schema)
     if key in _ready_schemas:
         return
-    with connect(conninfo, timeout=settings.connect_timeout) as conn:
+    with connect(conninfo, settings=settings) as conn:
         ensure_schema(conn, settings.schema, migrate=settings.auto_migrate)
     _ready_schemas.add(key)
 
@@ -92,7 +155,7 @@ def probe(conninfo: str, settings: Settings) -> None:
     if (conninfo, settings.schema) not in _ready_schemas:
         prepare_schema(conninfo, settings)
     else:
-        connect(conninfo, timeout=settings.connect_timeout).close()
+        connect(conninfo, settings=settings).close()
 
 
 @contextmanager

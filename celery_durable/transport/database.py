@@ -1,9 +1,10 @@
 """The transport's way to PostgreSQL: pooled connections and its named queries.
 
-Two targets share the process's pools with the result backend: the URL as
-given, and the same URL with ``synchronous_commit=off`` for writes a database
-crash may undo harmlessly (claims, lease renewals, requeues, acks: an undone
-one only makes a message deliverable again).
+The transport shares the process's pool for its URL with the result backend.
+Writes a database crash may undo harmlessly (claims, lease renewals, requeues,
+acks: an undone one only makes a message deliverable again) run ``relaxed``:
+their commits do not wait for the WAL flush (set per statement, so it works
+through PgBouncer, see :func:`celery_durable.db.pool.execute_relaxed`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from .notifier import channel_name
 class Database:
     def __init__(self, conninfo: str, settings: Settings) -> None:
         self.conninfo = conninfo
-        self.lease_conninfo = dsn.relaxed(conninfo)
         self.listen_conninfo = dsn.from_url(settings.listen_url) if settings.listen_url else conninfo
         self.settings = settings
         self.queries = queries.load("celery_durable.transport", "queries.sql", settings.schema)
@@ -29,22 +29,28 @@ class Database:
         self.notify_channel = channel_name(settings.schema)
 
     @contextmanager
-    def connection(self, relaxed: bool = False) -> Iterator[psycopg.Connection]:
-        """A pooled autocommit connection; ``relaxed``: its commits do not wait for the WAL flush."""
-        with pool.connection(self.lease_conninfo if relaxed else self.conninfo, self.settings) as conn:
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled autocommit connection."""
+        with pool.connection(self.conninfo, self.settings) as conn:
             yield conn
 
+    def run(self, conn: psycopg.Connection, query: str, params: Any, relaxed: bool = False) -> psycopg.Cursor:
+        """Execute a named query on ``conn``; ``relaxed``: its commit does not wait for the WAL flush."""
+        if relaxed:
+            return pool.execute_relaxed(conn, self.queries[query], params)
+        return conn.execute(self.queries[query], params)
+
     def execute(self, query: str, /, relaxed: bool = False, **params: Any) -> None:
-        with self.connection(relaxed) as conn:
-            conn.execute(self.queries[query], params)
+        with self.connection() as conn:
+            self.run(conn, query, params, relaxed)
 
     def fetchone(self, query: str, /, relaxed: bool = False, **params: Any) -> Any:
-        with self.connection(relaxed) as conn:
-            return conn.execute(self.queries[query], params).fetchone()
+        with self.connection() as conn:
+            return self.run(conn, query, params, relaxed).fetchone()
 
     def fetchall(self, query: str, /, relaxed: bool = False, **params: Any) -> list:
-        with self.connection(relaxed) as conn:
-            return conn.execute(self.queries[query], params).fetchall()
+        with self.connection() as conn:
+            return self.run(conn, query, params, relaxed).fetchall()
 
     def exchange_type(self, name: str) -> str | None:
         row = self.fetchone("exchange_type", name=name)

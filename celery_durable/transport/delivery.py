@@ -18,6 +18,7 @@ import uuid
 from time import time
 from typing import TYPE_CHECKING, Callable
 
+from ..db import pool
 from ..headers import LEASE_HEADER, STEP_HEADER
 from .channel import Channel, UndecodableBody
 from .leases import Lease
@@ -111,11 +112,12 @@ class Delivery:
         token = uuid.uuid4()
         q = self.db.queries
         claim = {"lease": self.db.settings.lease_seconds, "token": token, "worker": WORKER_ID}
-        with self.db.connection(relaxed=True) as conn:
+        with self.db.connection() as conn:
             if not acks and len(requests) == 1:
                 queues, n = requests[0]
-                return token, [conn.execute(q["message_claim"], dict(claim, queues=queues, n=n)).fetchall()]
+                return token, [self.db.run(conn, "message_claim", dict(claim, queues=queues, n=n), relaxed=True).fetchall()]
             with conn.pipeline():
+                conn.execute(pool.NO_FLUSH_WAIT)  # one implicit transaction up to the pipeline's end
                 acked = conn.execute(q["message_ack"], self.leases.ack_params(acks)) if acks else None
                 cursors = [conn.cursor().execute(q["message_claim"], dict(claim, queues=queues, n=n))
                            for queues, n in requests]

@@ -18,6 +18,8 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
+from ..db import appname
+
 if TYPE_CHECKING:
     from . import Transport
     from .channel import Channel
@@ -57,6 +59,7 @@ class Fetcher:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        appname.set_thread_component("fetcher")  # its own pooled connection, named in pg_stat_activity
         transport = self.transport
         while True:
             with self._cond:

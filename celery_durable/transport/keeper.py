@@ -14,6 +14,8 @@ import threading
 from time import monotonic
 from typing import TYPE_CHECKING
 
+from ..db import appname
+
 if TYPE_CHECKING:
     from .transport import Transport
 
@@ -37,6 +39,7 @@ class Keeper:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        appname.set_thread_component("keeper")  # its own pooled connection, named in pg_stat_activity
         transport = self.transport
         leases = transport.leases
         while not self._stop.wait(self.interval):

@@ -5,7 +5,9 @@ with ``r<queue>`` (ready now) or ``d<epoch>:<queue>`` (first delayed message);
 broadcasts to transient queues travel whole as ``m<bytes>:<queue><message>``.
 An idle worker therefore sends no queries until something arrives; a slow
 safety poll (``polling_interval``) covers what no notification announces,
-such as a dead worker's lease running out.
+such as a dead worker's lease running out. The connection goes to
+``listen_url`` when set (the main URL may lead through PgBouncer, which cannot
+carry LISTEN; :mod:`celery_durable.db.listen` refuses such a URL).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from ..db.pool import connect, unavailable
+from ..config import Settings
+from ..db import listen
+from ..db.pool import unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +66,10 @@ def parse(payload: str) -> Wakeup | None:
 class Notifier:
     """Owns the LISTEN connection; raises DatabaseUnavailable when it is lost."""
 
-    def __init__(self, conninfo: str, schema: str, connect_timeout: float) -> None:
+    def __init__(self, conninfo: str, settings: Settings) -> None:
         self.conninfo = conninfo
-        self.channel = channel_name(schema)
-        self.conn: psycopg.Connection = connect(conninfo, timeout=connect_timeout)
+        self.channel = channel_name(settings.schema)
+        self.conn: psycopg.Connection = listen.connect(conninfo, settings, "listener")
         self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
 
     def fileno(self) -> int:

@@ -46,8 +46,8 @@ class Publisher:
         if outer is not None:
             enqueue.execute(outer, self.db.queries[query], params)
             return
-        with self.db.connection(relaxed=not settings.synchronous_commit) as conn:
-            conn.execute(self.db.queries[query], params)
+        with self.db.connection() as conn:
+            self.db.run(conn, query, params, relaxed=not settings.synchronous_commit)
 
     def _native_eta(self, headers: dict) -> datetime | None:
         """The ETA when it lies further ahead than ``native_delay_threshold``: the row waits in the table."""

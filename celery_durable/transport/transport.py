@@ -1,11 +1,14 @@
 """Kombu transport that keeps every message in PostgreSQL.
 
-URL: ``postgresql://user:password@host:port/database`` (also ``postgres://``).
-Importing :mod:`celery_durable` registers both schemes; or set
-``broker_transport = "celery_durable.transport:Transport"``. TLS options go in
-the URL as ``?ssl_mode=verify-full&ssl_rootcert=…`` (Kombu passes ``ssl_*``
-parameters through) or in ``broker_use_ssl``; any libpq keyword can be given
-in the transport option ``connect_options``.
+URL: ``postgresql://user:password@host:port/database`` (also ``postgres://``),
+any libpq URL: every libpq keyword as a query parameter
+(``?sslmode=verify-full&sslrootcert=/ca.pem&application_name=shop``), several
+hosts (``h1:5432,h2:5432/db?target_session_attrs=read-write``). The same URL
+works as ``result_backend`` and as the CLI's ``--url``. Importing
+:mod:`celery_durable` registers both schemes; or set ``broker_transport =
+"celery_durable.transport:Transport"``. Kombu's ``ssl_*`` spellings
+(``?ssl_mode=…``), ``broker_use_ssl`` and the transport option
+``connect_options`` (a dict of libpq keywords) work too.
 
 Features: messages are rows claimed with ``FOR UPDATE SKIP LOCKED`` in batches
 up to the prefetch count; leases instead of a visibility timeout (renewed while
@@ -65,7 +68,9 @@ class Transport(virtual.Transport):
 
     Channel = Channel
 
-    can_parse_url = False
+    #: Kombu keeps the URL whole and we parse it (db.dsn): its own parser turns libpq keywords into
+    #: Connection arguments (TypeError) and cannot read multi-host lists (ValueError).
+    can_parse_url = True
     default_port = 5432
     driver_type = "postgresql"
     driver_name = "psycopg"
@@ -144,7 +149,7 @@ class Transport(virtual.Transport):
     def consumer_added(self, channel: Channel) -> None:
         """Start listening (and renewing leases) once this connection consumes."""
         if self.notifier is None:
-            self.notifier = Notifier(self.db.listen_conninfo, self.settings.schema, self.settings.connect_timeout)
+            self.notifier = Notifier(self.db.listen_conninfo, self.settings)
             if self._hub is not None:
                 self._hub.watch_notifier()
         if self._keeper is None:
@@ -168,6 +173,10 @@ class Transport(virtual.Transport):
 
     def drain_events(self, connection, timeout=None):
         self._drainer.drain_events(timeout)
+
+    def as_uri(self, uri: str, include_password: bool = False, mask: str = dsn.MASK) -> str:
+        """The broker URL for banners and logs, password masked."""
+        return uri if include_password else dsn.mask_url(uri, mask)
 
     @property
     def default_connection_params(self):

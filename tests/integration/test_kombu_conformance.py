@@ -13,12 +13,13 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from urllib.parse import quote
 
 import kombu
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import celery_durable  # noqa: F401
+from celery_durable.db import dsn
 
 
 def _load_common(cache: Path):
@@ -68,18 +69,18 @@ def invalid_connection():
 def failover_connection(pg_url, schema):
     dead = "postgresql://postgres@127.0.0.1:59998/nowhere"
     live = _live_tcp_url(pg_url)
-    conn = kombu.Connection(f"{dead};{live}", transport_options={"schema": schema, "connect_timeout": 1})
+    # Kombu keeps our URLs whole (can_parse_url: libpq keywords, host lists), so Connection.port,
+    # which the failover test compares, is only set when given; switch() fills it for the alternate.
+    conn = kombu.Connection(f"{dead};{live}", port=59998,
+                            transport_options={"schema": schema, "connect_timeout": 1})
     yield conn
     conn.release()
 
 
 def _live_tcp_url(pg_url: str) -> str:
     """The failover tests compare ports, so the live URL needs an explicit one."""
-    conn = kombu.Connection(pg_url)
-    host = quote(conn.hostname, safe="") if conn.hostname and conn.hostname.startswith("/") else conn.hostname
-    port = conn.port or 5432
-    user = f"{conn.userid}@" if conn.userid else ""
-    return f"postgresql://{user}{host}:{port}/{conn.virtual_host or ''}"
+    params = conninfo_to_dict(dsn.from_url(pg_url))
+    return dsn.to_url(make_conninfo(**{**params, "port": params.get("port") or dsn.DEFAULT_PORT}))
 
 
 class TestBasicFunctionality(common.BasicFunctionality):

@@ -1,0 +1,70 @@
+"""Which part of Celery a connection serves, shown as its ``application_name`` in ``pg_stat_activity``.
+
+A process has a role (``client`` until Celery's signals say it is a worker,
+a worker's pool child or beat; the CLI says ``cli``); a background thread may
+name its own component (the fetcher, the keeper). A connection is named
+``<base>:<component>``, where ``<base>`` is the URL's ``application_name``
+or ``celery_durable``. Components:
+
+- ``worker``: a worker's main process (consuming: declares, replies, maintenance)
+- ``task``: a prefork worker's child (results, checkpoints, publishes of tasks)
+- ``fetcher``, ``keeper``: a worker's claim/ack thread and lease-renewal thread
+- ``listener``: a worker's LISTEN connection (message wake-ups)
+- ``result-listener``: the LISTEN connection of a process waiting for results
+- ``client``, ``beat``, ``cli``: any other process, celery beat, the ``celery durable`` commands
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from celery import signals
+from psycopg.conninfo import conninfo_to_dict
+
+BASE_DEFAULT = "celery_durable"
+#: PostgreSQL keeps the first 63 bytes of an application_name.
+NAME_MAX = 63
+
+_process_role = "client"
+_worker_pid: int | None = None
+_thread = threading.local()
+
+
+def set_role(role: str) -> None:
+    """Name this process's part (``cli``, ``beat``…); connections made from now on carry it."""
+    global _process_role
+    _process_role = role
+
+
+def set_thread_component(component: str | None) -> None:
+    """Name the component the calling thread serves (None: the process's role)."""
+    _thread.component = component
+
+
+def component() -> str:
+    return getattr(_thread, "component", None) or _process_role
+
+
+def application_name(conninfo: str, name: str | None = None) -> str:
+    """``<URL's application_name or celery_durable>:<component>``."""
+    base = conninfo_to_dict(conninfo).get("application_name") or BASE_DEFAULT
+    return f"{base}:{name or component()}"[:NAME_MAX]
+
+
+@signals.celeryd_init.connect(weak=False, dispatch_uid="celery_durable.appname.worker")
+def _on_worker_init(**_: object) -> None:
+    global _worker_pid
+    _worker_pid = os.getpid()
+    set_role("worker")
+
+
+@signals.worker_process_init.connect(weak=False, dispatch_uid="celery_durable.appname.task")
+def _on_worker_process_init(**_: object) -> None:
+    if os.getpid() != _worker_pid:  # the solo pool sends it from the worker's own process
+        set_role("task")
+
+
+@signals.beat_init.connect(weak=False, dispatch_uid="celery_durable.appname.beat")
+def _on_beat_init(**_: object) -> None:
+    set_role("beat")

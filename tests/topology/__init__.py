@@ -1,0 +1,1 @@
+"""Production topologies: libpq URLs, PgBouncer, TLS, failover, least privilege, connection budget."""
