@@ -150,12 +150,19 @@ def prepare_schema(conninfo: str, settings: Settings) -> None:
 def probe(conninfo: str, settings: Settings) -> None:
     """Connect once, directly, so a down server or wrong URL fails now with its cause.
 
-    The first probe in a process also creates or checks the schema.
+    The first probe in a process also creates or checks the schema; later ones
+    (reconnections) also drop dead idle connections from this URL's pools.
     """
     if (conninfo, settings.schema) not in _ready_schemas:
         prepare_schema(conninfo, settings)
     else:
         connect(conninfo, settings=settings).close()
+    # A reconnection follows an outage (restart, failover): drop the pools' dead idle
+    # connections now, instead of failing on each of them in turn.
+    pid = os.getpid()
+    for (target, owner, _component), known in list(_pools.items()):
+        if target == conninfo and owner == pid:
+            known.check()
 
 
 @contextmanager
