@@ -8,6 +8,7 @@ from typing import Any
 from celery import current_app
 from celery.result import AsyncResult
 
+from ..tracing import carrier
 from .dispatch import dispatch
 from .runner import instrument
 from .steps import Step, encode_steps, flatten
@@ -62,6 +63,11 @@ class DurableChain:
             for step in steps:
                 for sig in step.signatures:
                     sig["options"] = {**options, **sig["options"]}
+        trace = carrier()
+        if trace:  # every step continues the caller's trace, even when re-sent by an operator
+            for step in steps:
+                for sig in step.signatures:
+                    sig["options"]["headers"] = {**trace, **(sig["options"].get("headers") or {})}
         for sig in steps[0].signatures:
             sig["args"] = list(args or ()) + sig["args"]
             sig["kwargs"] = {**(kwargs or {}), **sig["kwargs"]}

@@ -9,6 +9,7 @@ import psycopg
 
 from ..enqueue import in_transaction
 from ..headers import STEP_HEADER
+from ..tracing import continued
 from .steps import Step
 
 
@@ -51,10 +52,11 @@ def dispatch(
         send = lambda: app.send_task(  # noqa: E731
             sig["task"], args=args, kwargs=dict(sig["kwargs"]), task_id=task_id, headers=headers, **options
         )
-        if conn is not None:
-            with in_transaction(conn):
+        with continued(headers):
+            if conn is not None:
+                with in_transaction(conn):
+                    send()
+            else:
                 send()
-        else:
-            send()
         sent.append(task_id)
     return sent
