@@ -101,6 +101,12 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
             f"({str(exc).splitlines()[0]}); was it dropped while this process ran?"
         )
 
+    def _execute_store(self, conn: psycopg.Connection, query: Any, params: dict) -> psycopg.Cursor:
+        """Run a statement that stores a result; its commit skips the WAL flush wait when ``synchronous_commit`` is off."""
+        if self.settings.synchronous_commit:
+            return conn.execute(query, params)
+        return pool.execute_relaxed(conn, query, params)
+
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         return isinstance(exc, DatabaseUnavailable)
 
@@ -159,24 +165,16 @@ class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
 
     def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
                       request: Any = None, **kwargs: Any) -> Any:
-        """Upsert the meta and NOTIFY on commit; a chord part is counted in the same transaction."""
+        """Upsert the meta and NOTIFY on commit; a chord part is counted in the same statement."""
         params = self._result_params(task_id, result, state, traceback, request)
-        part = self._chord_part_params(request, state, result)
-        relaxed = not self.settings.synchronous_commit  # the commit need not wait for the WAL flush
+        part = self._chord_part_params(request, state)
         with self._db() as conn:
             if part is None:
-                if relaxed:
-                    pool.execute_relaxed(conn, self.queries["result_upsert"], params)
-                else:
-                    conn.execute(self.queries["result_upsert"], params)
+                self._execute_store(conn, self.queries["result_upsert"], params)
             else:
-                with conn.transaction():
-                    if relaxed:
-                        conn.execute(pool.NO_FLUSH_WAIT)
-                    conn.execute(self.queries["result_upsert"], params)
-                    outcome = self._chord_count(conn, part)
-                # Only after COMMIT: on_chord_part_return acts on it next, in this thread.
-                self._local.chord_outcome = (part["task_id"], part["group_id"], outcome)
+                outcome = self._chord_count(conn, {**params, **part})
+                # on_chord_part_return acts on it next, in this thread.
+                self._local.chord_outcome = (params["task_id"], part["chord_id"], outcome)
         self._maybe_expire()
         return result
 

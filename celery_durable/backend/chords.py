@@ -1,15 +1,18 @@
 """Native chords: an atomic counter per chord instead of ``celery.chord_unlock`` polling.
 
-Each header part records itself in ``chord_part`` and increments
-``chord.done`` with one ``INSERT … ON CONFLICT DO UPDATE … RETURNING``, in
-the transaction that stores the part's own result. The row lock serialises
-the parts of one chord, so exactly one part sees ``done = size + extra`` and
-gets the claim; it reads the parts in header order, sends the body and marks
-the chord finished. A part delivered twice counts once (keyed by task id and
-header index); a late copy after the chord finished changes nothing; a claim
-whose holder died expires, and the next copy of a part takes it over.
-Errors follow the Redis backend: a failed part fails the body with a
-ChordError naming it.
+Each header part is stored once: its result row names its chord and header
+index (``result.chord_id``, ``chord_index``), and the statement that stores it
+also increments ``chord.done`` (``INSERT … ON CONFLICT DO UPDATE …
+RETURNING``), one round trip per part. The chord row's lock serialises the
+parts of one chord. A store that changes nothing (the part's result was
+already stored) counts nothing; a part whose count makes ``done`` reach
+``size + extra`` counts the stored parts in a fresh snapshot and, if they are
+all there, takes the claim, reads the results in header order, sends the body
+and marks the chord finished. So a part delivered twice counts once (a
+FAILURE stored twice is caught by that check); a late copy after the chord
+finished changes nothing; a claim whose holder died expires, and the next
+copy of a part takes it over. Errors follow the Redis backend: a failed part
+fails the body with a ChordError naming it.
 """
 
 from __future__ import annotations
@@ -65,8 +68,8 @@ class ChordMixin:
             if any(isinstance(nr, GroupResult) for nr in header_result.results):
                 header_result.save(backend=self)
 
-    def _chord_part_params(self, request: Any, state: str, encoded_result: Any) -> dict | None:
-        """Parameters of chord_part_count for a finished header part, or None when it is not one."""
+    def _chord_part_params(self, request: Any, state: str) -> dict | None:
+        """The chord parameters of a finished header part's store, or None when it is not one."""
         if request is None or state not in states.READY_STATES:
             return None
         tid, gid = getattr(request, "id", None), getattr(request, "group", None)
@@ -74,22 +77,31 @@ class ChordMixin:
             return None
         index = getattr(request, "group_index", None)
         return {
-            "group_id": str(gid),
-            "task_id": str(tid),
-            "group_index": NO_INDEX if index is None else int(index),
-            "content_type": self.content_type,
-            "content_encoding": self.content_encoding,
-            "meta": self._encode_payload([str(tid), state, encoded_result], tid),
-            "expires": self._chord_expires(),
+            "chord_id": str(gid),
+            "chord_index": NO_INDEX if index is None else int(index),
+            "chord_expires": self._chord_expires(),
             "token": uuid4().hex,
             "claim_seconds": self._claim_seconds(),
         }
 
-    def _chord_count(self, conn: psycopg.Connection, part: dict) -> tuple[bool, str | None]:
-        """Count one part on ``conn`` (the caller's transaction); ``(claimed, token)``."""
-        row = conn.execute(self.queries["chord_part_count"], part).fetchone()
-        claimed = bool(row and row[3])
-        return claimed, part["token"] if claimed else None
+    def _chord_count(self, conn: psycopg.Connection, params: dict) -> tuple[bool, str | None]:
+        """Store a part's result and count it (autocommit, one statement); ``(claimed, token)``."""
+        row = self._execute_store(conn, self.queries["result_upsert_chord_part"], params).fetchone()
+        if not (row and row[0]):
+            return False, None
+        # After the count committed: every part counted before it is visible to this statement.
+        claimed = conn.execute(self.queries["chord_claim"], params).fetchone()
+        return (True, params["token"]) if claimed and claimed[0] else (False, None)
+
+    def _store_chord_part(self, request: Any, state: str, result: Any, traceback: Any = None) -> tuple[bool, str | None]:
+        """Store and count a header part whose result was not stored with the count (ignore_result); ``(claimed, token)``."""
+        part = self._chord_part_params(request, state)
+        if part is None:
+            return False, None
+        result = self.encode_result(result, state)
+        params = {**self._result_params(request.id, result, state, traceback, request), **part}
+        with self._db() as conn:
+            return self._chord_count(conn, params)
 
     def _take_chord_outcome(self, task_id: str, group_id: str) -> tuple[bool, str | None] | None:
         stashed = getattr(self._local, "chord_outcome", None)
@@ -107,11 +119,7 @@ class ChordMixin:
             return None
         outcome = self._take_chord_outcome(tid, gid)
         if outcome is None:
-            part = self._chord_part_params(request, state, self.encode_result(result, state))
-            if part is None:
-                return None
-            with self._db() as conn:
-                outcome = self._chord_count(conn, part)
+            outcome = self._store_chord_part(request, state, result)
         claimed, token = outcome
         if not claimed:
             return None
@@ -162,11 +170,11 @@ class ChordMixin:
             rows = conn.execute(self.queries["chord_part_list"], (gid,)).fetchall()
         results = []
         for content_type, content_encoding, payload in rows:
-            tid, state, value = self._decode_row(content_type, content_encoding, payload)
-            if state in states.EXCEPTION_STATES:
-                value = self.exception_to_python(value)
-            if state in states.PROPAGATE_STATES:
-                raise _create_chord_error_with_cause(message=f"Dependency {tid} raised {value!r}", original_exc=value)
+            meta = self._decode_meta(content_type, content_encoding, payload)
+            value = meta["result"]
+            if meta["status"] in states.PROPAGATE_STATES:
+                raise _create_chord_error_with_cause(
+                    message=f"Dependency {meta.get('task_id')} raised {value!r}", original_exc=value)
             results.append(value)
         return results
 

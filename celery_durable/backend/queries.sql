@@ -1,5 +1,5 @@
 -- Named queries of the result backend. {schema} is the quoted schema name.
--- %(channel)s is always '<schema>.result': NOTIFY channels are strings, not identifiers.
+-- %(channel)s is the task's own NOTIFY channel (notify.channel): a string for pg_notify.
 
 -- result_upsert --
 -- Store a task's state; a stored SUCCESS wins over late duplicates (as Celery's key-value backends do),
@@ -27,6 +27,44 @@ WITH stored AS (
     RETURNING task_id
 )
 SELECT pg_notify(%(channel)s, coalesce(%(inline)s, task_id)) FROM stored
+
+-- result_upsert_chord_part --
+-- Store a chord header part's result (its only copy: chord_id, chord_index) and count it in its chord,
+-- in one statement. A store that changes nothing (the part's result is already stored for this run)
+-- counts nothing; a FAILURE stored twice counts twice, which chord_claim corrects. complete: the
+-- header looks complete and nobody holds the claim, so this part checks and claims (chord_claim).
+WITH stored AS (
+    INSERT INTO {schema}.result AS r
+        (task_id, status, name, worker, queue, retries, content_type, content_encoding, meta, date_done, expires_at,
+         chord_id, chord_index)
+    VALUES (%(task_id)s, %(status)s, %(name)s, %(worker)s, %(queue)s, %(retries)s,
+            %(content_type)s, %(content_encoding)s, %(meta)s,
+            CASE WHEN %(ready)s THEN now() END,
+            now() + make_interval(secs => %(expires)s::float8),
+            %(chord_id)s, %(chord_index)s)
+    ON CONFLICT (task_id) DO UPDATE
+        SET status = EXCLUDED.status,
+            name = coalesce(EXCLUDED.name, r.name),
+            worker = coalesce(EXCLUDED.worker, r.worker),
+            queue = coalesce(EXCLUDED.queue, r.queue),
+            retries = coalesce(EXCLUDED.retries, r.retries),
+            content_type = EXCLUDED.content_type,
+            content_encoding = EXCLUDED.content_encoding,
+            meta = EXCLUDED.meta,
+            date_done = EXCLUDED.date_done,
+            expires_at = EXCLUDED.expires_at,
+            chord_id = EXCLUDED.chord_id,
+            chord_index = EXCLUDED.chord_index
+        WHERE r.status <> 'SUCCESS' OR r.chord_id IS DISTINCT FROM EXCLUDED.chord_id
+    RETURNING task_id
+), notified AS (
+    SELECT pg_notify(%(channel)s, coalesce(%(inline)s, task_id)) FROM stored
+)
+INSERT INTO {schema}.chord AS c (group_id, done, expires_at)
+VALUES (%(chord_id)s, (SELECT count(*) FROM notified), now() + make_interval(secs => %(chord_expires)s::float8))
+ON CONFLICT (group_id) DO UPDATE SET done = c.done + EXCLUDED.done WHERE c.sent_at IS NULL
+RETURNING c.size IS NOT NULL AND c.done >= c.size + c.extra
+          AND (c.claim_token IS NULL OR c.claimed_until < now()) AS complete
 
 -- result_get --
 -- One task's encoded meta (AsyncResult.state/.get() before waiting).
@@ -75,7 +113,12 @@ DELETE FROM {schema}.group_result
 WHERE group_id IN (SELECT group_id FROM {schema}.group_result WHERE expires_at < now() LIMIT %s)
 
 -- chord_size_set --
--- Set the header size once the last header task is about to be sent; re-applying a finished chord's frozen group id starts a new run.
+-- Set the header size once the last header task is about to be sent; re-applying a finished chord's frozen group id starts a new run (its parts' results count again).
+WITH new_run AS (
+    UPDATE {schema}.result SET chord_id = NULL
+    WHERE chord_id = %(group_id)s
+      AND EXISTS (SELECT 1 FROM {schema}.chord WHERE group_id = %(group_id)s AND sent_at IS NOT NULL)
+)
 INSERT INTO {schema}.chord AS c (group_id, size, expires_at)
 VALUES (%(group_id)s, %(size)s, now() + make_interval(secs => %(expires)s::float8))
 ON CONFLICT (group_id) DO UPDATE
@@ -93,33 +136,23 @@ INSERT INTO {schema}.chord AS c (group_id, extra, expires_at)
 VALUES (%(group_id)s, 1, now() + make_interval(secs => %(expires)s::float8))
 ON CONFLICT (group_id) DO UPDATE SET extra = c.extra + 1
 
--- chord_part_count --
--- Record one header part (once per task and index) and count it under the chord row's lock; the part that completes the header gets the claim to send the body (or takes over an expired claim).
-WITH part AS (
-    INSERT INTO {schema}.chord_part (group_id, task_id, group_index, content_type, content_encoding, meta)
-    SELECT %(group_id)s, %(task_id)s, %(group_index)s, %(content_type)s, %(content_encoding)s, %(meta)s
-    WHERE NOT EXISTS (SELECT 1 FROM {schema}.chord WHERE group_id = %(group_id)s AND sent_at IS NOT NULL)
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-)
-INSERT INTO {schema}.chord AS c (group_id, done, expires_at)
-VALUES (%(group_id)s, (SELECT count(*) FROM part), now() + make_interval(secs => %(expires)s::float8))
-ON CONFLICT (group_id) DO UPDATE
-    SET done = c.done + EXCLUDED.done,
-        claim_token = CASE
-            WHEN c.sent_at IS NULL AND c.size IS NOT NULL AND c.done + EXCLUDED.done >= c.size + c.extra
-                 AND (c.claim_token IS NULL OR c.claimed_until < now())
-            THEN %(token)s ELSE c.claim_token END,
-        claimed_until = CASE
-            WHEN c.sent_at IS NULL AND c.size IS NOT NULL AND c.done + EXCLUDED.done >= c.size + c.extra
-                 AND (c.claim_token IS NULL OR c.claimed_until < now())
-            THEN now() + make_interval(secs => %(claim_seconds)s::float8) ELSE c.claimed_until END
-RETURNING c.done, c.size, c.extra, c.claim_token = %(token)s AS claimed, c.sent_at IS NOT NULL AS finished
+-- chord_claim --
+-- The part that saw the header complete counts the stored parts (a fresh snapshot: every part counted
+-- before it has committed) and, if they are all there, takes the claim to send the body; done becomes
+-- the true count either way.
+UPDATE {schema}.chord AS c
+SET done = p.n,
+    claim_token = CASE WHEN p.n >= c.size + c.extra THEN %(token)s ELSE c.claim_token END,
+    claimed_until = CASE WHEN p.n >= c.size + c.extra
+                         THEN now() + make_interval(secs => %(claim_seconds)s::float8) ELSE c.claimed_until END
+FROM (SELECT count(*) AS n FROM {schema}.result WHERE chord_id = %(chord_id)s AND date_done IS NOT NULL) AS p
+WHERE c.group_id = %(chord_id)s AND c.sent_at IS NULL AND (c.claim_token IS NULL OR c.claimed_until < now())
+RETURNING c.claim_token = %(token)s AS claimed
 
 -- chord_part_list --
 -- The header's results in header order, read by the part that sends the body.
-SELECT content_type, content_encoding, meta FROM {schema}.chord_part
-WHERE group_id = %s ORDER BY group_index, task_id
+SELECT content_type, content_encoding, meta FROM {schema}.result
+WHERE chord_id = %s ORDER BY chord_index, task_id
 
 -- chord_claim_extend --
 -- Keep the claim while the body is published with retries; false when another worker took it over.
@@ -128,14 +161,13 @@ WHERE group_id = %(group_id)s AND claim_token = %(token)s
 RETURNING 1
 
 -- chord_finish --
--- The body was sent (or the chord failed): mark the chord finished so late duplicates are ignored, drop its parts.
-WITH parts AS (DELETE FROM {schema}.chord_part WHERE group_id = %(group_id)s)
+-- The body was sent (or the chord failed): mark the chord finished so late duplicates are ignored.
 UPDATE {schema}.chord SET sent_at = now(), claim_token = NULL, claimed_until = NULL
 WHERE group_id = %(group_id)s AND (%(token)s::text IS NULL OR claim_token = %(token)s)
 RETURNING 1
 
 -- chord_expire_batch --
--- Delete a bounded batch of expired chords (their parts go by ON DELETE CASCADE).
+-- Delete a bounded batch of expired chords (their parts' results expire as results).
 DELETE FROM {schema}.chord
 WHERE group_id IN (SELECT group_id FROM {schema}.chord WHERE expires_at < now() LIMIT %s)
 

@@ -164,17 +164,15 @@ def _part(gid, tid, index, chord_body="body"):
                            retries=0, delivery_info={}, children=[], parent_id=None, stamps=None)
 
 
-def test_chord_counter_claims_exactly_once_under_concurrency(make):
+def test_chord_counter_claims_exactly_once_under_concurrency(make, pg_url, schema):
     app = make()
     backend = app.backend
     gid = "chord1"
     backend.set_chord_size(gid, 40)
     claims = []
 
-    def run(i):
-        part = backend._chord_part_params(_part(gid, f"p{i}", i), states.SUCCESS, i)
-        with backend._db() as conn, conn.transaction():
-            claims.append(backend._chord_count(conn, part)[0])
+    def run(i, state=states.SUCCESS, value=None):
+        claims.append(backend._store_chord_part(_part(gid, f"p{i}", i), state, i if value is None else value)[0])
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(40)]
     for t in threads:
@@ -184,16 +182,31 @@ def test_chord_counter_claims_exactly_once_under_concurrency(make):
     run(3)  # a redelivered part counts once and claims nothing
     assert claims.count(True) == 1 and len(claims) == 41
     assert backend._chord_results(gid) == list(range(40))
+    # Each part's result is stored once, in its result row: nothing else holds a copy.
+    assert rows(pg_url, schema, "result") == 40 and rows(pg_url, schema, "chord_part") == 0
+    assert app.AsyncResult("p7").get(timeout=10) == 7
+
+
+def test_a_failure_stored_twice_does_not_complete_the_header_early(make):
+    backend = make().backend
+    gid = "twice"
+    backend.set_chord_size(gid, 3)
+    fail = _part(gid, "f", 0)
+    assert backend._store_chord_part(fail, states.FAILURE, ValueError("x"))[0] is False
+    assert backend._store_chord_part(fail, states.FAILURE, ValueError("x"))[0] is False  # counted twice...
+    assert backend._store_chord_part(_part(gid, "a", 1), states.SUCCESS, 1)[0] is False  # ...but checked
+    assert backend._store_chord_part(_part(gid, "b", 2), states.SUCCESS, 2)[0] is True
+    with pytest.raises(Exception, match="Dependency f raised"):
+        backend._chord_results(gid)
 
 
 def test_part_returning_before_chord_size_is_counted(make):
     backend = make().backend
     gid = "early"
-    with backend._db() as conn:
-        assert backend._chord_count(conn, backend._chord_part_params(_part(gid, "a", 0), states.SUCCESS, 1))[0] is False
+    assert backend._store_chord_part(_part(gid, "a", 0), states.SUCCESS, 1)[0] is False
     backend.set_chord_size(gid, 2)
-    with backend._db() as conn:
-        assert backend._chord_count(conn, backend._chord_part_params(_part(gid, "b", 1), states.SUCCESS, 2))[0] is True
+    assert backend._store_chord_part(_part(gid, "b", 1), states.SUCCESS, 2)[0] is True
+    assert backend._chord_results(gid) == [1, 2]
 
 
 def test_cleanup_and_opportunistic_expiry(make, pg_url, schema):

@@ -112,9 +112,14 @@ CREATE TABLE {schema}.result (
     meta bytea NOT NULL,
     date_done timestamptz,
     expires_at timestamptz,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- A chord header part: its chord (group id) and header index. The row is the part's only copy:
+    -- the part that completes the header reads the results from here (migration 0003).
+    chord_id text,
+    chord_index integer
 );
 CREATE INDEX result_expires_idx ON {schema}.result (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX result_chord_idx ON {schema}.result (chord_id, chord_index) WHERE chord_id IS NOT NULL;
 
 CREATE TABLE {schema}.group_result (
     group_id text PRIMARY KEY,
@@ -126,11 +131,12 @@ CREATE TABLE {schema}.group_result (
 );
 CREATE INDEX group_result_expires_idx ON {schema}.group_result (expires_at) WHERE expires_at IS NOT NULL;
 
--- Native chords: the header's parts count themselves here, in the transaction
--- that stores each part's result; the part that makes done = size + extra claims
--- the chord (claim_token, until claimed_until) and sends the body; sent_at marks
--- it finished so late duplicates of a part change nothing. size stays NULL until
--- the last header task is sent (earlier parts may return before that).
+-- Native chords: the header's parts count themselves here, in the statement that
+-- stores each part's result (result.chord_id); the part that makes done = size + extra
+-- checks the count against the stored results, claims the chord (claim_token, until
+-- claimed_until) and sends the body; sent_at marks it finished so late duplicates of a
+-- part change nothing. size stays NULL until the last header task is sent (earlier
+-- parts may return before that).
 CREATE TABLE {schema}.chord (
     group_id text PRIMARY KEY,
     size integer,
@@ -144,9 +150,10 @@ CREATE TABLE {schema}.chord (
 );
 CREATE INDEX chord_expires_idx ON {schema}.chord (expires_at) WHERE expires_at IS NOT NULL;
 
--- One row per returned header part (keyed by task and header index, so a
--- redelivered part counts once); meta is the encoded [task_id, state, result].
--- Deleted when the body is sent.
+-- Written only by version 1 and 2 workers (a second copy of each header part's
+-- result); since version 3 a part lives in its result row. Kept so that older
+-- workers still running during an upgrade can store their chord parts; a later
+-- version drops it.
 CREATE TABLE {schema}.chord_part (
     group_id text NOT NULL REFERENCES {schema}.chord (group_id) ON DELETE CASCADE,
     task_id text NOT NULL,
