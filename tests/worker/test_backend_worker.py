@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -16,6 +17,7 @@ import uuid
 import psycopg
 import pytest
 from celery import chain, chord, group
+from celery.beat import PersistentScheduler
 from celery.exceptions import ChordError
 
 from celery_durable.backend import listener
@@ -176,6 +178,33 @@ def test_expired_results_are_deleted_without_beat(start, client, pg_url, schema)
             # each stored result gives the worker a chance to expire old rows
             app.tasks["results.add"].delay(0, 0).get(timeout=TIMEOUT)
     assert app.AsyncResult(first.id).state == "PENDING"
+
+
+def test_beat_schedules_the_cleanup_and_a_worker_deletes_only_expired_rows(start, client, pg_url, schema):
+    # No opportunistic expiry here (an hour between runs): only celery.backend_cleanup deletes.
+    start(env={"CELERY_DURABLE_RESULT_EXPIRES": "3600", "CELERY_DURABLE_MAINTENANCE": "3600"})
+    app = client(result_expires=3600, maintenance_interval=3600)
+    with tempfile.TemporaryDirectory() as tmp:  # the scheduler `celery beat` runs, with its schedule file
+        scheduler = PersistentScheduler(app, schedule_filename=os.path.join(tmp, "schedule"))
+        assert "celery.backend_cleanup" in scheduler.schedule  # beat sends it daily, as for Redis
+        scheduler.close()
+    add = app.tasks["results.add"]
+    old = [add.delay(i, i) for i in range(5)]
+    assert [r.get(timeout=TIMEOUT) for r in old] == [0, 2, 4, 6, 8]
+    app.GroupResult("old-group", old).save()
+    ident = psycopg.sql.Identifier(schema)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for table in ("result", "group_result"):
+            conn.execute(psycopg.sql.SQL("UPDATE {}.{} SET expires_at = now() - interval '1 second'")
+                         .format(ident, psycopg.sql.Identifier(table)))
+    fresh = add.delay(1, 1)
+    assert fresh.get(timeout=TIMEOUT) == 2
+    app.send_task("celery.backend_cleanup").get(timeout=TIMEOUT)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        left = {r[0] for r in conn.execute(psycopg.sql.SQL("SELECT task_id FROM {}.result").format(ident))}
+        groups = conn.execute(psycopg.sql.SQL("SELECT count(*) FROM {}.group_result").format(ident)).fetchone()[0]
+    assert not left & {r.id for r in old} and fresh.id in left and groups == 0
+    assert app.AsyncResult(old[0].id).state == "PENDING" and app.AsyncResult(fresh.id).state == "SUCCESS"
 
 
 def test_two_processes_read_each_others_results(client, pg_url, schema, queue):
