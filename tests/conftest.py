@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from celery_durable.testing.workers import WorkerProcess
+from tests.support.pgbouncer import pgbouncer  # noqa: F401  (fixture)
 from tests.support.pgcluster import pg_cluster  # noqa: F401  (fixture)
 
 

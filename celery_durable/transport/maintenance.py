@@ -24,15 +24,10 @@ class Maintenance:
             self.vacuum()
 
     def vacuum(self) -> None:
-        """VACUUM the message table when acks left enough dead rows, one worker at a time."""
+        """VACUUM the message table when acks left enough dead rows; a worker that finds another at it moves on."""
         # Every ack leaves a dead row; without autovacuum the table (and each claim's index
         # scan) would grow for ever.
         schema = self.db.settings.schema
-        q = self.db.queries
-        with self.db.connection() as conn:
-            locked = conn.execute(q["message_vacuum_lock"], {"schema": schema, "table": f"{schema}.message"}).fetchone()
-            if locked and locked[0]:
-                try:
-                    conn.execute(q["message_vacuum"])
-                finally:
-                    conn.execute(q["message_vacuum_unlock"], {"schema": schema})
+        needed = self.db.fetchone("message_vacuum_needed", table=f"{schema}.message")
+        if needed and needed[0]:
+            self.db.execute("message_vacuum")

@@ -231,20 +231,16 @@ DELETE FROM {schema}.dead_letter WHERE dead_at < now() - %(retention)s * interva
 -- Whether the server vacuums by itself; when it does not, workers vacuum the message table.
 SELECT current_setting('autovacuum') = 'on'
 
--- message_vacuum_lock --
--- One worker at a time vacuums (a session lock: VACUUM cannot run inside a transaction), and only
--- when acks left at least 1,000 dead rows behind, so an idle worker sends one query here, not a
+-- message_vacuum_needed --
+-- Whether acks left at least 1,000 dead rows behind, so an idle worker sends one query here, not a
 -- VACUUM. (Not autovacuum's 20% of the table: behind a 1M-row backlog that lets 200k dead rows pile up.)
-SELECT CASE WHEN s.n_dead_tup >= 1000  -- CASE: never lock without vacuuming
-            THEN pg_try_advisory_lock(hashtext('celery_durable:' || %(schema)s || ':vacuum'))
-            ELSE false END
+SELECT s.n_dead_tup >= 1000
 FROM pg_stat_user_tables s
 WHERE s.relid = %(table)s::regclass
 
 -- message_vacuum --
--- Reclaim the dead rows acks leave behind, so a busy queue's table stays the same size.
+-- Reclaim the dead rows acks leave behind, so a busy queue's table stays the same size. One worker
+-- at a time: VACUUM's own table lock conflicts with itself, and SKIP_LOCKED makes the others move on.
+-- (No advisory lock: VACUUM cannot run in a transaction, and a session lock would stay behind on a
+-- server session when PgBouncer sends the unlock elsewhere.)
 VACUUM (ANALYZE, SKIP_LOCKED) {schema}.message
-
--- message_vacuum_unlock --
--- Release the vacuum lock.
-SELECT pg_advisory_unlock(hashtext('celery_durable:' || %(schema)s || ':vacuum'))
