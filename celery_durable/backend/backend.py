@@ -32,6 +32,7 @@ from ..config import Settings
 from ..exceptions import DatabaseUnavailable, ResultTooLarge, SchemaError
 from ..db import dsn, pool
 from ..db.queries import load
+from .chain_failure import ChainFailureMixin
 from .chords import ChordMixin
 from . import notify
 from .consumer import ResultConsumer
@@ -45,7 +46,7 @@ EXPIRE_BATCH_DEFAULT = 1000
 _last_expiry: dict[tuple[str, str, int], float] = {}
 
 
-class PostgresBackend(ChordMixin, Backend, AsyncBackendMixin):
+class PostgresBackend(ChainFailureMixin, ChordMixin, Backend, AsyncBackendMixin):
     """Celery result backend storing results in PostgreSQL; ``get()`` wakes on NOTIFY."""
 
     ResultConsumer = ResultConsumer

@@ -33,7 +33,7 @@ class Publisher:
         params = {
             "priority": _priority(props.get("priority")),
             "visible_at": self._native_eta(headers),
-            "expires_at": _expires_at(props.get("expiration")),
+            "expires_at": None if _celery_expires(headers) else _expires_at(props.get("expiration")),
             "task": headers.get("task"),
             "payload": payload,
         }
@@ -71,6 +71,15 @@ def _priority(value) -> int:
         return max(0, min(int(value), 255))
     except (TypeError, ValueError):
         return 0
+
+
+def _celery_expires(headers: dict) -> bool:
+    """A Celery task with ``expires``: its worker must see it to store REVOKED, so the row is not dropped.
+
+    Celery copies ``expires`` into the AMQP ``expiration``; dropping the row would leave
+    ``get()`` waiting for ever (as on RabbitMQ). Redis ignores the expiration: so do we.
+    """
+    return bool(headers.get("task") and headers.get("expires"))
 
 
 def _expires_at(expiration) -> datetime | None:
