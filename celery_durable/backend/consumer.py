@@ -17,11 +17,12 @@ import os
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import psycopg
 from celery import states
-from celery.backends.asynchronous import BaseResultConsumer
+from celery.backends.asynchronous import BaseResultConsumer, greenletDrainer
 from celery.exceptions import TimeoutError
 
 from ..exceptions import DatabaseUnavailable
@@ -44,6 +45,8 @@ class ResultConsumer(BaseResultConsumer):
         super().__init__(*args, **kwargs)
         self._consuming: set[str] = set()
         self._held: Counter[str] = Counter()  # ids whose channels this consumer's waits hold
+        self._to_subscribe: set[str] = set()  # greenlet drainers: ids the next drain subscribes
+        self._drained: set[str] = set()  # greenlet drainers: ids subscribed until ready or cancelled
         self._inbox: dict[str, tuple | None] = {}
         self._inbox_lock = threading.Lock()
         self._listener: Listener | None = None
@@ -70,17 +73,36 @@ class ResultConsumer(BaseResultConsumer):
         self.consume_from(initial_task_id)
 
     def consume_from(self, task_id: str) -> None:
-        """Remember that a result object waits for ``task_id``; no database work (the wait LISTENs)."""
-        self._consuming.add(str(task_id))
+        """Remember that a result object waits for ``task_id``; no database work (a wait LISTENs).
+
+        Under eventlet or gevent a drainer greenlet drains all the time, so that
+        ``then()`` callbacks fire without a wait: there the id is subscribed by
+        the next drain, until it is ready or cancelled.
+        """
+        task_id = str(task_id)
+        self._consuming.add(task_id)
+        if isinstance(self.drainer, greenletDrainer):
+            with self._inbox_lock:
+                if task_id not in self._drained:
+                    self._to_subscribe.add(task_id)
 
     def cancel_for(self, task_id: str) -> None:
-        # Runs from AsyncResult.__del__: never blocks, never touches the connection.
-        self._consuming.discard(str(task_id))
+        # Runs from AsyncResult.__del__: never blocks (an UNLISTEN goes out only if the connection is free).
+        task_id = str(task_id)
+        self._consuming.discard(task_id)
+        with self._inbox_lock:
+            self._to_subscribe.discard(task_id)
+            drained = task_id in self._drained
+            self._drained.discard(task_id)
+        if drained:
+            self._release([task_id])
 
     def on_after_fork(self) -> None:
         self._listener = None
         self._consuming = set()
         self._held = Counter()
+        self._to_subscribe = set()
+        self._drained = set()
         self._inbox = {}
         self._inbox_lock = threading.Lock()
 
@@ -115,48 +137,56 @@ class ResultConsumer(BaseResultConsumer):
 
     def drain_events(self, timeout: float | None = None) -> None:
         """Wait up to ``timeout`` s for NOTIFYs about awaited tasks and resolve them; raises DatabaseUnavailable."""
+        if self._to_subscribe:
+            with self._inbox_lock:
+                ids, self._to_subscribe = sorted(self._to_subscribe), set()
+                self._drained.update(ids)
+            self._acquire(ids)
+            for meta in self._subscribe(ids).values():
+                self.on_state_change(meta, None)
         for task_id, meta in self._fetch(self._next_ids(1.0 if timeout is None else timeout)).items():
             self.on_state_change(meta, None)
 
     # -- waiting -------------------------------------------------------------------------------------
 
-    class _Holding:
-        """Holds channels for the length of a ``with`` block; releasing never blocks."""
+    def _acquire(self, ids: list[str]) -> None:
+        """Hold the channels of ``ids``: LISTENed from the next subscription on."""
+        if ids:
+            self._get_listener().acquire(self._channels(ids))
+            self._held.update(ids)
 
-        def __init__(self, consumer: "ResultConsumer", ids: list[str]) -> None:
-            self.consumer, self.ids = consumer, ids
-            self.channels = consumer._channels(ids) if ids else []
+    def _release(self, ids: list[str]) -> None:
+        """Stop holding the channels of ``ids``; never blocks (the UNLISTEN goes out now only if the connection is free)."""
+        if not ids:
+            return
+        self._held.subtract(ids)
+        for task_id in [t for t, n in self._held.items() if n <= 0]:
+            del self._held[task_id]
+        listener = self._listener
+        if listener is not None and listener.pid == os.getpid():
+            listener.release(self._channels(ids))
+            listener.unlisten_nowait()
 
-        def __enter__(self) -> None:
-            if self.ids:
-                self.consumer._get_listener().acquire(self.channels)
-                self.consumer._held.update(self.ids)
-
-        def __exit__(self, *exc: Any) -> None:
-            if not self.ids:
-                return
-            consumer = self.consumer
-            consumer._held.subtract(self.ids)
-            for task_id in [t for t, n in consumer._held.items() if n <= 0]:
-                del consumer._held[task_id]
-            listener = consumer._listener
-            if listener is not None and listener.pid == os.getpid():
-                listener.release(self.channels)
-                listener.unlisten_nowait()
-
-    def _holding(self, ids: list[str]) -> "ResultConsumer._Holding":
-        return self._Holding(self, ids)
+    @contextmanager
+    def _holding(self, ids: list[str]) -> Iterator[None]:
+        """Hold the channels of ``ids`` for the block, however it ends (a collected generator included)."""
+        self._acquire(ids)
+        try:
+            yield
+        finally:
+            self._release(ids)
 
     def _subscribe(self, ids: list[str]) -> dict[str, dict]:
         """LISTEN on the held channels and read the states of ``ids``: ``{task_id: meta}`` of those stored."""
         listener = self._get_listener()
-        if not self._held:
-            self._epoch = listener.epoch  # nothing awaited before, so nothing was missed
         backend = self.backend
         try:
             rows = listener.subscribe(backend.queries["result_get_many"], ids)
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
             raise backend.schema_error(exc) from None
+        if self._held.keys() <= set(ids):
+            # This read saw every id awaited here after its LISTEN: nothing was missed, even across a reconnect.
+            self._epoch = listener.epoch
         return {task_id: backend._decode_meta(ct, ce, meta) for task_id, ct, ce, meta in rows}
 
     def deliver(self, ids: dict[str, tuple | None]) -> None:
@@ -232,5 +262,8 @@ class ResultConsumer(BaseResultConsumer):
                 if on_interval:
                     on_interval()
                 wait = interval if remaining is None else min(interval, remaining)
-                metas = self._fetch({k: v for k, v in self._next_ids(wait).items() if k in pending})
+                metas = self._fetch(self._next_ids(wait))
+                for task_id, meta in metas.items():
+                    if task_id not in pending:  # another wait of this thread's: resolve it as drain_events does
+                        self.on_state_change(meta, None)
                 iterations += 1

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import psycopg
 import pytest
 from celery import Celery, states
+from celery.backends.asynchronous import greenletDrainer
 from celery.exceptions import ImproperlyConfigured, TimeoutError
 from psycopg import sql
 
@@ -128,6 +129,32 @@ def test_an_abandoned_join_stops_listening(make):
     del iterator  # never finished: its channels go when the generator is collected
     gc.collect()
     assert server_channels(backend) == []
+
+
+class ThreadDrainer(greenletDrainer):
+    """Celery's drainer for eventlet/gevent (it drains all the time), with a thread as its green thread."""
+
+    def spawn(self, func):
+        thread = threading.Thread(target=func, daemon=True)
+        thread.start()
+        return thread
+
+
+def test_then_callbacks_fire_under_a_draining_greenlet_without_a_wait(make):
+    app = make()
+    backend = app.backend
+    backend.result_consumer.drainer = ThreadDrainer(backend.result_consumer)
+    fired = threading.Event()
+    try:
+        app.AsyncResult("cb").then(lambda result: fired.set())
+        threading.Timer(0.3, backend.store_result, ("cb", 1, states.SUCCESS)).start()
+        assert fired.wait(10), "the then() callback never fired"
+        deadline = time.monotonic() + 10
+        while server_channels(backend):  # ready: its channel goes right after the callback
+            assert time.monotonic() < deadline, "still listening after the result was ready"
+            time.sleep(0.05)
+    finally:
+        backend.result_consumer.drainer.stop()
 
 
 def test_group_save_restore_delete_and_join_native(make):
