@@ -15,7 +15,7 @@ from celery import states
 from .config import Settings
 from .db import dsn, pool, queries
 from .durable.checkpoint import cancelled_error, decode, previous_result, unfinished_members
-from .durable.dispatch import dispatch
+from .durable.dispatch import plan, send, stage
 from .durable.steps import Step, decode_steps, encode_steps
 from .durable.store import Store
 from .exceptions import WorkflowError
@@ -158,6 +158,7 @@ def _resend(store: Store, workflow_id: str, change) -> list[str]:
             previous = previous_result(store, conn, workflow_id, steps, index)
             # The old outcome (failure, revocation or result) must not answer wf.get() any more.
             conn.execute(store.backend.queries["result_delete"], (row[4],))
-            if store.atomic:
-                return dispatch(store.app, workflow_id, steps, index, previous, generation, conn=conn, members=members)
-    return dispatch(store.app, workflow_id, steps, index, previous, generation, members=members)
+            messages = plan(workflow_id, steps, index, previous, generation, members)
+            staged = stage(store, conn, workflow_id, generation, messages)
+    send(store.app, staged)
+    return [m.task_id for m in messages]

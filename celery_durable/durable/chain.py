@@ -9,7 +9,7 @@ from celery import current_app
 from celery.result import AsyncResult
 
 from ..tracing import carrier
-from .dispatch import dispatch
+from .dispatch import plan, send, stage
 from .runner import instrument
 from .steps import Step, encode_steps, flatten
 from .store import Store
@@ -72,16 +72,16 @@ class DurableChain:
             sig["args"] = list(args or ()) + sig["args"]
             sig["kwargs"] = {**(kwargs or {}), **sig["kwargs"]}
         workflow_id = str(workflow_id or uuid.uuid4())
+        staged = []
         with store.connection() as conn:
             with conn.transaction():
                 created = conn.execute(store.queries["workflow_insert"], {
                     "id": workflow_id, "name": self.name or steps[0].display, "steps": encode_steps(steps),
                     "result_task_id": workflow_id, "atomic": store.atomic,
                 }).fetchone()
-                if created and store.atomic:
-                    dispatch(app, workflow_id, steps, 0, None, 0, conn=conn)
-        if created and not store.atomic:
-            dispatch(app, workflow_id, steps, 0, None, 0)
+                if created:
+                    staged = stage(store, conn, workflow_id, 0, plan(workflow_id, steps, 0, None, 0))
+        send(app, staged)
         return WorkflowResult(workflow_id, app=app, backend=store.backend)
 
     def delay(self, *args: Any, **kwargs: Any) -> WorkflowResult:

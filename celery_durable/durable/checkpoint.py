@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -21,8 +22,8 @@ from kombu.serialization import dumps, loads
 
 from ..exceptions import LeaseLost, WorkflowError
 from .context import StepContext
-from .dispatch import dispatch
-from .steps import decode_steps
+from .dispatch import plan, send, stage
+from .steps import decode_steps, split_path
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StepRef:
-    """A step message's identity, from its headers: workflow, index, member, generation, lease."""
+    """A step message's identity, from its headers: workflow, step index, group member, generation, lease."""
 
     workflow_id: str
     index: int
@@ -38,12 +39,21 @@ class StepRef:
     generation: int
     lease: tuple[int, str] | None
 
+    @property
+    def path(self) -> str:
+        """The step's place in its workflow: ``"2"`` for a task step, ``"2.1"`` for member 1 of a group step."""
+        return f"{self.index}" if self.member < 0 else f"{self.index}.{self.member}"
+
     @classmethod
     def from_headers(cls, header: dict, lease: str | None) -> "StepRef":
+        """Read a step header (``workflow_id``/``path``/``generation``, or an older version's ``w/s/m/g``)."""
         parsed = None
         if lease:
             row_id, _, token = str(lease).partition(":")
             parsed = (int(row_id), token)
+        if "workflow_id" in header:
+            index, member = split_path(str(header["path"]))
+            return cls(str(header["workflow_id"]), index, member, int(header.get("generation", 0)), parsed)
         return cls(str(header["w"]), int(header["s"]), int(header["m"]), int(header.get("g", 0)), parsed)
 
 
@@ -94,12 +104,14 @@ def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, res
     """Checkpoint the step and move the workflow on, in the step's transaction.
 
     Raises LeaseLost (everything rolled back) when another worker now holds
-    the message.
+    the message. A checkpoint wins over a failure another attempt of the same
+    step recorded (a duplicate behind Redis/RabbitMQ): the workflow runs on.
     """
     app = store.app
+    q = store.queries
     own = step._conn is None
     conn = store.borrow() if own else step._conn
-    next_send = None
+    next_send: list = []
     try:
         content_type, data = encode(app, result)
         # One round trip: lock, checkpoint and fenced delete go out together; if the answers
@@ -108,13 +120,15 @@ def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, res
             with conn.pipeline():
                 if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                     conn.execute("BEGIN")
-                locked = conn.execute(store.queries["workflow_lock"], {"id": ref.workflow_id})
-                inserting = conn.execute(store.queries["checkpoint_insert"], {
+                locked = conn.execute(q["workflow_lock"], {"id": ref.workflow_id})
+                inserting = conn.execute(q["checkpoint_insert"], {
                     "id": ref.workflow_id, "step": ref.index, "member": ref.member, "task_id": task.request.id,
                     "task_name": task.name, "content_type": content_type, "result": data,
                     "attempts": (task.request.retries or 0) + 1,
                 })
                 releasing = _release_cursor(store, conn, ref)
+                if not store.atomic:
+                    conn.execute(q["sent_step_done"], {"id": ref.workflow_id, "path": ref.path})
         except psycopg.errors.ForeignKeyViolation:
             _abandon(store, conn, ref, "has no workflow row any more (deleted?): not checkpointed")
             return
@@ -123,7 +137,7 @@ def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, res
         if wf is None or wf[2] != ref.generation:
             _abandon(store, conn, ref, "belongs to a superseded run: not checkpointed")
             return
-        status, _current, _gen, steps_json, result_id, _atomic = wf
+        status, current, _gen, steps_json, result_id, _atomic = wf
         if inserted is None:
             # Another attempt finished this step first: keep its outcome, drop ours.
             _abandon(store, conn, ref, "already finished: this attempt's writes rolled back")
@@ -134,24 +148,28 @@ def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, res
         steps = decode_steps(steps_json)
         value = result
         if steps[ref.index].kind == "group":
-            rows = conn.execute(store.queries["checkpoint_members"], {"id": ref.workflow_id, "step": ref.index}).fetchall()
+            rows = conn.execute(q["checkpoint_members"], {"id": ref.workflow_id, "step": ref.index}).fetchall()
             if len(rows) < len(steps[ref.index].signatures):
                 conn.execute("COMMIT")
                 return
             value = [decode(app, ct, blob) for _member, ct, blob in rows]
+        revive = status == "failed" and current == ref.index
         # The rest goes out in a second round trip, COMMIT included; a failing statement
         # aborts the transaction and surfaces when the pipeline syncs (rolled back below).
         with conn.pipeline():
-            if status == "running":
+            if revive:
+                logger.warning("durable step %s of workflow %s succeeded after another attempt of it failed: "
+                               "its checkpoint wins, the workflow runs on", ref.path, ref.workflow_id)
+                conn.execute(q["workflow_revive"], {"id": ref.workflow_id})
+                conn.execute(store.backend.queries["result_delete"], (result_id,))
+            if status == "running" or revive:
                 following = ref.index + 1
                 if following < len(steps):
-                    conn.execute(store.queries["workflow_advance"], {"id": ref.workflow_id, "step": following})
-                    if store.atomic:
-                        dispatch(app, ref.workflow_id, steps, following, value, ref.generation, conn=conn)
-                    else:
-                        next_send = (steps, following, value)
+                    conn.execute(q["workflow_advance"], {"id": ref.workflow_id, "step": following})
+                    next_send = stage(store, conn, ref.workflow_id, ref.generation,
+                                      plan(ref.workflow_id, steps, following, value, ref.generation))
                 else:
-                    conn.execute(store.queries["workflow_finish"], {
+                    conn.execute(q["workflow_finish"], {
                         "id": ref.workflow_id, "status": "succeeded", "error": None, "step": ref.index,
                     })
                     store.backend.store_result_in(conn, result_id, value, states.SUCCESS)
@@ -163,9 +181,7 @@ def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, res
     finally:
         if own:
             store.give_back(conn)
-    if next_send is not None:
-        steps, following, value = next_send
-        dispatch(app, ref.workflow_id, steps, following, value, ref.generation)
+    send(app, next_send)
 
 
 def _abandon(store: Store, conn: psycopg.Connection, ref: StepRef, why: str) -> None:
@@ -176,24 +192,55 @@ def _abandon(store: Store, conn: psycopg.Connection, ref: StepRef, why: str) -> 
     logger.warning("durable step %s of workflow %s %s", ref.index, ref.workflow_id, why)
 
 
-def record_failure(store: Store, ref: StepRef, exc: BaseException, traceback: str | None = None) -> None:
-    """The step failed for good: mark the workflow failed at it; earlier checkpoints stay."""
+def record_failure(store: Store, ref: StepRef, exc: BaseException, traceback: str | None = None) -> bool:
+    """The step failed for good: mark the workflow failed at it; earlier checkpoints stay.
+
+    Only the attempt that holds the step decides, as for a success: with a
+    lease (atomic mode) the fenced delete of its own message must find it, and
+    an existing checkpoint of the step wins in every mode. Returns False, with
+    nothing changed, for an attempt fenced out that way (or a workflow that is
+    no longer running this generation).
+    """
+    q = store.queries
     with store.connection() as conn, conn.transaction():
-        wf = conn.execute(store.queries["workflow_lock"], {"id": ref.workflow_id}).fetchone()
-        release(store, conn, ref)
+        with conn.pipeline():
+            locked = conn.execute(q["workflow_lock"], {"id": ref.workflow_id})
+            finished = conn.execute(q["checkpoint_exists"],
+                                    {"id": ref.workflow_id, "step": ref.index, "member": ref.member})
+            releasing = _release_cursor(store, conn, ref)
+        wf = locked.fetchone()
+        if releasing is not None and releasing.fetchone() is None:
+            logger.warning("durable step %s of workflow %s failed after losing its lease: another attempt "
+                           "decides the step, this failure changes nothing", ref.path, ref.workflow_id)
+            return False
+        if finished.fetchone() is not None:
+            logger.warning("durable step %s of workflow %s failed in an attempt after another one finished it: "
+                           "the checkpoint stands", ref.path, ref.workflow_id)
+            return False
         if wf is None or wf[2] != ref.generation or wf[0] != "running":
-            return
+            return False
         error = f"{type(exc).__name__}: {exc}"[:2000]
-        conn.execute(store.queries["workflow_finish"], {
+        conn.execute(q["workflow_finish"], {
             "id": ref.workflow_id, "status": "failed", "error": error, "step": ref.index,
         })
         store.backend.store_result_in(conn, wf[4], exc, states.FAILURE, traceback=traceback)
+    return True
 
 
-def release_only(store: Store, ref: StepRef) -> None:
-    """Delete the step's message without a checkpoint (the task is being retried)."""
+def release_only(store: Store, ref: StepRef, retry_when: Any = None) -> None:
+    """Delete the step's message without a checkpoint (the task is being retried, or ignored).
+
+    Behind Redis/RabbitMQ there is no row to delete; a retry's countdown
+    (``retry_when``: seconds or a datetime) moves the step's due time instead,
+    so the sweep does not take the waiting retry for a lost message.
+    """
     with store.connection() as conn, conn.transaction():
         release(store, conn, ref)
+        if not store.atomic and retry_when is not None:
+            eta, countdown = (retry_when, None) if isinstance(retry_when, datetime) else (None, float(retry_when))
+            conn.execute(store.queries["sent_step_retry"], {
+                "id": ref.workflow_id, "path": ref.path, "eta": eta, "countdown": countdown,
+            })
 
 
 def previous_result(store: Store, conn: Any, workflow_id: str, steps: list, index: int) -> Any:

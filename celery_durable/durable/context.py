@@ -25,7 +25,6 @@ class StepContext:
     index: int
     member: int
     generation: int
-    attempt: int
     _open: Callable[[], psycopg.Connection] = field(repr=False)
     _conn: psycopg.Connection | None = field(default=None, repr=False)
 

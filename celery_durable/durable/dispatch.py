@@ -1,8 +1,16 @@
-"""Send a step's message(s), in the caller's transaction when the broker lives there."""
+"""Send a step's message(s), in the caller's transaction when the broker lives there.
+
+Messages are planned (task ids, headers, due times) before they are sent, so
+that with a broker outside the database the transaction that decides to send
+them can record them in ``sent_step`` first: a crash between that commit and
+the send leaves a row the sweep finds.
+"""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -14,28 +22,41 @@ from .steps import Step
 
 
 def step_header(workflow_id: str, index: int, member: int, generation: int) -> dict:
-    return {"w": workflow_id, "s": index, "m": member, "g": generation}
+    """What a step message carries to find its place (read back by ``StepRef.from_headers``)."""
+    path = f"{index}" if member < 0 else f"{index}.{member}"
+    return {"workflow_id": workflow_id, "path": path, "generation": generation}
 
 
-def dispatch(
-    app: Any,
-    workflow_id: str,
-    steps: list[Step],
-    index: int,
-    previous: Any,
-    generation: int,
-    *,
-    conn: psycopg.Connection | None = None,
-    members: set[int] | None = None,
-) -> list[str]:
-    """Send step ``index`` (all members of a group, or only ``members``); return the task ids.
+@dataclass
+class Message:
+    """One step message, ready to send."""
+
+    task: str
+    args: tuple
+    kwargs: dict
+    task_id: str
+    path: str
+    options: dict = field(default_factory=dict)
+
+    @property
+    def eta(self) -> datetime | str | None:
+        return self.options.get("eta")
+
+    @property
+    def countdown(self) -> float | None:
+        countdown = self.options.get("countdown")
+        return None if countdown is None else float(countdown)
+
+
+def plan(workflow_id: str, steps: list[Step], index: int, previous: Any, generation: int,
+         members: set[int] | None = None) -> list[Message]:
+    """The messages of step ``index`` (all members of a group, or only ``members``).
 
     ``previous`` (the prior step's result) is prepended to a non-immutable
-    signature's args, as ``chain`` does. With ``conn`` every message is an
-    insert in that connection's open transaction.
+    signature's args, as ``chain`` does.
     """
     step = steps[index]
-    sent = []
+    messages = []
     for number, sig in enumerate(step.signatures):
         member = number if step.kind == "group" else -1
         if members is not None and member not in members:
@@ -46,17 +67,44 @@ def dispatch(
         options = dict(sig["options"])
         # The checkpoint row is the step's result; storing it again per task id costs a commit.
         options.setdefault("ignore_result", True)
-        headers = dict(options.pop("headers", None) or {})
-        headers[STEP_HEADER] = step_header(workflow_id, index, member, generation)
-        task_id = str(uuid.uuid4())
-        send = lambda: app.send_task(  # noqa: E731
-            sig["task"], args=args, kwargs=dict(sig["kwargs"]), task_id=task_id, headers=headers, **options
-        )
-        with continued(headers):
-            if conn is not None:
-                with in_transaction(conn):
-                    send()
-            else:
-                send()
-        sent.append(task_id)
-    return sent
+        header = step_header(workflow_id, index, member, generation)
+        options["headers"] = {**(options.get("headers") or {}), STEP_HEADER: header}
+        messages.append(Message(sig["task"], args, dict(sig["kwargs"]), str(uuid.uuid4()), header["path"], options))
+    return messages
+
+
+def send(app: Any, messages: list[Message], *, conn: psycopg.Connection | None = None) -> list[str]:
+    """Send planned messages; with ``conn`` each is an insert in that connection's open transaction."""
+    for message in messages:
+        if conn is not None:
+            with in_transaction(conn):
+                _send_one(app, message)
+        else:
+            _send_one(app, message)
+    return [m.task_id for m in messages]
+
+
+def _send_one(app: Any, message: Message) -> None:
+    with continued(message.options["headers"]):
+        app.send_task(message.task, args=message.args, kwargs=message.kwargs, task_id=message.task_id,
+                      **message.options)
+
+
+def stage(store: Any, conn: psycopg.Connection, workflow_id: str, generation: int,
+          messages: list[Message]) -> list[Message]:
+    """Make ``messages`` part of ``conn``'s open transaction; return what to send once it commits.
+
+    Atomic mode: they are inserted in the transaction (nothing left to send).
+    Broker outside the database: they are recorded in ``sent_step`` and
+    returned, for ``send`` after the commit.
+    """
+    if store.atomic:
+        send(store.app, messages, conn=conn)
+        return []
+    if messages:
+        etas = [m.eta.isoformat() if isinstance(m.eta, datetime) else m.eta for m in messages]
+        conn.execute(store.queries["sent_step_record"], {
+            "id": workflow_id, "generation": generation, "paths": [m.path for m in messages],
+            "task_ids": [m.task_id for m in messages], "etas": etas, "countdowns": [m.countdown for m in messages],
+        })
+    return messages

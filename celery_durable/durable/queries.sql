@@ -45,20 +45,10 @@ SET status = 'running', current_step = %(step)s, generation = generation + %(bum
 WHERE id = %(id)s
 RETURNING generation
 
--- workflow_touch --
--- A step was re-dispatched by the recovery sweep.
-UPDATE {schema}.workflow SET updated_at = now() WHERE id = %(id)s
-
--- workflow_orphans --
--- Non-atomic workflows (broker outside this database) whose current step has no checkpoint
--- and has not moved for a while: its message may have been lost between commit and send.
-SELECT w.id FROM {schema}.workflow w
-WHERE w.status = 'running' AND NOT w.atomic
-  AND w.updated_at < now() - %(after)s * interval '1 second'
-  AND (SELECT count(*) FROM {schema}.checkpoint c WHERE c.workflow_id = w.id AND c.step = w.current_step)
-      < jsonb_array_length(w.steps -> w.current_step -> 'signatures')
-ORDER BY w.updated_at
-LIMIT 100
+-- workflow_revive --
+-- A late success of the step a duplicate attempt failed: its checkpoint wins, the workflow runs on.
+UPDATE {schema}.workflow SET status = 'running', error = NULL, finished_at = NULL, updated_at = now()
+WHERE id = %(id)s
 
 -- workflow_expire --
 -- Forget finished workflows (and, by cascade, their checkpoints) after the retention.
@@ -81,6 +71,10 @@ INSERT INTO {schema}.checkpoint (workflow_id, step, member, task_id, task_name, 
 VALUES (%(id)s, %(step)s, %(member)s, %(task_id)s, %(task_name)s, %(content_type)s, %(result)s, %(attempts)s)
 ON CONFLICT (workflow_id, step, member) DO NOTHING
 RETURNING 1
+
+-- checkpoint_exists --
+-- Whether one step (or group member) already has its checkpoint: then it is decided.
+SELECT 1 FROM {schema}.checkpoint WHERE workflow_id = %(id)s AND step = %(step)s AND member = %(member)s
 
 -- checkpoint_members --
 -- Results of a group step's finished members, in member order.
@@ -107,3 +101,43 @@ DELETE FROM {schema}.checkpoint WHERE workflow_id = %(id)s AND step >= %(step)s
 -- Delete the step's own message, only while this worker's lease still holds it (fencing).
 DELETE FROM {schema}.message WHERE id = %(id)s AND lease_token = %(token)s
 RETURNING id
+
+-- sent_step_record --
+-- Broker outside the database: the steps this transaction decides to send, due after their
+-- countdown or ETA; a row left from an earlier send of the same step is replaced.
+INSERT INTO {schema}.sent_step (workflow_id, path, generation, task_id, due_at, seen_at)
+SELECT %(id)s, s.path, %(generation)s, s.task_id,
+       coalesce(s.eta, now() + coalesce(s.countdown, 0) * interval '1 second'), now()
+FROM unnest(%(paths)s::text[], %(task_ids)s::text[], %(etas)s::timestamptz[], %(countdowns)s::float8[])
+     AS s (path, task_id, eta, countdown)
+ON CONFLICT (workflow_id, path) DO UPDATE
+SET generation = excluded.generation, task_id = excluded.task_id, due_at = excluded.due_at, seen_at = now()
+
+-- sent_step_done --
+-- The step's checkpoint commits in this transaction: its message no longer needs watching.
+DELETE FROM {schema}.sent_step WHERE workflow_id = %(id)s AND path = %(path)s
+
+-- sent_step_retry --
+-- Celery sent a retry of the step, due after its countdown: not lost while it waits.
+UPDATE {schema}.sent_step
+SET due_at = coalesce(%(eta)s::timestamptz, now() + coalesce(%(countdown)s::float8, 0) * interval '1 second'),
+    seen_at = now()
+WHERE workflow_id = %(id)s AND path = %(path)s
+
+-- sent_step_seen --
+-- Signs of life from a worker that holds these steps (prefetched, waiting for a countdown, running).
+UPDATE {schema}.sent_step AS s SET seen_at = now()
+FROM unnest(%(ids)s::text[], %(paths)s::text[]) AS held (workflow_id, path)
+WHERE s.workflow_id = held.workflow_id AND s.path = held.path
+
+-- sent_step_lost --
+-- Sent steps of running workflows with no sign of life for `after` seconds past their due time:
+-- their message was lost (a worker died with it after an early ack, or it was never sent).
+SELECT s.workflow_id, s.path
+FROM {schema}.sent_step s
+JOIN {schema}.workflow w ON w.id = s.workflow_id
+WHERE w.status = 'running' AND s.generation = w.generation
+  AND s.seen_at < now() - %(after)s * interval '1 second'
+  AND s.due_at < now() - %(after)s * interval '1 second'
+ORDER BY s.seen_at
+LIMIT 100

@@ -60,7 +60,7 @@ def _run_step(task: Any, header: dict, original: Any, args: tuple, kwargs: dict)
     ref = checkpoint.StepRef.from_headers(header, getattr(task.request, LEASE_HEADER, None))
     state, value = checkpoint.finished_result(store, ref)
     if state is not None:
-        logger.info("durable step %s of workflow %s %s: not run again", ref.index, ref.workflow_id, state)
+        logger.info("durable step %s of workflow %s %s: not run again", ref.path, ref.workflow_id, state)
         if state == checkpoint.STOPPED:
             raise Ignore()
         return value
@@ -70,18 +70,17 @@ def _run_step(task: Any, header: dict, original: Any, args: tuple, kwargs: dict)
         conn.execute("BEGIN")
         return conn
 
-    step = StepContext(ref.workflow_id, ref.index, ref.member, ref.generation,
-                       (task.request.retries or 0) + 1, open_transaction)
+    step = StepContext(ref.workflow_id, ref.index, ref.member, ref.generation, open_transaction)
     token = _enter(step)
     try:
         try:
             result = original(*args, **kwargs)
         finally:
             _leave(token)
-    except Retry:
+    except Retry as retry:
         _rollback(store, step)
         # Celery already sent the retry (with our headers); this attempt's message goes.
-        checkpoint.release_only(store, ref)
+        checkpoint.release_only(store, ref, retry_when=retry.when)
         raise
     except (Ignore, Reject):
         _rollback(store, step)
@@ -89,7 +88,8 @@ def _run_step(task: Any, header: dict, original: Any, args: tuple, kwargs: dict)
         raise
     except Exception as exc:
         _rollback(store, step)
-        checkpoint.record_failure(store, ref, exc, "".join(tb.format_exception(exc)))
+        if not checkpoint.record_failure(store, ref, exc, "".join(tb.format_exception(exc))):
+            raise Ignore() from None  # another attempt decides this step: this failure is not the step's
         raise
     except BaseException:
         # A shutdown, not a failure: roll back and let the message come back.
@@ -145,11 +145,13 @@ def _on_task_unknown(sender: Any = None, message: Any = None, name: str | None =
     if not header or app is None:
         return
     try:
-        ref = checkpoint.StepRef.from_headers(header, headers.get(LEASE_HEADER))
+        # Celery rejected the message under this worker's lease before this signal (the row is a
+        # dead letter now), so the lease cannot fence this failure: the checkpoint check still does.
+        ref = checkpoint.StepRef.from_headers(header, None)
         checkpoint.record_failure(Store.for_app(app), ref, NotRegistered(name))
     except Exception:  # noqa: BLE001 - a worker must not die of this; the workflow shows as stalled
         logger.exception("could not mark workflow failed after the unknown task %r", name)
     else:
         logger.error("durable step %s of workflow %s: task %r is not registered in this worker; "
                      "the workflow failed at it (resume it once the task is deployed)",
-                     ref.index, ref.workflow_id, name)
+                     ref.path, ref.workflow_id, name)

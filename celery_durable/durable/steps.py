@@ -38,6 +38,12 @@ class Step:
         return cls(data["kind"], list(data["signatures"]))
 
 
+def split_path(path: str) -> tuple[int, int]:
+    """``"2"`` -> (2, -1), a task step; ``"2.1"`` -> (2, 1), member 1 of a group step."""
+    index, _, member = path.partition(".")
+    return int(index), int(member) if member else -1
+
+
 def flatten(signatures: tuple, app: Any) -> list[Step]:
     """Steps of a durable chain; raises WorkflowError for unknown tasks or unsupported canvases."""
     steps: list[Step] = []

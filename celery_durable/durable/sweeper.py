@@ -1,11 +1,15 @@
 """The worker's housekeeping for durable chains: re-send lost steps, forget old workflows.
 
 Only workflows whose broker is outside the database need re-sending: their
-next step is sent after the checkpoint commits, so a crash in between loses
-it. After ``recovery_after`` seconds without progress the current step's
-unfinished messages are sent again; a duplicate is harmless because the first
-checkpoint wins and a later attempt's transaction rolls back. One worker at a
-time sweeps (a transaction-level advisory lock).
+next step is sent after the checkpoint commits, and an early-acked message
+dies with its worker. Every such message has a ``sent_step`` row, written in
+the transaction that decided to send it; workers that hold the step refresh
+it (``held.Pulse``). A row with no sign of life for ``recovery_after`` seconds
+past its countdown is a lost message: ``resend_lost`` sends it again. A
+duplicate is harmless: the first checkpoint wins and a later attempt's
+transaction rolls back. One worker at a time does each job (a
+transaction-level advisory lock); both are plain functions, so a shared
+maintenance service can call them.
 """
 
 from __future__ import annotations
@@ -16,17 +20,76 @@ from typing import Any
 
 from celery import signals
 
-from .checkpoint import previous_result, unfinished_members
-from .dispatch import dispatch
-from .steps import decode_steps
+from ..exceptions import WorkflowError
+from .checkpoint import previous_result
+from .dispatch import Message, plan, send, stage
+from .held import Pulse
+from .steps import decode_steps, split_path
 from .store import Store
 
 logger = logging.getLogger(__name__)
 
-_sweepers: dict[int, "Sweeper"] = {}
+_running: dict[int, list[Any]] = {}
+
+
+def _try_lock(conn: Any, store: Store, job: str) -> bool:
+    return conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))",
+                        (f"celery_durable:{store.settings.schema}:{job}",)).fetchone()[0]
+
+
+def resend_lost(store: Store) -> int:
+    """Send again the steps whose message is lost (no sign of life past ``recovery_after``); return how many."""
+    q = store.queries
+    staged: list[Message] = []
+    with store.connection() as conn:
+        with conn.transaction():
+            if not _try_lock(conn, store, "sweeper"):
+                return 0
+            lost: dict[str, list[str]] = {}
+            for workflow_id, path in conn.execute(q["sent_step_lost"], {"after": store.settings.recovery_after}):
+                lost.setdefault(workflow_id, []).append(path)
+            for workflow_id, paths in lost.items():
+                staged += _resend(store, conn, workflow_id, paths)
+    send(store.app, staged)
+    return len(staged)
+
+
+def _resend(store: Store, conn: Any, workflow_id: str, paths: list[str]) -> list[Message]:
+    q = store.queries
+    row = conn.execute(q["workflow_lock"], {"id": workflow_id}).fetchone()
+    if row is None or row[0] != "running":
+        return []
+    generation, steps = row[2], decode_steps(row[3])
+    messages = []
+    for path in paths:
+        index, member = split_path(path)
+        if conn.execute(q["checkpoint_exists"], {"id": workflow_id, "step": index, "member": member}).fetchone():
+            conn.execute(q["sent_step_done"], {"id": workflow_id, "path": path})
+            continue
+        try:
+            previous = previous_result(store, conn, workflow_id, steps, index)
+        except WorkflowError as exc:
+            logger.error("cannot re-send step %s of workflow %s: %s", path, workflow_id, exc)
+            continue
+        logger.warning("re-sending step %s of workflow %s: its message is lost (no sign of life for %ss)",
+                       path, workflow_id, int(store.settings.recovery_after))
+        messages += plan(workflow_id, steps, index, previous, generation, None if member < 0 else {member})
+    return stage(store, conn, workflow_id, generation, messages)
+
+
+def expire_workflows(store: Store) -> int:
+    """Delete finished workflows (and their checkpoints) older than ``workflow_retention``; return how many."""
+    with store.connection() as conn:
+        with conn.transaction():
+            if not _try_lock(conn, store, "workflow_expiry"):
+                return 0
+            return conn.execute(store.queries["workflow_expire"],
+                                {"retention": store.settings.workflow_retention}).rowcount
 
 
 class Sweeper:
+    """A thread that re-sends lost steps and expires old workflows every ``interval`` seconds."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
         self.interval = max(1.0, min(store.settings.recovery_after / 2, 60.0))
@@ -47,36 +110,9 @@ class Sweeper:
                 logger.warning("durable workflow sweep failed: %s", exc)
 
     def sweep(self) -> int:
-        """Re-send the lost steps of stalled non-atomic workflows; return how many workflows moved."""
-        store, q = self.store, self.store.queries
-        moved = 0
-        with store.connection() as conn:
-            with conn.transaction():
-                got = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))",
-                                   (f"celery_durable:{store.settings.schema}:sweeper",)).fetchone()[0]
-                if not got:
-                    return 0
-                conn.execute(q["workflow_expire"], {"retention": store.settings.workflow_retention})
-                for (workflow_id,) in conn.execute(q["workflow_orphans"], {"after": store.settings.recovery_after}).fetchall():
-                    moved += self._resend(conn, workflow_id)
-        return moved
-
-    def _resend(self, conn: Any, workflow_id: str) -> int:
-        q = self.store.queries
-        row = conn.execute(q["workflow_lock"], {"id": workflow_id}).fetchone()
-        if row is None or row[0] != "running":
-            return 0
-        current, generation, steps_json = row[1], row[2], row[3]
-        steps = decode_steps(steps_json)
-        members = unfinished_members(conn, self.store, workflow_id, steps, current)
-        if members is None and conn.execute(q["checkpoint_step"], {"id": workflow_id, "step": current}).fetchone():
-            return 0
-        previous = previous_result(self.store, conn, workflow_id, steps, current)
-        logger.warning("re-sending step %s of workflow %s: no progress for %ss", current, workflow_id,
-                       int(self.store.settings.recovery_after))
-        conn.execute(q["workflow_touch"], {"id": workflow_id})
-        dispatch(self.store.app, workflow_id, steps, current, previous, generation, members=members)
-        return 1
+        """One round: expire old workflows, re-send lost steps (broker outside the database)."""
+        expire_workflows(self.store)
+        return 0 if self.store.atomic else resend_lost(self.store)
 
 
 @signals.worker_ready.connect
@@ -86,15 +122,23 @@ def _start(sender: Any = None, **_: Any) -> None:
         return
     try:
         store = Store.for_app(app)
-    except Exception:
+    except WorkflowError:
         return  # not a durable-chain setup (no postgresql:// backend)
-    sweeper = Sweeper(store)
-    _sweepers[id(app)] = sweeper
-    sweeper.start()
+    except Exception:  # noqa: BLE001 - the worker runs on; say why workflows will not be swept
+        logger.exception("durable workflow sweeper not started: workflows of this worker will not be "
+                         "recovered or expired by it")
+        return
+    services: list[Any] = [Sweeper(store)]
+    if not store.atomic:
+        services.append(Pulse(store))
+    for service in services:
+        service.start()
+    _running[id(app)] = services
 
 
 @signals.worker_shutdown.connect
 def _stop(sender: Any = None, **_: Any) -> None:
-    for sweeper in list(_sweepers.values()):
-        sweeper.stop()
-    _sweepers.clear()
+    for services in list(_running.values()):
+        for service in services:
+            service.stop()
+    _running.clear()

@@ -207,12 +207,15 @@ SELECT count(*) FROM {schema}.message
 WHERE queue = %(queue)s AND (lease_token IS NULL OR visible_at <= now())
 
 -- message_purge --
--- Remove every message of a queue that no live lease holds; returns how many. Rows another
--- statement has locked are in use (being claimed or acked) and stay: purge never waits for them.
+-- Remove every message of a queue that no live lease holds, except durable workflow steps (their
+-- workflow would stall for good; cancel it instead); returns how many. Rows another statement has
+-- locked are in use (being claimed or acked) and stay: purge never waits for them. The step
+-- header's name (headers.STEP_HEADER) as a JSON key only appears unescaped in a step's headers.
 WITH purged AS (
     DELETE FROM {schema}.message
     WHERE id IN (SELECT id FROM {schema}.message
                  WHERE queue = %(queue)s AND (lease_token IS NULL OR visible_at <= now())
+                   AND strpos(payload, '"celery_durable_step"') = 0
                  FOR UPDATE SKIP LOCKED)
     RETURNING 1
 )

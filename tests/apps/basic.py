@@ -35,6 +35,7 @@ def config(env=os.environ) -> dict:
         result_backend_transport_options={
             "schema": schema,
             "recovery_after": float(env.get("CELERY_DURABLE_RECOVERY_AFTER", "300")),
+            "workflow_retention": float(env.get("CELERY_DURABLE_WORKFLOW_RETENTION", str(7 * 86400))),
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

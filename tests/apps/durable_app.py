@@ -115,3 +115,78 @@ def chaos_step(value, chain, index, pause=0.0):
     if pause:
         time.sleep(pause)
     return list(value or []) + [index]
+
+
+def runs(tag: str) -> int:
+    with _db() as conn:
+        return conn.execute(sql.SQL("SELECT count(*) FROM {}.executions WHERE tag = %s").format(_S), (tag,)).fetchone()[0]
+
+
+def _wait(condition, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@app.task
+def contested(value, tag, first):
+    """One step run by two attempts at once: the first lost its lease (a test stops its worker).
+
+    The first attempt waits for the second to start, then ends as ``first`` says:
+    ``raise_late`` raises once the second has committed, ``raise_early`` raises at once (the
+    second waits for that), ``return`` returns while the second still waits on the ledger row
+    the first wrote (so the first one's commit comes first, fenced out: LeaseLost).
+    """
+    _record(tag)
+    attempt = runs(tag)
+    ctx = current_step()
+    if first == "return":
+        # The second attempt blocks on this uncommitted row until the first attempt rolls back.
+        ctx.connection.execute(sql.SQL("INSERT INTO {}.ledger (key, amount) VALUES (%s, %s)").format(_S),
+                               (tag, attempt))
+    if attempt == 1:
+        _wait(lambda: runs(tag) >= 2)
+        if first == "raise_late":
+            _wait(lambda: _checkpointed(ctx.workflow_id, ctx.index, ctx.member))
+            raise RuntimeError(f"{tag}: the attempt that lost its lease fails late")
+        if first == "raise_early":
+            _record(f"{tag}:raising")
+            raise RuntimeError(f"{tag}: the attempt that lost its lease fails first")
+    elif first == "raise_early":
+        _wait(lambda: runs(f"{tag}:raising") >= 1)
+        # Bounded: the failure of the first attempt, if it counted, shows within moments.
+        _wait(lambda: _status(ctx.workflow_id) != "running", timeout=3)
+    return f"{tag}:{attempt}"
+
+
+def _checkpointed(workflow_id: str, step: int, member: int) -> bool:
+    with _db() as conn:
+        return conn.execute(sql.SQL("SELECT 1 FROM {}.checkpoint WHERE workflow_id = %s AND step = %s AND member = %s")
+                            .format(_S), (workflow_id, step, member)).fetchone() is not None
+
+
+def _status(workflow_id: str) -> str | None:
+    with _db() as conn:
+        row = conn.execute(sql.SQL("SELECT status FROM {}.workflow WHERE id = %s").format(_S), (workflow_id,)).fetchone()
+    return row[0] if row else None
+
+
+@app.task
+def slow(value, tag, seconds):
+    """Record an execution, run for ``seconds``, return value + [tag]."""
+    _record(tag)
+    time.sleep(seconds)
+    return list(value or []) + [tag]
+
+
+@app.task
+def limited(value, tag, seconds):
+    """Record an execution, then run for ``seconds`` (a test gives it a shorter time limit)."""
+    _record(tag)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return list(value or []) + [tag]

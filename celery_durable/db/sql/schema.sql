@@ -203,6 +203,21 @@ CREATE TABLE {schema}.checkpoint (
     PRIMARY KEY (workflow_id, step, member)
 );
 
+-- Broker outside the database (Redis, RabbitMQ): one row per step message sent and not yet
+-- checkpointed, written in the transaction that decides to send it, so the sweep can tell a
+-- lost message from a slow one. seen_at is the last sign of life (sent, or held by a worker:
+-- prefetched, waiting for its countdown, running); due_at is when its countdown or ETA lets it run.
+-- path is the step's place: "2" for a task step, "2.1" for member 1 of a group step.
+CREATE TABLE {schema}.sent_step (
+    workflow_id text NOT NULL REFERENCES {schema}.workflow (id) ON DELETE CASCADE,
+    path text NOT NULL,
+    generation integer NOT NULL,
+    task_id text,
+    due_at timestamptz NOT NULL DEFAULT now(),
+    seen_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (workflow_id, path)
+);
+
 ------------------------------------------------------------------------------
 -- Views for people who monitor with SQL
 ------------------------------------------------------------------------------
