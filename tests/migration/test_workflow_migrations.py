@@ -1,7 +1,7 @@
 """Workflows stored by an older version stay resumable after the migrations.
 
 Durable chains behind Redis/RabbitMQ running during the upgrade to `sent_step`
-(0003) get a row for each unfinished member of their current step, so the
+(0004) get a row for each unfinished member of their current step, so the
 sweep still re-sends what a crash lost.
 """
 
