@@ -108,9 +108,16 @@ def test_a_wait_listens_to_its_own_channel_only_while_it_waits(make):
     with pytest.raises(TimeoutError):
         app.AsyncResult("never").get(timeout=0.2)
     assert server_channels(backend) == []
-    threading.Timer(0.2, backend.store_result, ("late", "done", states.SUCCESS)).start()
     seen = []
-    threading.Timer(0.1, lambda: seen.extend(server_channels(make().backend))).start()
+
+    def probe_then_store():
+        deadline = time.monotonic() + 10
+        while "late" not in backend.result_consumer._held and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the get() below waits
+        seen.extend(server_channels(make().backend))
+        backend.store_result("late", "done", states.SUCCESS)
+
+    threading.Thread(target=probe_then_store, daemon=True).start()
     assert app.AsyncResult("late").get(timeout=10) == "done"
     assert notify.channel(backend.settings.schema, "late") in seen
     assert server_channels(backend) == []
