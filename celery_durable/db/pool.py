@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -89,6 +90,20 @@ def _configure(conn: psycopg.Connection, settings: Settings) -> None:
         conn.prepare_threshold = None
 
 
+def _alive(conn: psycopg.Connection) -> None:
+    """Checkout check without a round trip: closes and raises (the pool then takes another) when stale.
+
+    An idle pooled connection has nothing to read (it LISTENs to nothing). A
+    readable socket means the server hung up (restart, failover, terminated
+    session) or sent its last words (``FATAL: terminating connection``).
+    """
+    pgconn = conn.pgconn
+    readable = pgconn.status == psycopg.pq.ConnStatus.OK and select.select([pgconn.socket], [], [], 0)[0]
+    if pgconn.status != psycopg.pq.ConnStatus.OK or readable:
+        conn.close()
+        raise psycopg.OperationalError("the server closed the connection")
+
+
 def execute_relaxed(conn: psycopg.Connection, query, params=None) -> psycopg.Cursor:
     """Run one statement whose commit need not wait for the WAL flush (a database crash may undo it).
 
@@ -129,6 +144,7 @@ def get_pool(conninfo: str, settings: Settings) -> ConnectionPool:
                 max_size=1 if component in THREAD_COMPONENTS else max(1, settings.pool_max_size),
                 kwargs={"autocommit": True, "application_name": appname.application_name(conninfo, component)},
                 configure=lambda conn: _configure(conn, settings),
+                check=_alive,
                 timeout=settings.connect_timeout,
                 name=f"celery_durable-{os.getpid()}-{component}",
                 open=True,

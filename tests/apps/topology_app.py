@@ -5,7 +5,8 @@ Environment: CELERY_DURABLE_URL (broker and backend; PgBouncer, TLS or a
 multi-host list), CELERY_DURABLE_SCHEMA, CELERY_DURABLE_LISTEN_URL
 (``listen_url``), CELERY_DURABLE_AUTO_MIGRATE (default true),
 CELERY_DURABLE_RECORD_URL (where executions are counted; default the URL),
-CELERY_DURABLE_LEASE (default 30).
+CELERY_DURABLE_LEASE (default 30), CELERY_DURABLE_STEP_SLEEP (seconds the
+``reserve`` step takes after its write; default 0).
 
 Executions are counted in ``<schema>.executions`` through a connection of the
 task's own, retried while the database is away (the failover test kills it
@@ -98,6 +99,7 @@ def reserve(payment):
     step = current_step()
     step.connection.execute(sql.SQL("INSERT INTO {}.ledger (workflow, amount) VALUES (%s, %s)").format(
         sql.Identifier(_schema())), (step.workflow_id, payment["amount"]))
+    time.sleep(float(os.environ.get("CELERY_DURABLE_STEP_SLEEP", "0")))
     _recorder().record(f"reserve:{payment['order']}")
     return payment
 
