@@ -16,7 +16,7 @@ import uuid
 import psycopg
 from psycopg import sql
 
-from celery_durable.backend import consumer
+from celery_durable.backend import listener
 from celery_durable.db.migrate import ensure_schema
 from celery_durable.testing.workers import WorkerProcess, start_worker
 from tests.apps.parity_app import make_app
@@ -59,7 +59,7 @@ class Parity:
         for worker in self.workers:
             worker.kill()
         self.app.close()
-        consumer.close_all()
+        listener.close_all()
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
 
