@@ -141,6 +141,8 @@ def test_chords_without_chord_unlock(start, client):
     # a group inside the header is flattened into it (as on Redis)
     nested = chord([group(add.s(1, 1), add.s(2, 2)), add.s(3, 3)], app.tasks["results.identity_list"].s())
     assert sorted(nested.apply_async().get(timeout=TIMEOUT)) == [2, 4, 6]
+    # a header part that ignores its result still hands it to the body
+    assert chord([add.s(1, 1).set(ignore_result=True), add.s(2, 2)], tsum.s()).apply_async().get(timeout=TIMEOUT) == 6
     assert "chord_unlock" not in worker.log()
 
 

@@ -53,4 +53,6 @@ def test_an_error_before_a_group_in_a_chain_raises(p):
     result = (add.s(1, 1) | fail.s() | group(add.s(1), add.s(1))).delay()
     with pytest.raises(ValueError, match="parity failure"):
         result.get(timeout=TIMEOUT)
-    assert [r.state for r in result.results] == ["FAILURE", "FAILURE"]
+    # The worker marks the members one after the other; get() wakes on the first.
+    wait_for(lambda: [r.state for r in result.results] == ["FAILURE", "FAILURE"], TIMEOUT,
+             "both group members to be marked failed")
