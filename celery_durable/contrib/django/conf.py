@@ -37,7 +37,17 @@ def schema() -> str:
 
 
 def celery_app() -> Any:
-    """The project's Celery app (the current one: Django projects create it before apps load)."""
-    from celery import current_app
+    """The project's Celery app, also in a web server's request threads.
 
-    return current_app._get_current_object()
+    Celery's current app is per thread: a thread that did not create the
+    project's app gets Celery's fallback app. Then the app is the one other
+    live app (with several, the one whose result backend is PostgreSQL).
+    """
+    from celery import _state
+
+    current = _state.get_current_app()
+    if current is not _state.default_app or current.main != "default":
+        return current
+    others = [app for app in list(_state._get_active_apps()) if app is not current]
+    ours = [app for app in others if str(app.conf.result_backend or "").startswith(("postgresql", "postgres"))]
+    return (ours or others or [current])[0]

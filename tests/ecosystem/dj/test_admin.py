@@ -104,3 +104,16 @@ def test_queues_page_shows_depth(admin_client, django_project, broker):
     row = page[page.index("parked"):].split("</tr>", 1)[0]
     assert [cell.split(">")[-1] for cell in row.split("</td>")[:4]] == ["1", "0", "1", "0"]  # depth ready delayed leased
     assert admin_client.get(reverse("admin:celery_durable_queue_add")).status_code == 403
+
+
+def test_pages_work_in_a_server_thread(live_server, admin_client, django_project, worker):
+    """A real server answers from its own threads, where Celery's current app is not the project's."""
+    import urllib.request
+
+    wf = durable_chain(add.s(20, 22), add.s(0)).apply_async()
+    assert wf.get(timeout=60) == 42
+    cookie = f"sessionid={admin_client.cookies['sessionid'].value}"
+    url = live_server.url + reverse("admin:celery_durable_workflow_change", args=[wf.id])
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Cookie": cookie}), timeout=60) as response:
+        page = response.read().decode()
+    assert "<code>42</code>" in page and "succeeded" in page

@@ -30,6 +30,7 @@ def build(url: str, schema: str) -> dict:
         ALLOWED_HOSTS=["*"],
         USE_TZ=True,
         ROOT_URLCONF="tests.ecosystem.dj.proj.urls",
+        STATIC_URL="static/",
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         INSTALLED_APPS=[
             "django.contrib.admin",
