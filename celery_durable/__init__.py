@@ -13,6 +13,7 @@ TRANSPORT_ALIASES.setdefault("postgres", "celery_durable.transport:Transport")
 
 from .durable import current_step, durable_chain
 from .enqueue import in_transaction
+from .transport.pipeline import flush_all as flush_publishes
 
-__all__ = ["current_step", "durable_chain", "in_transaction"]
+__all__ = ["current_step", "durable_chain", "flush_publishes", "in_transaction"]
 __version__ = "0.1.0"

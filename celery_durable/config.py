@@ -71,6 +71,9 @@ class Settings:
     #: Server-side prepared statements for repeated queries. None: on, unless a pooler (PgBouncer)
     #: is detected, which may run a statement on a session that never saw its PREPARE.
     prepared_statements: bool | None = None
+    #: Broker: ``delay()`` returns once its message is committed. False: once the statement is written
+    #: to the server (pipelined; see transport/pipeline.py for what a crash may lose). Kombu's name.
+    confirm_publish: bool = True
 
     def __post_init__(self) -> None:
         if not _SCHEMA_NAME.match(self.schema):

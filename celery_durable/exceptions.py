@@ -26,6 +26,10 @@ class MessageTooLarge(DurableError, ValueError):
     """A message is larger than ``max_message_bytes``."""
 
 
+class PublishFailed(DurableError):
+    """A pipelined publish (``confirm_publish: False``) was refused by the server; raised by the next publish or flush."""
+
+
 class ResultTooLarge(DurableError, EncodeError):
     """An encoded result is larger than ``max_result_bytes``: the task fails with this error, the worker goes on."""
 

@@ -1,24 +1,32 @@
 """Publishing: one statement routes a message and inserts a row per target queue.
 
 A publish inside :func:`celery_durable.in_transaction` is an insert in the
-caller's transaction; otherwise it commits on a pooled connection (waiting for
-the WAL flush unless ``synchronous_commit`` is off).
+caller's transaction. Otherwise it commits on a pooled connection (waiting for
+the WAL flush unless ``synchronous_commit`` is off) before ``publish`` returns;
+with ``confirm_publish`` off it goes down the transport's
+:class:`~.pipeline.Pipeline` instead and ``publish`` does not wait for the
+commit.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 from datetime import datetime, timedelta, timezone
 
 from .. import enqueue
 from ..exceptions import MessageTooLarge
 from .database import Database
 from .notifier import NOTIFY_MESSAGE_MAX
+from .pipeline import Pipeline
 
 
 class Publisher:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._pipeline: Pipeline | None = None
+        self._pipeline_lock = threading.Lock()
 
     def publish(self, message: dict, exchange: str, routing_key: str) -> None:
         """Insert the message for every queue the exchange routes it to; raises MessageTooLarge."""
@@ -46,8 +54,34 @@ class Publisher:
         if outer is not None:
             enqueue.execute(outer, self.db.queries[query], params)
             return
+        if not settings.confirm_publish:
+            task_id = headers.get("id") or props.get("correlation_id") or "?"
+            self._pipelined().send(self.db.queries[query], params, str(task_id))
+            return
         with self.db.connection() as conn:
             self.db.run(conn, query, params, relaxed=not settings.synchronous_commit)
+
+    def flush(self) -> None:
+        """Wait until every pipelined publish is answered; raises PublishFailed for refused ones."""
+        pipeline = self._pipeline
+        if pipeline is not None and pipeline.pid == os.getpid():
+            pipeline.flush()
+
+    def close(self) -> None:
+        """Flush and close the pipeline (the transport's connection closes)."""
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            pipeline.close()
+
+    def _pipelined(self) -> Pipeline:
+        """This transport's pipeline; a new one after a loss has been raised, or after a fork."""
+        pipeline = self._pipeline
+        if pipeline is None or (pipeline.closed and pipeline.error is None) or pipeline.pid != os.getpid():
+            with self._pipeline_lock:
+                pipeline = self._pipeline
+                if pipeline is None or (pipeline.closed and pipeline.error is None) or pipeline.pid != os.getpid():
+                    pipeline = self._pipeline = Pipeline(self.db.conninfo, self.db.settings)
+        return pipeline
 
     def _native_eta(self, headers: dict) -> datetime | None:
         """The ETA when it lies further ahead than ``native_delay_threshold``: the row waits in the table."""

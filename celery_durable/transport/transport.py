@@ -26,8 +26,8 @@ Transport options (``broker_transport_options``): every field of
 ``polling_interval``, ``claim_batch``, ``max_deliveries``,
 ``native_delay_threshold``, ``max_message_bytes``, ``pool_max_size``,
 ``connect_timeout``, ``auto_migrate``, ``maintenance_interval``,
-``dead_letter_retention``, ``listen_url``, ``synchronous_commit``) plus ``connect_options`` (a dict of
-libpq keywords).
+``dead_letter_retention``, ``listen_url``, ``synchronous_commit``, ``confirm_publish``) plus
+``connect_options`` (a dict of libpq keywords).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from psycopg_pool import PoolTimeout
 
 from ..config import Settings
 from ..db import dsn, pool
-from ..exceptions import DatabaseUnavailable, SchemaError
+from ..exceptions import DatabaseUnavailable, PublishFailed, SchemaError
 from .channel import Channel
 from .database import Database
 from .delivery import Delivery
@@ -125,6 +125,10 @@ class Transport(virtual.Transport):
             self.leases.flush_acks()
         except self.connection_errors:
             logger.warning("could not send pending acks; their messages return after the lease")
+        try:
+            self.publisher.close()  # waits for the answers of pipelined publishes
+        except self.connection_errors + (PublishFailed,):
+            pass  # each failed or unconfirmed publish was logged with its task id
         try:
             super().close_connection(connection)
         finally:

@@ -9,7 +9,8 @@ test process. Environment (all optional except the first two):
 - CELERY_DURABLE_LEASE (lease_seconds, default 2), CELERY_DURABLE_POLL
   (polling_interval, default 0.5), CELERY_DURABLE_NATIVE_DELAY
   (native_delay_threshold, default 60), CELERY_DURABLE_PREFETCH
-  (worker_prefetch_multiplier, default 4).
+  (worker_prefetch_multiplier, default 4), CELERY_DURABLE_SYNCHRONOUS_COMMIT and
+  CELERY_DURABLE_CONFIRM_PUBLISH (the settings, default true).
 
 Executions are counted in ``<schema>.executions`` through a connection of the
 task's own (not the broker's pool), so counts never depend on the broker under
@@ -52,6 +53,7 @@ def make_app(env: dict | None = None) -> Celery:
         "connect_timeout": 5,
         # "false" as a string, as it would come from a config file
         "synchronous_commit": env.get("CELERY_DURABLE_SYNCHRONOUS_COMMIT", "true"),
+        "confirm_publish": env.get("CELERY_DURABLE_CONFIRM_PUBLISH", "true"),
     }
     app = Celery("transport_app")
     app.conf.update(

@@ -26,9 +26,9 @@ def _postgres_backend_importable() -> bool:
     return True
 
 
-@pytest.mark.parametrize("backend", ["redis", "postgresql", "postgresql-nosync"])
+@pytest.mark.parametrize("backend", ["redis", "postgresql", "postgresql-nosync", "postgresql-pipelined"])
 def test_tasks_round_trip(pg_url, schema, worker_env, workers, backend):
-    """Tasks and results round-trip; also with ``synchronous_commit`` off on both sides."""
+    """Tasks and results round-trip; also with ``synchronous_commit`` off on both sides, and pipelined publishes."""
     env = dict(worker_env)
     if backend == "redis":
         url = REDIS_BACKEND
@@ -43,6 +43,8 @@ def test_tasks_round_trip(pg_url, schema, worker_env, workers, backend):
         url = pg_url
         if backend.endswith("nosync"):
             env["CELERY_DURABLE_SYNCHRONOUS_COMMIT"] = "false"
+        if backend.endswith("pipelined"):
+            env["CELERY_DURABLE_CONFIRM_PUBLISH"] = "false"
     h = Harness(pg_url, schema, {**env, "CELERY_DURABLE_BACKEND": url}, workers)
     try:
         h.start()

@@ -1,0 +1,396 @@
+"""Pipelined publishes (``confirm_publish: False``): written to the server, committed in groups.
+
+One connection per transport, in libpq's pipeline mode. :meth:`Pipeline.send`
+writes the publish's statement into the socket and returns without waiting
+for an answer. Statements are committed by Syncs, each Sync ending one
+implicit transaction: when the server has answered everything before, the
+Sync follows the statement at once; while a commit is in flight, further
+statements wait in an open group whose Sync goes out as soon as that commit's
+answer arrives (on the next publish, or from a small thread while publishing
+has paused; it also reads the answers). So an idle server commits each
+publish alone, and a busy one commits many at once, sharing one WAL flush and
+one NOTIFY.
+
+At most ``DEPTH`` publishes are unanswered; the next one waits for the oldest
+answer. That bounds what a crash of the client process loses: PostgreSQL
+rolls back an open group without its Sync, and it abandons the statements it
+has not run yet once it finds its client gone, so the unanswered publishes
+may be lost although they reached the server. :meth:`Pipeline.flush` waits
+for every answer: the transport flushes when its connection closes, before
+it counts, purges or gets messages, :func:`flush_all` (``celery_durable.flush_publishes``)
+on demand, and :func:`close_all` at interpreter exit and when a Celery pool
+process ends. Nothing waits in the process between publishes, so releasing a
+producer to Kombu's pool needs no flush.
+
+A statement the server refuses fails alone: it is logged with its task id,
+the others of its group are sent again, and the next publish or flush raises
+:class:`~celery_durable.exceptions.PublishFailed`. A lost connection raises
+DatabaseUnavailable (Celery reconnects and retries the publish at hand) and
+logs the task ids whose fate is unknown.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import select
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from time import monotonic
+from typing import Any, Callable
+
+import psycopg
+from psycopg import pq
+from psycopg.adapt import PyFormat, Transformer
+
+from ..config import Settings
+from ..db import pool
+from ..exceptions import PublishFailed
+
+logger = logging.getLogger(__name__)
+
+#: Most publishes left unanswered; the next publish waits for the oldest answer. A crash of the client
+#: process can lose at most these.
+DEPTH = 64
+#: An open group this large gets its Sync even while another commit is in flight.
+GROUP_MAX = DEPTH // 2
+#: Seconds the closer thread waits for an answer before looking again (it wakes on any answer).
+CLOSER_POLL = 1.0
+
+#: Starts a relaxed group: that commit alone skips the WAL flush wait, on whatever server session runs
+#: it (PgBouncer included).
+NO_FLUSH_WAIT = pool.NO_FLUSH_WAIT.encode()
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+_FATAL = pq.ExecStatus.FATAL_ERROR
+_SYNCED = pq.ExecStatus.PIPELINE_SYNC
+
+
+def positional(query: str) -> tuple[bytes, list[str]]:
+    """``%(name)s`` placeholders as ``$n`` (the protocol's own), with the names in order."""
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return _PLACEHOLDER.sub(number, query).replace("%%", "%").encode(), names
+
+
+def _error_text(result: pq.abc.PGresult) -> str:
+    """``SQLSTATE: primary message`` of a failed statement."""
+    fields = pq.DiagnosticField
+    state = (result.error_field(fields.SQLSTATE) or b"").decode()
+    message = (result.error_field(fields.MESSAGE_PRIMARY) or result.error_message or b"").decode(errors="replace")
+    return f"{state}: {message.strip()}" if state else message.strip()
+
+
+@dataclass(eq=False)
+class _Publish:
+    sql: bytes
+    values: list
+    types: tuple
+    formats: list
+    task_id: str
+
+
+@dataclass(eq=False)
+class _Group:
+    """Statements committed by one Sync; ``failed`` is the first one the server refused."""
+
+    publishes: list[_Publish] = field(default_factory=list)
+    failed: _Publish | None = None
+    error: str | None = None
+
+
+class Pipeline:
+    """A connection in pipeline mode that publishes without waiting; one thread at a time inside."""
+
+    def __init__(self, conninfo: str, settings: Settings) -> None:
+        self.conninfo = conninfo
+        #: Commits skip the WAL flush wait (``synchronous_commit`` off).
+        self.relaxed = not settings.synchronous_commit
+        self.timeout = settings.connect_timeout
+        self.pid = os.getpid()
+        self.closed = False
+        #: The connection loss the closer thread found, for the next publish to raise.
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._conn = pool.connect(conninfo, settings=settings)
+        self._pg = self._conn.pgconn
+        self._tx = Transformer.from_context(self._conn)
+        self._queries: dict[str, tuple[bytes, list[str]]] = {}
+        #: Answers the server owes, in order: (group, publish or None) per statement, (group, "sync") per Sync.
+        self._expected: deque[tuple[_Group, Any]] = deque()
+        self._open: _Group | None = None
+        self._in_flight = 0  # groups whose Sync is written and not yet answered
+        self._unanswered = 0  # publishes not yet answered (open group included)
+        self._resend: list[_Publish] = []
+        #: Refused publishes not yet raised: "task <id>: <error>".
+        self._failed: list[str] = []
+        self._closer: threading.Thread | None = None
+        self._pg.enter_pipeline_mode()
+        _register(self)
+
+    def send(self, query: str, params: dict[str, Any], task_id: str) -> None:
+        """Write one publish without waiting for its commit.
+
+        Raises PublishFailed (this message is then not sent) when an earlier
+        publish was refused, DatabaseUnavailable when the connection is lost.
+        """
+        sql, names = self._positional(query)
+        with self._lock:
+            if self.closed:
+                error, self.error = self.error, None
+                raise error or PublishFailed("the publish pipeline is closed")
+            values = self._tx.dump_sequence([params[n] for n in names], [PyFormat.AUTO] * len(names))
+            publish = _Publish(sql, values, self._tx.types, self._tx.formats, task_id)
+            self._guard(lambda: self._wait(lambda: self._unanswered < DEPTH))
+            self._raise_failed()
+            self._guard(lambda: self._write(publish))
+            if self._closer is None:
+                self._closer = threading.Thread(target=self._run_closer, name="celery-durable-publish", daemon=True)
+                self._closer.start()
+            self._wake.notify()
+
+    def flush(self) -> None:
+        """Commit the open group and wait for every answer; raise PublishFailed for refused publishes."""
+        with self._lock:
+            if not self.closed:
+                self._guard(lambda: self._wait(lambda: not self._unanswered, sync=True))
+            self._raise_failed()
+
+    def close(self) -> None:
+        """Flush, then close the connection (only in the process that opened it)."""
+        if os.getpid() != self.pid:
+            return  # a forked child must not touch its parent's session
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                if not self.closed:
+                    self.closed = True
+                    self._conn.close()
+                self._wake.notify_all()
+            _unregister(self)
+
+    # -- inside the lock ------------------------------------------------------------------------
+
+    def _positional(self, query: str) -> tuple[bytes, list[str]]:
+        found = self._queries.get(query)
+        if found is None:
+            found = self._queries[query] = positional(query)
+        return found
+
+    def _guard(self, step: Callable[[], None]) -> None:
+        """Run an I/O step; a driver error or timeout means the connection is lost."""
+        try:
+            step()
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._lose(exc)
+
+    def _write(self, publish: _Publish) -> None:
+        """Write a statement into the open group; its Sync goes now if no commit is in flight."""
+        pg = self._pg
+        if self._open is None:
+            self._open = _Group()
+            if self.relaxed:
+                pg.send_query_params(NO_FLUSH_WAIT, None)
+                self._expected.append((self._open, None))
+        pg.send_query_params(publish.sql, publish.values, param_types=publish.types, param_formats=publish.formats)
+        self._open.publishes.append(publish)
+        self._expected.append((self._open, publish))
+        self._unanswered += 1
+        self._push()
+        self._collect()
+        self._sync_open()
+
+    def _sync_open(self, force: bool = False) -> None:
+        """Send the open group's Sync when nothing is in flight (or when forced, or the group is full)."""
+        group = self._open
+        if group is None or not (force or not self._in_flight or len(group.publishes) >= GROUP_MAX):
+            return
+        self._pg.pipeline_sync()
+        self._expected.append((group, "sync"))
+        self._open = None
+        self._in_flight += 1
+        self._push()
+
+    def _push(self) -> None:
+        """Push libpq's output buffer into the socket, reading answers meanwhile (the server may wait on us)."""
+        pg, deadline = self._pg, monotonic() + self.timeout
+        while pg.flush() == 1:
+            readable, _, _ = select.select([pg.socket], [pg.socket], [], self._left(deadline))
+            if readable:
+                self._collect()
+
+    def _wait(self, done: Callable[[], bool], sync: bool = False) -> None:
+        """Read answers until ``done()``; TimeoutError after ``timeout`` seconds without one."""
+        pg, deadline = self._pg, monotonic() + self.timeout
+        while True:
+            unanswered = self._unanswered
+            self._collect()
+            self._sync_open(force=sync)
+            if done():
+                return
+            if self._unanswered < unanswered:
+                deadline = monotonic() + self.timeout
+            select.select([pg.socket], [], [], self._left(deadline))
+
+    def _left(self, deadline: float) -> float:
+        left = deadline - monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no answer from the server for {self.timeout:.0f} s")
+        return left
+
+    def _collect(self) -> None:
+        """Read every answer that has arrived, without blocking; resend the innocent of a failed group."""
+        pg = self._pg
+        pg.consume_input()
+        while self._expected and not pg.is_busy():
+            result = pg.get_result()
+            group, what = self._expected[0]
+            if what == "sync":
+                if result is None:
+                    break  # the Sync's answer has not arrived yet
+                if result.status == _SYNCED:
+                    self._expected.popleft()
+                    self._in_flight -= 1
+                    self._unanswered -= len(group.publishes)
+                    if group.error is not None:
+                        self._refused(group)
+            elif result is None:
+                self._expected.popleft()  # the end of one statement's results
+            elif result.status == _FATAL and group.error is None:
+                group.failed = what
+                group.error = _error_text(result)
+        if self._resend:
+            again, self._resend = self._resend, []
+            for publish in again:
+                self._write(publish)
+
+    def _refused(self, group: _Group) -> None:
+        """One statement failed, so its group rolled back: log it, send the others again."""
+        failed = [group.failed] if group.failed is not None else list(group.publishes)
+        for publish in failed:
+            logger.error("publish of task %s failed: %s", publish.task_id, group.error)
+            self._failed.append(f"task {publish.task_id}: {group.error}")
+        self._resend.extend(p for p in group.publishes if p not in failed)
+
+    def _raise_failed(self) -> None:
+        if self._failed:
+            failed, self._failed = self._failed, []
+            raise PublishFailed(
+                f"{len(failed)} earlier publish(es) failed and were not stored (this message was not sent): "
+                + "; ".join(failed[:5])
+            )
+
+    def _lose(self, exc: BaseException):
+        """The connection is gone: log what may be lost, close, raise DatabaseUnavailable."""
+        groups = list(dict.fromkeys(group for group, _ in self._expected))
+        unknown = [p.task_id for group in groups for p in group.publishes] + [p.task_id for p in self._resend]
+        if unknown:
+            logger.error("connection lost before the server answered %d publish(es); they may be lost: tasks %s",
+                         len(unknown), ", ".join(unknown))
+        self._expected.clear()
+        self._open, self._resend, self._in_flight, self._unanswered = None, [], 0, 0
+        self.closed = True
+        self._wake.notify_all()
+        try:
+            self._conn.close()
+        except Exception:  # closing a broken connection must not mask the cause
+            pass
+        _unregister(self)
+        raise pool.unavailable(self.conninfo, exc) from exc
+
+    # -- the closer thread ------------------------------------------------------------------------
+
+    def _run_closer(self) -> None:
+        """While publishing pauses: send an open group's Sync once the commit in flight is answered, and
+        read answers as they come (a refused publish is logged at once)."""
+        while True:
+            with self._lock:
+                while not self.closed and not self._unanswered and not self._resend:
+                    self._wake.wait()
+                if self.closed:
+                    return
+                sock = self._pg.socket
+            try:
+                select.select([sock], [], [], CLOSER_POLL)
+            except (OSError, ValueError):
+                return  # closed meanwhile
+            with self._lock:
+                if self.closed:
+                    return
+                try:
+                    self._guard(lambda: (self._collect(), self._sync_open()))
+                except Exception as exc:  # logged by _lose; the next publish raises it
+                    self.error = exc
+                    return
+
+
+# Strong references: a forked child keeps its parent's pipelines alive, never collected, so libpq
+# never sends a Terminate on the parent's socket.
+_live: set[Pipeline] = set()
+_live_lock = threading.Lock()
+
+
+def _register(pipeline: Pipeline) -> None:
+    with _live_lock:
+        _live.add(pipeline)
+
+
+def _unregister(pipeline: Pipeline) -> None:
+    with _live_lock:
+        _live.discard(pipeline)
+
+
+def flush_all() -> None:
+    """Wait until the server answered every pipelined publish of this process.
+
+    Raises PublishFailed naming the refused ones (each was also logged), or
+    DatabaseUnavailable when a connection was lost (the unconfirmed task ids
+    were logged).
+    """
+    pid = os.getpid()
+    with _live_lock:
+        mine = [p for p in _live if p.pid == pid]
+    failure: BaseException | None = None
+    for pipeline in mine:
+        try:
+            pipeline.flush()
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+
+
+def close_all() -> None:
+    """Wait for the answers of every pipeline of this process, then close them (exit, pool child shutdown)."""
+    pid = os.getpid()
+    with _live_lock:
+        mine = [p for p in _live if p.pid == pid]
+    for pipeline in mine:
+        try:
+            pipeline.close()
+        except Exception as exc:  # at exit: report, never raise
+            logger.error("pipelined publishes not confirmed at exit: %s", exc)
+
+
+def _on_pool_child_exit(**_: Any) -> None:
+    close_all()
+
+
+atexit.register(close_all)
+# A prefork pool child leaves through os._exit(), past atexit: Celery's signal is its last word.
+try:
+    from celery import signals
+except ImportError:  # pragma: no cover - Kombu without Celery
+    pass
+else:
+    signals.worker_process_shutdown.connect(_on_pool_child_exit, weak=False)

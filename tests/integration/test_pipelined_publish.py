@@ -1,0 +1,146 @@
+"""``confirm_publish: False``: ``delay()`` returns before the commit; errors, exit and crashes.
+
+Each test first shows that the publish did not wait: the message table is
+locked (``LOCK TABLE … IN SHARE MODE`` blocks every insert) while ``delay()``
+returns, and nothing is stored yet. Then it checks what the README promises:
+a refused publish is logged with its task id and raised by the next publish,
+an exiting client flushes, a SIGKILLed one loses at most the unanswered
+publishes (``pipeline.DEPTH``) and nothing it published before a flush, and
+a lost connection logs the task ids it may have lost while publishing goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+import celery_durable
+from celery_durable.exceptions import PublishFailed
+from celery_durable.transport import pipeline
+from tests.apps.transport_app import Harness, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 60
+
+
+@pytest.fixture
+def h(pg_url, schema, worker_env):
+    harness = Harness(pg_url, schema, {**worker_env, "CELERY_DURABLE_CONFIRM_PUBLISH": "false"}, None)
+    yield harness
+    harness.close()
+
+
+def stored_args(h: Harness) -> list[int]:
+    """The arguments of the stored ``t.echo.delay(i)`` messages, sorted."""
+    rows = h.q("SELECT payload FROM {s}.message WHERE task = 't.echo'")
+    return sorted(json.loads(base64.b64decode(json.loads(p)["body"]))[0][0] for (p,) in rows)
+
+
+@contextmanager
+def table_locked(h: Harness):
+    """Block every insert into the message table until the block ends."""
+    with psycopg.connect(h.url) as conn:
+        conn.execute(sql.SQL("LOCK TABLE {}.message IN SHARE MODE").format(sql.Identifier(h.schema)))
+        yield
+        conn.commit()
+
+
+class Client:
+    """``python -m tests.apps.pipelined_client``: a real client process driven by its stdin."""
+
+    def __init__(self, env: dict, *steps: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.apps.pipelined_client", *steps], cwd=ROOT, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def expect(self, prefix: str) -> str:
+        """The next line of output, which must start with ``prefix`` (waits, never sleeps)."""
+        line = self.proc.stdout.readline()
+        if not line.startswith(prefix):
+            self.proc.kill()
+            raise AssertionError(f"expected {prefix!r}, got {line!r}; stderr: {self.proc.stderr.read()[-2000:]}")
+        return line
+
+    def go(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(WAIT)
+
+
+def test_delay_returns_before_the_commit_and_a_refused_publish_surfaces_on_the_next(h, caplog):
+    h.q("CREATE FUNCTION {s}.refuse() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN IF NEW.payload LIKE '%%refuse me%%' THEN RAISE EXCEPTION 'refused by a test trigger'; END IF;"
+        " RETURN NEW; END $$")
+    h.q("CREATE TRIGGER refuse BEFORE INSERT ON {s}.message FOR EACH ROW EXECUTE FUNCTION {s}.refuse()")
+    echo = h.task("echo")
+    with table_locked(h):
+        first = echo.delay(1)  # returns although no insert can run yet
+        assert h.messages() == 0
+    caplog.set_level(logging.ERROR, logger="celery_durable.transport.pipeline")
+    refused = echo.delay("refuse me")  # returns: the server has not answered yet
+    with pytest.raises(PublishFailed, match=refused.id):
+        for _ in range(1000):  # the next publish raises once the answer has arrived
+            echo.delay(2)
+    assert refused.id in caplog.text and "refused by a test trigger" in caplog.text
+    last = echo.delay(3)  # the error was raised once; publishing goes on
+    celery_durable.flush_publishes()  # waits for every answer
+    ids = {r[0] for r in h.q("SELECT payload::jsonb -> 'headers' ->> 'id' FROM {s}.message")}
+    assert first.id in ids and last.id in ids and refused.id not in ids
+
+
+def test_an_exiting_client_flushes_its_publishes(h):
+    with table_locked(h):
+        client = Client(h.env, "publish:50")
+        client.expect("published 50")  # every delay() returned, nothing could be stored yet
+        assert h.messages() == 0
+    # The client's interpreter exits now; atexit waits for the answers before the socket closes.
+    assert client.proc.wait(WAIT) == 0, client.proc.stderr.read()
+    assert stored_args(h) == list(range(50))
+
+
+def test_a_killed_client_loses_at_most_the_unanswered_publishes_and_nothing_flushed(h):
+    client = Client(h.env, "wait", "publish:20", "wait", "flush", "wait", "publish:2000", "wait")
+    with table_locked(h):
+        client.go()
+        client.expect("published 20")
+        assert h.messages() == 0  # delay() returned 20 times without a commit
+    client.go()
+    client.expect("flushed")  # flush_publishes() waited for every answer
+    client.go()
+    client.expect("published 2020")
+    client.kill()  # SIGKILL right after the last delay() returned
+    args = stored_args(h)
+    assert args[:20] == list(range(20)), "a publish answered before the kill was lost"
+    assert len(args) == len(set(args)), "a message was stored twice"
+    assert len(args) >= 2020 - pipeline.DEPTH, f"{2020 - len(args)} lost, more than pipeline.DEPTH"
+    # what is stored is a prefix: the server runs the statements in order and stops at the crash
+    assert args == list(range(len(args)))
+
+
+def test_a_lost_connection_logs_what_it_may_have_lost_and_publishing_goes_on(h, caplog):
+    caplog.set_level(logging.ERROR, logger="celery_durable.transport.pipeline")
+    echo = h.task("echo")
+    with table_locked(h):
+        pending = [echo.delay(i) for i in range(5)]  # written, blocked on the lock: unanswered
+        blocked = wait_for(lambda: h.q("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                       " AND query LIKE %s", f"%{h.schema}%.message%"), WAIT, "the blocked publish")
+        h.q("SELECT pg_terminate_backend(%s)", blocked[0][0])
+    wait_for(lambda: all(p.id in caplog.text for p in pending), WAIT, "the unanswered publishes to be logged")
+    assert "may be lost" in caplog.text
+    after = echo.delay(99)  # Celery reconnects and retries; a new pipeline carries it
+    celery_durable.flush_publishes()
+    ids = {r[0] for r in h.q("SELECT payload::jsonb -> 'headers' ->> 'id' FROM {s}.message")}
+    assert ids == {after.id}
