@@ -7,6 +7,8 @@ BENCH_COUNTER   Redis URL where counting tasks INCR a key (default redis://127.0
                 executions are counted OUTSIDE the broker/backend under test, with one cheap INCR.
 BENCH_QUEUE     queue the worker consumes (default ``bench``)
 BENCH_SYNCHRONOUS_COMMIT  "0": our transport and backend with synchronous_commit off
+BENCH_CONFIRM_PUBLISH     "0": our transport pipelines publishes (confirm_publish off);
+                          "1" with an amqp:// broker: RabbitMQ publisher confirms on
 
 Importing ``celery_durable`` (when it is importable) registers the postgresql:// broker scheme.
 """
@@ -47,8 +49,13 @@ conf: dict = dict(
 )
 #: "0": our synchronous_commit setting off (the pg-nosync config).
 SYNCHRONOUS_COMMIT = os.environ.get("BENCH_SYNCHRONOUS_COMMIT", "1") != "0"
+#: Our transport: "0" pipelines publishes. An amqp:// broker: "1" turns publisher confirms on.
+CONFIRM_PUBLISH = os.environ.get("BENCH_CONFIRM_PUBLISH", "")
 if _is_ours(BROKER):
-    conf["broker_transport_options"] = {"schema": SCHEMA, "synchronous_commit": SYNCHRONOUS_COMMIT}
+    conf["broker_transport_options"] = {"schema": SCHEMA, "synchronous_commit": SYNCHRONOUS_COMMIT,
+                                        "confirm_publish": CONFIRM_PUBLISH != "0"}
+elif BROKER.startswith("amqp") and CONFIRM_PUBLISH == "1":
+    conf["broker_transport_options"] = {"confirm_publish": True}
 if _is_ours(BACKEND):
     conf["result_backend_transport_options"] = {"schema": SCHEMA, "synchronous_commit": SYNCHRONOUS_COMMIT}
 app.conf.update(conf)

@@ -4,7 +4,7 @@ Each config is a broker URL + result backend URL passed to ``benchmarks.app`` by
 environment variables. Redis databases are separate per role so nothing we
 measure shares a keyspace with the execution counter (db 15) or with other
 users of the server (db 0): broker 10, results 11, pg-on-redis broker 12,
-rabbitmq results 13.
+rabbitmq results 13 (both rabbitmq configs; they never run at the same time).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ class Config:
     broker: str
     backend: str
     description: str
+    #: What a returned ``delay()`` means with this broker (the report's guarantee row).
+    guarantee: str = ""
     #: The postgresql:// transport/backend of this package is involved.
     ours_broker: bool = False
     ours_backend: bool = False
@@ -56,22 +58,34 @@ class Config:
         return env
 
 
+#: What a returned delay() means, by broker (the report's first row; benchmarks/README explains each).
+COMMITTED = "committed, on disk"
+PIPELINED = "sent; committed moments later"
+NOT_FLUSHED = "committed, not yet on disk"
+IN_MEMORY = "in Redis's memory"
+CONFIRMED = "confirmed: persisted by RabbitMQ"
+UNCONFIRMED = "in the client's socket"
+
 CONFIGS: dict[str, Config] = {
     c.name: c
     for c in [
-        Config("pg", PG_URL, PG_URL, "postgresql:// broker + postgresql:// backend (schema bench)",
+        Config("pg", PG_URL, PG_URL, "postgresql:// broker + postgresql:// backend (schema bench)", COMMITTED,
                ours_broker=True, ours_backend=True),
+        Config("pg-pipelined", PG_URL, PG_URL, "pg with confirm_publish=false: publishes pipelined, committed in groups",
+               PIPELINED, ours_broker=True, ours_backend=True, extra_env={"BENCH_CONFIRM_PUBLISH": "0"}),
         Config("pg-nosync", PG_URL, PG_URL, "pg with synchronous_commit=false: publishes and results skip the fsync",
-               ours_broker=True, ours_backend=True, extra_env={"BENCH_SYNCHRONOUS_COMMIT": "0"}),
-        Config("redis", f"{REDIS}/10", f"{REDIS}/11", "redis broker + redis results"),
-        Config("rabbitmq", AMQP, f"{REDIS}/13", "amqp broker (RabbitMQ) + redis results"),
+               NOT_FLUSHED, ours_broker=True, ours_backend=True, extra_env={"BENCH_SYNCHRONOUS_COMMIT": "0"}),
+        Config("redis", f"{REDIS}/10", f"{REDIS}/11", "redis broker + redis results", IN_MEMORY),
+        Config("rabbitmq-confirm", AMQP, f"{REDIS}/13", "amqp broker with publisher confirms + redis results",
+               CONFIRMED, extra_env={"BENCH_CONFIRM_PUBLISH": "1"}),
+        Config("rabbitmq", AMQP, f"{REDIS}/13", "amqp broker (RabbitMQ, defaults) + redis results", UNCONFIRMED),
         Config(
             "sqla",
             f"sqla+postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{PG_DB}",
             f"db+postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{PG_DB}",
-            "kombu sqla+ broker + Celery db+ backend (SQLAlchemy, psycopg 3)",
+            "kombu sqla+ broker + Celery db+ backend (SQLAlchemy, psycopg 3)", COMMITTED,
         ),
-        Config("pg-on-redis", f"{REDIS}/12", PG_URL, "redis broker + postgresql:// backend",
+        Config("pg-on-redis", f"{REDIS}/12", PG_URL, "redis broker + postgresql:// backend", IN_MEMORY,
                ours_backend=True),
     ]
 }

@@ -36,8 +36,8 @@ QUICK = {
     "timeout": 180,
     #: pg-only workloads run in the first round only in quick mode (they compare nothing across configs)
     "once": ["backlog", "idle"],
-    "throughput": {"n": 2000},
-    "throughput-threads": {"n": 2000},
+    "throughput": {"n": 5000},
+    "throughput-threads": {"n": 5000},
     "latency": {"count": 200, "budget": 10, "warmup": 5},
     "chain": {"count": 10, "budget": 15},
     "chord": {"count": 3, "budget": 10},
@@ -375,6 +375,39 @@ def fmt(v: float) -> str:
     return f"{v:.2f}"
 
 
+#: Issue 13's targets: (label, config, metric, reference config, reference metric, "≥"/"≤", bound).
+TARGETS = [
+    ("end to end, ours (default) vs RabbitMQ with confirms", "pg", "e2e_tps", "rabbitmq-confirm", "e2e_tps", "≥", 1.25),
+    ("end to end, ours pipelined vs RabbitMQ default", "pg-pipelined", "e2e_tps", "rabbitmq", "e2e_tps", "≥", 1.0),
+    ("enqueue delay()/s, ours pipelined vs Redis", "pg-pipelined", "enqueue_tps", "redis", "enqueue_tps", "≥", 1.0),
+    ("consumer alone, ours vs RabbitMQ", "pg", "drain_tps", "rabbitmq", "drain_tps", "≥", 1.0),
+    ("delay().get() p50, ours vs Redis", "pg", "latency_p50_ms", "redis", "latency_p50_ms", "≤", 1.0),
+    ("chain of 10, ours vs Redis", "pg", "chain10_ms", "redis", "chain10_ms", "≤", 1.0),
+    ("durable_chain of 10 vs our plain chain of 10", "pg", "durable_chain10_ms", "pg", "chain10_ms", "≤", 1.1),
+]
+
+
+def round_ratio(agg: dict, cfg: str, metric: str, ref_cfg: str, ref_metric: str) -> float | None:
+    """Median over rounds of cfg/metric divided by ref_cfg/ref_metric measured in the same round."""
+    mine, ref = agg.get(cfg, {}).get(metric), agg.get(ref_cfg, {}).get(ref_metric)
+    if not mine or not ref:
+        return None
+    ratios = [v / ref["by_round"][r] for r, v in mine["by_round"].items() if ref["by_round"].get(r)]
+    return statistics.median(ratios) if ratios else None
+
+
+def targets(agg: dict) -> list[str]:
+    out = ["| target | ratio (median over rounds) | bound | met |", "|---|---|---|---|"]
+    for label, cfg, metric, ref_cfg, ref_metric, op, bound in TARGETS:
+        ratio = round_ratio(agg, cfg, metric, ref_cfg, ref_metric)
+        if ratio is None:
+            out.append(f"| {label} | – | {op} {bound} | not measured |")
+            continue
+        met = ratio >= bound if op == "≥" else ratio <= bound
+        out.append(f"| {label} | {ratio:.2f}× | {op} {bound} | {'yes' if met else '**no**'} |")
+    return out
+
+
 def report(run: dict) -> str:
     agg = aggregate(run)
     run["summary"] = {c: {k: {x: m[x] for x in ("median", "min", "max", "n", "ratio") if x in m}
@@ -391,6 +424,7 @@ def report(run: dict) -> str:
     out.append("")
     out.append("| metric | unit | " + " | ".join(cols) + " |")
     out.append("|---|---|" + "---|" * len(cols))
+    out.append("| a returned `delay()` is | | " + " | ".join(CONFIGS[c].guarantee for c in cols) + " |")
     for metric, (unit, better, _) in METRICS.items():
         if not any(metric in agg.get(c, {}) for c in cols):
             continue
@@ -406,6 +440,10 @@ def report(run: dict) -> str:
             cells.append(cell)
         arrow = "↑" if better == "higher" else "↓"
         out.append(f"| {metric} {arrow} | {unit} | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append("Targets (issue 13; each ratio is taken within a round, then the median over rounds):")
+    out.append("")
+    out.extend(targets(agg))
     out.append("")
     if run["skipped"]:
         out.append("Skipped:")
