@@ -161,7 +161,7 @@ class Pipeline:
     def flush(self) -> None:
         """Commit the open group and wait for every answer; raise PublishFailed for refused publishes."""
         with self._lock:
-            if not self.closed:
+            if not self.closed and (self._unanswered or self._resend):  # nothing owed: no round trip
                 self._guard(lambda: self._wait(lambda: not self._unanswered, sync=True))
             self._raise_failed()
 

@@ -144,3 +144,22 @@ def test_a_lost_connection_logs_what_it_may_have_lost_and_publishing_goes_on(h, 
     celery_durable.flush_publishes()
     ids = {r[0] for r in h.q("SELECT payload::jsonb -> 'headers' ->> 'id' FROM {s}.message")}
     assert ids == {after.id}
+
+
+@pytest.mark.own_servers
+@pytest.mark.parametrize("synchronous_commit", ["true", "false"])
+def test_pipelined_publishes_through_pgbouncer(pg_cluster, pgbouncer, synchronous_commit):
+    """PgBouncer 1.18 in transaction mode carries many Syncs in flight and a relaxed group's set_config."""
+    cluster = pg_cluster()
+    bouncer = pgbouncer(cluster)
+    env = {"CELERY_DURABLE_URL": bouncer.url(), "CELERY_DURABLE_SCHEMA": "pipe",
+           "CELERY_DURABLE_CONFIRM_PUBLISH": "false", "CELERY_DURABLE_SYNCHRONOUS_COMMIT": synchronous_commit}
+    h = Harness(cluster.url(), "pipe", env, None)
+    try:
+        echo = h.task("echo")
+        for i in range(2000):
+            echo.delay(i)
+        celery_durable.flush_publishes()
+        assert stored_args(h) == list(range(2000))
+    finally:
+        h.close()
