@@ -16,7 +16,8 @@ def durable(ctx: click.Context, url: str | None, schema: str | None) -> None:
 
     --url and --schema go before or after the command name.
     """
-    appname.set_role("cli")  # its connections show as <name>:cli in pg_stat_activity
+    previous = appname.set_role("cli")  # its connections show as <name>:cli in pg_stat_activity
+    ctx.call_on_close(lambda: appname.set_role(previous))  # (the CLI may run inside another process)
     celery_ctx = ctx.find_root().obj if ctx.parent is not None else None
     given = _given(ctx, url, schema, None)
     given.app = getattr(celery_ctx, "app", None)

@@ -31,10 +31,11 @@ _worker_pid: int | None = None
 _thread = threading.local()
 
 
-def set_role(role: str) -> None:
-    """Name this process's part (``cli``, ``beat``…); connections made from now on carry it."""
+def set_role(role: str) -> str:
+    """Name this process's part (``cli``, ``beat``…) for connections made from now on; returns the previous one."""
     global _process_role
-    _process_role = role
+    previous, _process_role = _process_role, role
+    return previous
 
 
 def set_thread_component(component: str | None) -> None:

@@ -5,7 +5,9 @@ Environment: CELERY_DURABLE_URL (broker and backend; PgBouncer, TLS or a
 multi-host list), CELERY_DURABLE_SCHEMA, CELERY_DURABLE_LISTEN_URL
 (``listen_url``), CELERY_DURABLE_AUTO_MIGRATE (default true),
 CELERY_DURABLE_RECORD_URL (where executions are counted; default the URL),
-CELERY_DURABLE_LEASE (default 30), CELERY_DURABLE_STEP_SLEEP (seconds the
+CELERY_DURABLE_POOL_MAX (``pool_max_size``, default 10),
+CELERY_DURABLE_LEASE (default 30), CELERY_DURABLE_BEAT (1: beat sends
+``topo.record("beat")`` every second), CELERY_DURABLE_STEP_SLEEP (seconds the
 ``reserve`` step takes after its write; default 0).
 
 Executions are counted in ``<schema>.executions`` through a connection of the
@@ -50,6 +52,7 @@ def make_app(env: dict | None = None) -> Celery:
         "lease_seconds": float(env.get("CELERY_DURABLE_LEASE", "30")),
         "polling_interval": 1.0,
         "connect_timeout": 3,
+        "pool_max_size": int(env.get("CELERY_DURABLE_POOL_MAX", "10")),
     }
     app = Celery("topology_app", set_as_current=False)
     app.conf.update(
@@ -64,6 +67,8 @@ def make_app(env: dict | None = None) -> Celery:
         task_serializer="json",
         accept_content=["json"],
     )
+    if env.get("CELERY_DURABLE_BEAT") == "1":
+        app.conf.beat_schedule = {"tick": {"task": "topo.record", "schedule": 1.0, "args": ("beat",)}}
     app.task(name="topo.add")(add)
     app.task(name="topo.tsum")(tsum)
     app.task(name="topo.record", acks_late=True)(record)
