@@ -13,6 +13,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -105,8 +106,6 @@ class WorkflowAdmin(ReadOnlyAdmin):
 
     def restart_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         if not self.has_operate_permission(request):
-            from django.core.exceptions import PermissionDenied
-
             raise PermissionDenied
         obj = get_object_or_404(Workflow.objects.all(), pk=object_id)
         form = RestartForm(request.POST or None, step_count=obj.step_count)

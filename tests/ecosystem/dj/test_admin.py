@@ -117,3 +117,16 @@ def test_pages_work_in_a_server_thread(live_server, admin_client, django_project
     with urllib.request.urlopen(urllib.request.Request(url, headers={"Cookie": cookie}), timeout=60) as response:
         page = response.read().decode()
     assert "<code>42</code>" in page and "succeeded" in page
+
+
+def test_viewers_see_but_cannot_act(client, django_user_model, django_project):
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(codename__in=["view_workflow", "view_deadletter"]))
+    client.force_login(viewer)
+    wf = durable_chain(add.s(1, 1)).apply_async()  # no worker needed: it only has to exist
+    page = client.get(reverse("admin:celery_durable_workflow_changelist")).content.decode()
+    assert wf.id in page and 'name="action"' not in page
+    assert client.get(reverse("admin:celery_durable_workflow_restart", args=[wf.id])).status_code == 403
+    assert 'name="action"' not in client.get(reverse("admin:celery_durable_deadletter_changelist")).content.decode()
