@@ -93,6 +93,7 @@ class Listener:
         self._wanted: Counter[str] = Counter()  # channel -> waits on it
         self._listening: set[str] = set()  # committed on the server
         self._unread = 0  # UNLISTENs sent whose replies were not read yet
+        self._reading = False  # the connection's holder is blocked reading (not subscribing)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -280,14 +281,18 @@ class Listener:
         with self._read_done:
             reads = self._reads
         if not self._use.acquire(blocking=False):
-            with self._read_done:
-                if self._reads == reads:
-                    self._read_done.wait(timeout)
-            return
+            if self._reading:  # its read delivers to every consumer: wait for it
+                with self._read_done:
+                    if self._reads == reads:
+                        self._read_done.wait(timeout)
+                return
+            self._use.acquire()  # a subscription or an UNLISTEN: short; then read here
         ids: dict[str, tuple | None] = {}
+        self._reading = True
         try:
             ids = self._read(timeout)  # task id -> inline meta or None
         finally:
+            self._reading = False
             self._use.release()
             with self._read_done:
                 self._reads += 1

@@ -123,6 +123,30 @@ def test_a_wait_listens_to_its_own_channel_only_while_it_waits(make):
     assert server_channels(backend) == []
 
 
+def test_threads_waiting_at_once_share_one_listener(make):
+    app = make()
+    errors, done = [], []
+
+    def waiter(n):
+        backend = app.backend  # Celery gives each thread its own backend (and consumer)
+        try:
+            for i in range(5):
+                task_id = f"t{n}-{i}"
+                threading.Timer(0.05, backend.store_result, (task_id, [n, i], states.SUCCESS)).start()
+                assert app.AsyncResult(task_id).get(timeout=20) == [n, i]
+            done.append(n)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=waiter, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and sorted(done) == list(range(8))
+    assert server_channels(app.backend) == []
+
+
 def test_an_abandoned_join_stops_listening(make):
     app = make()
     backend = app.backend
