@@ -72,6 +72,7 @@ def test_wrong_ca_says_certificate_verification_failed(tls_server):
     url = cluster.url(sslmode="verify-full", sslrootcert=str(certs.wrong_ca))
     result = _cli(url, "queues")
     assert result.exit_code == 1 and "certificate verify failed" in result.output, result.output
+    assert f"postgres@127.0.0.1:{cluster.port}/postgres" in result.output  # which server refused
     with pytest.raises(Exception, match="certificate verify failed"):
         kombu.Connection(url, transport_options={"schema": SCHEMA, "connect_timeout": 3}).connect()
 
