@@ -6,6 +6,11 @@ mode) and the deletion of its own message, fenced by its lease token. A crash
 before the commit re-runs the step with its writes rolled back; after the
 commit nothing of it runs again. The workflow row is locked first, so group
 members finishing together agree on which of them sends the next step.
+
+A step costs two round trips: one read before it runs (is it finished, or
+stopped?), and its whole commit pipelined in one, built on that read; guards
+in the pipeline abort it when the read went stale while the step ran, and the
+same transaction then takes the checking path (lock, look, decide).
 """
 
 from __future__ import annotations
@@ -84,96 +89,53 @@ FINISHED = "already finished"
 STOPPED = "belongs to a stopped or superseded run"
 
 
-def finished_result(store: Store, ref: StepRef) -> tuple[str | None, Any]:
-    """(FINISHED, result) for a step with a checkpoint, (STOPPED, None) for one that must not run, else (None, None)."""
+@dataclass
+class Before:
+    """What a step found before it ran: whether to run it, and what its commit can build on."""
+
+    verdict: str | None
+    value: Any = None
+    status: str | None = None
+    current_step: int | None = None
+    steps: Any = None
+    result_id: str | None = None
+
+
+def before_run(store: Store, ref: StepRef) -> Before:
+    """Read the step's workflow once: FINISHED (with its result) or STOPPED steps must not run.
+
+    A step that runs (verdict None) keeps what was read, so that its commit
+    can go out in one round trip (``commit_success``).
+    """
     with store.connection() as conn:
         row = conn.execute(store.queries["step_state"],
                            {"id": ref.workflow_id, "step": ref.index, "member": ref.member}).fetchone()
         if row is None or row[1] != ref.generation or row[0] in ("cancelled", "succeeded"):
             with conn.transaction():
                 release(store, conn, ref)
-            return STOPPED, None
+            return Before(STOPPED)
         if row[2] is not None:
             with conn.transaction():
                 release(store, conn, ref)
-            return FINISHED, decode(store.app, row[2], row[3])
-    return None, None
+            return Before(FINISHED, decode(store.app, row[2], row[3]))
+    return Before(None, None, row[0], row[4], row[5], row[6])
 
 
-def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, result: Any) -> None:
+def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, result: Any,
+                   before: Before | None = None) -> None:
     """Checkpoint the step and move the workflow on, in the step's transaction.
 
+    A task step whose workflow was running at it when it started (``before``)
+    commits in one pipelined round trip; if a guard finds that something
+    changed meanwhile, the same transaction takes the checking path.
     Raises LeaseLost (everything rolled back) when another worker now holds
     the message. A checkpoint wins over a failure another attempt of the same
     step recorded (a duplicate behind Redis/RabbitMQ): the workflow runs on.
     """
-    app = store.app
-    q = store.queries
     own = step._conn is None
     conn = store.borrow() if own else step._conn
-    next_send: list = []
     try:
-        content_type, data = encode(app, result)
-        # One round trip: lock, checkpoint and fenced delete go out together; if the answers
-        # say this attempt must not count, the whole transaction is rolled back below.
-        try:
-            with conn.pipeline():
-                if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                    conn.execute("BEGIN")
-                locked = conn.execute(q["workflow_lock"], {"id": ref.workflow_id})
-                inserting = conn.execute(q["checkpoint_insert"], {
-                    "id": ref.workflow_id, "step": ref.index, "member": ref.member, "task_id": task.request.id,
-                    "task_name": task.name, "content_type": content_type, "result": data,
-                    "attempts": (task.request.retries or 0) + 1,
-                })
-                releasing = _release_cursor(store, conn, ref)
-                if not store.atomic:
-                    conn.execute(q["sent_step_done"], {"id": ref.workflow_id, "path": ref.path})
-        except psycopg.errors.ForeignKeyViolation:
-            _abandon(store, conn, ref, "has no workflow row any more (deleted?): not checkpointed")
-            return
-        wf, inserted = locked.fetchone(), inserting.fetchone()
-        released = releasing is None or releasing.fetchone() is not None
-        if wf is None or wf[2] != ref.generation:
-            _abandon(store, conn, ref, "belongs to a superseded run: not checkpointed")
-            return
-        status, current, _gen, steps_json, result_id, _atomic = wf
-        if inserted is None:
-            # Another attempt finished this step first: keep its outcome, drop ours.
-            _abandon(store, conn, ref, "already finished: this attempt's writes rolled back")
-            return
-        if not released:
-            conn.execute("ROLLBACK")
-            raise LeaseLost(f"lost the lease of step {ref.index} of workflow {ref.workflow_id}: rolled back")
-        steps = decode_steps(steps_json)
-        value = result
-        if steps[ref.index].kind == "group":
-            rows = conn.execute(q["checkpoint_members"], {"id": ref.workflow_id, "step": ref.index}).fetchall()
-            if len(rows) < len(steps[ref.index].signatures):
-                conn.execute("COMMIT")
-                return
-            value = [decode(app, ct, blob) for _member, ct, blob in rows]
-        revive = status == "failed" and current == ref.index
-        # The rest goes out in a second round trip, COMMIT included; a failing statement
-        # aborts the transaction and surfaces when the pipeline syncs (rolled back below).
-        with conn.pipeline():
-            if revive:
-                logger.warning("durable step %s of workflow %s succeeded after another attempt of it failed: "
-                               "its checkpoint wins, the workflow runs on", ref.path, ref.workflow_id)
-                conn.execute(q["workflow_revive"], {"id": ref.workflow_id})
-                conn.execute(store.backend.queries["result_delete"], (result_id,))
-            if status == "running" or revive:
-                following = ref.index + 1
-                if following < len(steps):
-                    conn.execute(q["workflow_advance"], {"id": ref.workflow_id, "step": following})
-                    next_send = stage(store, conn, ref.workflow_id, ref.generation,
-                                      plan(ref.workflow_id, steps, following, value, ref.generation))
-                else:
-                    conn.execute(q["workflow_finish"], {
-                        "id": ref.workflow_id, "status": "succeeded", "error": None, "step": ref.index,
-                    })
-                    store.backend.store_result_in(conn, result_id, value, states.SUCCESS)
-            conn.execute("COMMIT")
+        next_send = _commit(store, conn, ref, task, result, before)
     except BaseException:
         if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.execute("ROLLBACK")
@@ -181,7 +143,129 @@ def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, res
     finally:
         if own:
             store.give_back(conn)
-    send(app, next_send)
+    send(store.app, next_send)
+
+
+def _commit(store: Store, conn: psycopg.Connection, ref: StepRef, task: Any, result: Any,
+            before: Before | None) -> list:
+    """The step's transaction from its checkpoint to COMMIT (or rollback); return the messages to send after it."""
+    app = store.app
+    q = store.queries
+    content_type, data = encode(app, result)
+    checkpoint_params = {
+        "id": ref.workflow_id, "step": ref.index, "member": ref.member, "task_id": task.request.id,
+        "task_name": task.name, "content_type": content_type, "result": data,
+        "attempts": (task.request.retries or 0) + 1,
+    }
+    if before is not None and before.status == "running" and before.current_step == ref.index and ref.member < 0:
+        staged = _commit_pipelined(store, conn, ref, before, checkpoint_params, result)
+        if staged is not None:
+            return staged
+    # One round trip: lock, checkpoint and fenced delete go out together; if the answers
+    # say this attempt must not count, the whole transaction is rolled back below.
+    try:
+        with conn.pipeline():
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                conn.execute("BEGIN")
+            locked = conn.execute(q["workflow_lock"], {"id": ref.workflow_id})
+            inserting = conn.execute(q["checkpoint_insert"], checkpoint_params)
+            releasing = _release_cursor(store, conn, ref)
+            if not store.atomic:
+                conn.execute(q["sent_step_done"], {"id": ref.workflow_id, "path": ref.path})
+    except psycopg.errors.ForeignKeyViolation:
+        _abandon(store, conn, ref, "has no workflow row any more (deleted?): not checkpointed")
+        return []
+    wf, inserted = locked.fetchone(), inserting.fetchone()
+    released = releasing is None or releasing.fetchone() is not None
+    if wf is None or wf[2] != ref.generation:
+        _abandon(store, conn, ref, "belongs to a superseded run: not checkpointed")
+        return []
+    status, current, _gen, steps_json, result_id, _atomic = wf
+    if inserted is None:
+        # Another attempt finished this step first: keep its outcome, drop ours.
+        _abandon(store, conn, ref, "already finished: this attempt's writes rolled back")
+        return []
+    if not released:
+        conn.execute("ROLLBACK")
+        raise LeaseLost(f"lost the lease of step {ref.index} of workflow {ref.workflow_id}: rolled back")
+    steps = decode_steps(steps_json)
+    value = result
+    if steps[ref.index].kind == "group":
+        rows = conn.execute(q["checkpoint_members"], {"id": ref.workflow_id, "step": ref.index}).fetchall()
+        if len(rows) < len(steps[ref.index].signatures):
+            conn.execute("COMMIT")
+            return []
+        value = [decode(app, ct, blob) for _member, ct, blob in rows]
+    revive = status == "failed" and current == ref.index
+    next_send: list = []
+    # The rest goes out in a second round trip, COMMIT included; a failing statement
+    # aborts the transaction and surfaces when the pipeline syncs (rolled back by the caller).
+    with conn.pipeline():
+        if revive:
+            logger.warning("durable step %s of workflow %s succeeded after another attempt of it failed: "
+                           "its checkpoint wins, the workflow runs on", ref.path, ref.workflow_id)
+            conn.execute(q["workflow_revive"], {"id": ref.workflow_id})
+            conn.execute(store.backend.queries["result_delete"], (result_id,))
+        if status == "running" or revive:
+            following = ref.index + 1
+            if following < len(steps):
+                conn.execute(q["workflow_advance"], {"id": ref.workflow_id, "step": following})
+                next_send = stage(store, conn, ref.workflow_id, ref.generation,
+                                  plan(ref.workflow_id, steps, following, value, ref.generation))
+            else:
+                conn.execute(q["workflow_finish"], {
+                    "id": ref.workflow_id, "status": "succeeded", "error": None, "step": ref.index,
+                })
+                store.backend.store_result_in(conn, result_id, value, states.SUCCESS)
+        conn.execute("COMMIT")
+    return next_send
+
+
+_SAVEPOINT = "celery_durable_step"
+
+
+def _commit_pipelined(store: Store, conn: psycopg.Connection, ref: StepRef, before: Before,
+                      checkpoint_params: dict, result: Any) -> list | None:
+    """Commit a task step in one round trip, built on what it read before it ran; return what to send after.
+
+    Guards (``step_guard_v1``) and the checkpoint's primary key abort the
+    pipeline when the workflow moved on, the step was finished by another
+    attempt, or the lease was lost; then the transaction goes back to a
+    savepoint (the step's own writes kept) and None says: take the checking path.
+    """
+    q = store.queries
+    steps = decode_steps(before.steps)
+    following = ref.index + 1
+    messages = plan(ref.workflow_id, steps, following, result, ref.generation) if following < len(steps) else []
+    staged: list = []
+    try:
+        with conn.pipeline():
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                conn.execute("BEGIN")
+            conn.execute(f"SAVEPOINT {_SAVEPOINT}")
+            conn.execute(q["step_guard_lock"], {"id": ref.workflow_id, "generation": ref.generation,
+                                                "step": ref.index})
+            conn.execute(q["checkpoint_insert_new"], checkpoint_params)
+            if store.atomic and ref.lease is not None:
+                conn.execute(q["message_release_guarded"], {"id": ref.lease[0], "token": ref.lease[1]})
+            if not store.atomic:
+                conn.execute(q["sent_step_done"], {"id": ref.workflow_id, "path": ref.path})
+            if messages:
+                conn.execute(q["workflow_advance"], {"id": ref.workflow_id, "step": following})
+                staged = stage(store, conn, ref.workflow_id, ref.generation, messages)
+            else:
+                conn.execute(q["workflow_finish"], {
+                    "id": ref.workflow_id, "status": "succeeded", "error": None, "step": ref.index,
+                })
+                store.backend.store_result_in(conn, before.result_id, result, states.SUCCESS)
+            conn.execute("COMMIT")
+    except (psycopg.errors.RaiseException, psycopg.errors.UniqueViolation,
+            psycopg.errors.ForeignKeyViolation) as exc:
+        conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+        logger.info("durable step %s of workflow %s: %s; checking", ref.path, ref.workflow_id,
+                    str(exc).splitlines()[0])
+        return None
+    return staged
 
 
 def _abandon(store: Store, conn: psycopg.Connection, ref: StepRef, why: str) -> None:

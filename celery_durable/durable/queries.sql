@@ -57,13 +57,21 @@ WHERE status IN ('succeeded', 'cancelled', 'failed')
   AND updated_at < now() - %(retention)s * interval '1 second'
 
 -- step_state --
--- Before a step runs: its workflow's status and generation, and its checkpoint if it already
--- finished (a redelivered finished step is not run again). One round trip.
-SELECT w.status, w.generation, c.content_type, c.result
+-- Before a step runs: its workflow's status, generation, current step, steps and result id, and its
+-- checkpoint if it already finished (a redelivered finished step is not run again). One round trip;
+-- what it reads lets the step's commit go out in one more (see step_guard_lock).
+SELECT w.status, w.generation, c.content_type, c.result, w.current_step, w.steps, w.result_task_id
 FROM {schema}.workflow w
 LEFT JOIN {schema}.checkpoint c
        ON c.workflow_id = w.id AND c.step = %(step)s AND c.member = %(member)s
 WHERE w.id = %(id)s
+
+-- step_guard_lock --
+-- Pipelined step commit: lock the workflow; abort unless it still runs this generation at this step.
+SELECT {schema}.step_guard_v1(
+    (SELECT status = 'running' AND generation = %(generation)s AND current_step = %(step)s
+     FROM {schema}.workflow WHERE id = %(id)s FOR UPDATE),
+    'the workflow moved on while the step ran')
 
 -- checkpoint_insert --
 -- Record a finished step; nothing is inserted if another attempt already finished it.
@@ -71,6 +79,11 @@ INSERT INTO {schema}.checkpoint (workflow_id, step, member, task_id, task_name, 
 VALUES (%(id)s, %(step)s, %(member)s, %(task_id)s, %(task_name)s, %(content_type)s, %(result)s, %(attempts)s)
 ON CONFLICT (workflow_id, step, member) DO NOTHING
 RETURNING 1
+
+-- checkpoint_insert_new --
+-- Pipelined step commit: record the finished step; a checkpoint already there aborts the transaction.
+INSERT INTO {schema}.checkpoint (workflow_id, step, member, task_id, task_name, content_type, result, attempts)
+VALUES (%(id)s, %(step)s, %(member)s, %(task_id)s, %(task_name)s, %(content_type)s, %(result)s, %(attempts)s)
 
 -- checkpoint_exists --
 -- Whether one step (or group member) already has its checkpoint: then it is decided.
@@ -101,6 +114,13 @@ DELETE FROM {schema}.checkpoint WHERE workflow_id = %(id)s AND step >= %(step)s
 -- Delete the step's own message, only while this worker's lease still holds it (fencing).
 DELETE FROM {schema}.message WHERE id = %(id)s AND lease_token = %(token)s
 RETURNING id
+
+-- message_release_guarded --
+-- Pipelined step commit: delete the step's own message; abort unless this worker's lease still holds it.
+WITH released AS (
+    DELETE FROM {schema}.message WHERE id = %(id)s AND lease_token = %(token)s RETURNING 1
+)
+SELECT {schema}.step_guard_v1((SELECT count(*) FROM released) = 1, 'lost the lease of the step''s message')
 
 -- sent_step_record --
 -- Broker outside the database: the steps this transaction decides to send, due after their

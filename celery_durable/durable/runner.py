@@ -58,12 +58,12 @@ def _wrap(task: Any) -> None:
 def _run_step(task: Any, header: dict, original: Any, args: tuple, kwargs: dict) -> Any:
     store = Store.for_app(task.app)
     ref = checkpoint.StepRef.from_headers(header, getattr(task.request, LEASE_HEADER, None))
-    state, value = checkpoint.finished_result(store, ref)
-    if state is not None:
-        logger.info("durable step %s of workflow %s %s: not run again", ref.path, ref.workflow_id, state)
-        if state == checkpoint.STOPPED:
+    before = checkpoint.before_run(store, ref)
+    if before.verdict is not None:
+        logger.info("durable step %s of workflow %s %s: not run again", ref.path, ref.workflow_id, before.verdict)
+        if before.verdict == checkpoint.STOPPED:
             raise Ignore()
-        return value
+        return before.value
 
     def open_transaction() -> psycopg.Connection:
         conn = store.borrow()
@@ -96,7 +96,7 @@ def _run_step(task: Any, header: dict, original: Any, args: tuple, kwargs: dict)
         _rollback(store, step)
         raise
     try:
-        checkpoint.commit_success(store, step, ref, task, result)
+        checkpoint.commit_success(store, step, ref, task, result, before)
     except LeaseLost as exc:
         logger.warning("%s", exc)
         raise Ignore() from None

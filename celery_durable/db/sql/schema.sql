@@ -203,6 +203,18 @@ CREATE TABLE {schema}.checkpoint (
     PRIMARY KEY (workflow_id, step, member)
 );
 
+-- A durable step commits in one pipelined round trip, built on what it read before it ran; each
+-- condition that choice relied on (workflow still at this step, lease still held) is checked by
+-- this guard, which aborts the transaction with the reason when one no longer holds.
+CREATE FUNCTION {schema}.step_guard_v1(ok boolean, reason text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF ok IS NOT TRUE THEN
+        RAISE EXCEPTION 'celery_durable step guard: %', reason;
+    END IF;
+END;
+$$;
+
 -- Broker outside the database (Redis, RabbitMQ): one row per step message sent and not yet
 -- checkpointed, written in the transaction that decides to send it, so the sweep can tell a
 -- lost message from a slow one. seen_at is the last sign of life (sent, or held by a worker:
