@@ -2,7 +2,8 @@
 
 A publish inside :func:`celery_durable.in_transaction` is an insert in the
 caller's transaction. Otherwise it commits on a pooled connection (waiting for
-the WAL flush unless ``synchronous_commit`` is off) before ``publish`` returns;
+the WAL flush unless ``synchronous_commit`` is off) before ``publish`` returns,
+together with other threads' publishes of the same moment (:mod:`.committer`);
 with ``confirm_publish`` off it goes down the transport's
 :class:`~.pipeline.Pipeline` instead and ``publish`` does not wait for the
 commit.
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 
 from .. import enqueue
 from ..exceptions import MessageTooLarge
+from .committer import committer
 from .database import Database
 from .notifier import NOTIFY_MESSAGE_MAX
 from .pipeline import Pipeline
@@ -58,8 +60,7 @@ class Publisher:
             task_id = headers.get("id") or props.get("correlation_id") or "?"
             self._pipelined().send(self.db.queries[query], params, str(task_id))
             return
-        with self.db.connection() as conn:
-            self.db.run(conn, query, params, relaxed=not settings.synchronous_commit)
+        committer(self.db.conninfo, settings).publish(self.db.queries[query], params)
 
     def flush(self) -> None:
         """Wait until every pipelined publish is answered; raises PublishFailed for refused ones."""

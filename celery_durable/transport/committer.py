@@ -1,0 +1,131 @@
+"""Group commit for confirmed publishes: threads publishing at the same time share one commit.
+
+A thread that finds no commit in progress commits its message at once, alone,
+exactly as it would without this module. Threads that arrive while a commit is
+in flight queue up; when it returns, the first of them commits the whole queue
+in one transaction (one round trip, one WAL flush, one NOTIFY per queue) and
+wakes the others. Every ``publish`` still returns only once its own message is
+committed. When a statement fails, its group is rolled back and each member is
+committed alone, so only the faulty publish raises.
+
+One committer per database URL, commit mode and process, shared by every
+transport (Kombu gives each pooled producer its own connection and transport).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from ..config import Settings
+from ..db import pool
+
+
+@dataclass(eq=False)
+class _Publish:
+    query: str
+    params: dict[str, Any]
+    #: Made only for a publish that has to wait (a thread that commits at once needs none).
+    done: threading.Event | None = None
+    error: BaseException | None = None
+    #: Set when this publish's thread is to commit a queued group (it heads it).
+    group: list["_Publish"] | None = None
+
+
+class Committer:
+    def __init__(self, conninfo: str, settings: Settings, relaxed: bool) -> None:
+        self.conninfo = conninfo
+        self.settings = settings
+        self.relaxed = relaxed
+        self._lock = threading.Lock()
+        self._busy = False
+        self._queue: list[_Publish] = []
+
+    def publish(self, query: str, params: dict[str, Any]) -> None:
+        """Commit one statement, alone or with those of other threads; raises its own error only."""
+        mine = _Publish(query, params)
+        with self._lock:
+            if self._busy:
+                mine.done = threading.Event()
+                self._queue.append(mine)
+            else:
+                self._busy = True
+                mine.group = [mine]
+        if mine.group is None:
+            mine.done.wait()  # a leader commits it, or hands this thread a group to commit
+            if mine.group is None:
+                if mine.error is not None:
+                    raise mine.error
+                return
+        self._lead(mine.group)
+        if mine.error is not None:
+            raise mine.error
+
+    def _lead(self, group: list[_Publish]) -> None:
+        """Commit ``group``, wake its members, then hand the queue that formed meanwhile to its head."""
+        try:
+            self._commit(group)
+        finally:
+            for member in group[1:]:
+                member.done.set()
+            with self._lock:
+                queued, self._queue = self._queue, []
+                if queued:
+                    queued[0].group = queued
+                    queued[0].done.set()
+                else:
+                    self._busy = False
+
+    def _commit(self, group: list[_Publish]) -> None:
+        try:
+            with pool.connection(self.conninfo, self.settings) as conn:
+                if len(group) > 1:
+                    try:
+                        self._together(conn, group)
+                        return
+                    except psycopg.Error:
+                        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                            raise  # not a refused statement: the connection is in trouble
+                for member in group:  # alone, or each alone after a refused statement
+                    try:
+                        self._alone(conn, member)
+                    except psycopg.Error as exc:
+                        if conn.closed or conn.broken:
+                            raise
+                        member.error = exc
+        except BaseException as exc:  # the connection is lost (or worse): nobody's message is known stored
+            for member in group:
+                if member.error is None:
+                    member.error = exc
+
+    def _together(self, conn: psycopg.Connection, group: list[_Publish]) -> None:
+        with conn.pipeline(), conn.transaction():
+            if self.relaxed:
+                conn.execute(pool.NO_FLUSH_WAIT)
+            for member in group:
+                conn.execute(member.query, member.params)
+
+    def _alone(self, conn: psycopg.Connection, member: _Publish) -> None:
+        if self.relaxed:
+            pool.execute_relaxed(conn, member.query, member.params)
+        else:
+            conn.execute(member.query, member.params)
+
+
+_committers: dict[tuple[str, bool, int], Committer] = {}
+_lock = threading.Lock()
+
+
+def committer(conninfo: str, settings: Settings) -> Committer:
+    """The committer for this URL and commit mode in this process (a forked child gets its own)."""
+    relaxed = not settings.synchronous_commit
+    key = (conninfo, relaxed, os.getpid())
+    found = _committers.get(key)
+    if found is None:
+        with _lock:
+            found = _committers.setdefault(key, Committer(conninfo, settings, relaxed))
+    return found
