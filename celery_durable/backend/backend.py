@@ -28,19 +28,18 @@ from celery.result import result_from_tuple
 from kombu.serialization import loads
 from kombu.utils.encoding import bytes_to_str
 
+from .. import maintenance
 from ..config import Settings
 from ..exceptions import DatabaseUnavailable, ResultTooLarge, SchemaError
 from ..db import dsn, pool
 from ..db.queries import load
+from ..maintenance import Expiry
 from .chain_failure import ChainFailureMixin
 from .chords import ChordMixin
 from . import notify
 from .consumer import ResultConsumer
 
 logger = logging.getLogger(__name__)
-
-#: Rows deleted per table and statement by an expiry run.
-EXPIRE_BATCH_DEFAULT = 1000
 
 # Per process: when this process last tried an opportunistic expiry run, per database and schema.
 _last_expiry: dict[tuple[str, str, int], float] = {}
@@ -268,23 +267,34 @@ class PostgresBackend(ChainFailureMixin, ChordMixin, Backend, AsyncBackendMixin)
 
     # -- expiry ---------------------------------------------------------------------------------------
 
+    def expiries(self) -> list[Expiry]:
+        """The backend's share of maintenance: expired results, group results and chords, in batches."""
+        q = self.queries
+        return [
+            Expiry("expired results", q["result_expire_batch"]),
+            Expiry("expired group results", q["group_result_expire_batch"]),
+            Expiry("expired chords", q["chord_expire_batch"]),
+        ]
+
     def cleanup(self) -> None:
-        """Delete every expired result, group and chord (beat's ``celery.backend_cleanup``); blocks until done."""
-        total = 0
-        with self._db() as conn:
-            while True:
-                deleted = self._expire_once(conn, EXPIRE_BATCH_DEFAULT, try_lock=False)
-                total += deleted
-                if deleted < EXPIRE_BATCH_DEFAULT:
-                    break
+        """Delete every expired result, group and chord (beat's ``celery.backend_cleanup``); blocks until done.
+
+        Batches under the maintenance lock, waiting for its turn when a worker's maintenance holds it.
+        """
+        service = maintenance.for_database(self.conninfo, self.settings)
+        total = sum(service.expire(self.expiries(), deadline=None, wait=True).values())
         logger.info("celery_durable backend cleanup: %d expired rows deleted", total)
 
     def _maybe_expire(self) -> None:
-        """At most once per ``maintenance_interval`` per process, delete one batch of expired rows.
+        """Outside workers, at most once per ``maintenance_interval`` per process, delete one batch of expired rows.
 
-        Needs no beat. Runs under a try-advisory-lock, so processes never queue
-        behind each other; errors are logged, never raised into the task.
+        Needs no beat. A worker's maintenance service does this in its own thread;
+        other processes that store results do one batch per table here, under
+        the same policy (try-lock, row limit). Errors are logged, never raised
+        into the caller.
         """
+        if maintenance.in_worker():
+            return
         key = (self.conninfo, self.settings.schema, os.getpid())
         now = time.monotonic()
         last = _last_expiry.get(key)
@@ -292,20 +302,7 @@ class PostgresBackend(ChainFailureMixin, ChordMixin, Backend, AsyncBackendMixin)
             return
         _last_expiry[key] = now
         try:
-            with self._db() as conn:
-                self._expire_once(conn, EXPIRE_BATCH_DEFAULT, try_lock=True)
+            service = maintenance.for_database(self.conninfo, self.settings)
+            service.expire(self.expiries(), deadline=now + maintenance.RUN_SECONDS, batches=1)
         except Exception:  # noqa: BLE001 - expiry must never fail a task
             logger.warning("celery_durable: expiring old results failed", exc_info=True)
-
-    def _expire_once(self, conn: psycopg.Connection, limit: int, *, try_lock: bool) -> int:
-        """One batch per table in one transaction; 0 when another process holds the expiry lock."""
-        q = self.queries
-        with conn.transaction():
-            if try_lock:
-                locked = conn.execute(q["cleanup_try_lock"], (f"celery_durable:{self.settings.schema}:expire",))
-                if not locked.fetchone()[0]:
-                    return 0
-            deleted = 0
-            for name in ("result_expire_batch", "group_result_expire_batch", "chord_expire_batch"):
-                deleted = max(deleted, conn.execute(q[name], (limit,)).rowcount)
-        return deleted

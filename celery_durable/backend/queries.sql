@@ -83,9 +83,10 @@ SELECT EXISTS (SELECT 1 FROM {schema}.result WHERE task_id = %s)
 DELETE FROM {schema}.result WHERE task_id = %s
 
 -- result_expire_batch --
--- Delete a bounded batch of expired results, so one cleanup never holds locks for long.
+-- Maintenance: a batch of expired results (rows others hold are skipped).
 DELETE FROM {schema}.result
-WHERE task_id IN (SELECT task_id FROM {schema}.result WHERE expires_at < now() LIMIT %s)
+WHERE task_id IN (SELECT task_id FROM {schema}.result WHERE expires_at < now()
+                  LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 
 -- group_result_upsert --
 -- GroupResult.save(): the member ids as Celery's result tuple, encoded.
@@ -108,9 +109,10 @@ SELECT content_type, content_encoding, meta FROM {schema}.group_result WHERE gro
 DELETE FROM {schema}.group_result WHERE group_id = %s
 
 -- group_result_expire_batch --
--- Delete a bounded batch of expired group results.
+-- Maintenance: a batch of expired group results.
 DELETE FROM {schema}.group_result
-WHERE group_id IN (SELECT group_id FROM {schema}.group_result WHERE expires_at < now() LIMIT %s)
+WHERE group_id IN (SELECT group_id FROM {schema}.group_result WHERE expires_at < now()
+                   LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 
 -- chord_size_set --
 -- Set the header size once the last header task is about to be sent; re-applying a finished chord's frozen group id starts a new run (its parts' results count again).
@@ -167,10 +169,7 @@ WHERE group_id = %(group_id)s AND (%(token)s::text IS NULL OR claim_token = %(to
 RETURNING 1
 
 -- chord_expire_batch --
--- Delete a bounded batch of expired chords (their parts' results expire as results).
+-- Maintenance: a batch of expired chords (their parts' results expire as results).
 DELETE FROM {schema}.chord
-WHERE group_id IN (SELECT group_id FROM {schema}.chord WHERE expires_at < now() LIMIT %s)
-
--- cleanup_try_lock --
--- Only one process at a time deletes expired rows; the others skip instead of queueing behind it.
-SELECT pg_try_advisory_xact_lock(hashtext(%s))
+WHERE group_id IN (SELECT group_id FROM {schema}.chord WHERE expires_at < now()
+                   LIMIT %(limit)s FOR UPDATE SKIP LOCKED)

@@ -3,6 +3,6 @@
 from .chain import DurableChain, WorkflowResult, durable_chain
 from .context import StepContext, current_step
 from .runner import instrument
-from .sweeper import Sweeper
+from . import sweeper  # noqa: F401  (starts the pulse of held steps with a worker)
 
-__all__ = ["DurableChain", "StepContext", "WorkflowResult", "current_step", "durable_chain", "instrument", "Sweeper"]
+__all__ = ["DurableChain", "StepContext", "WorkflowResult", "current_step", "durable_chain", "instrument"]

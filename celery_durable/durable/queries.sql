@@ -51,10 +51,16 @@ UPDATE {schema}.workflow SET status = 'running', error = NULL, finished_at = NUL
 WHERE id = %(id)s
 
 -- workflow_expire --
--- Forget finished workflows (and, by cascade, their checkpoints) after the retention.
+-- Maintenance: forget a batch of finished workflows (and, by cascade, their checkpoints) after
+-- the retention; rows others hold are skipped.
 DELETE FROM {schema}.workflow
-WHERE status IN ('succeeded', 'cancelled', 'failed')
-  AND updated_at < now() - %(retention)s * interval '1 second'
+WHERE id IN (
+    SELECT id FROM {schema}.workflow
+    WHERE status IN ('succeeded', 'cancelled', 'failed')
+      AND updated_at < now() - %(retention)s * interval '1 second'
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
 
 -- step_state --
 -- Before a step runs: its workflow's status, generation, current step, steps and result id, and its

@@ -7,15 +7,16 @@ the transaction that decided to send it; workers that hold the step refresh
 it (``held.Pulse``). A row with no sign of life for ``recovery_after`` seconds
 past its countdown is a lost message: ``resend_lost`` sends it again. A
 duplicate is harmless: the first checkpoint wins and a later attempt's
-transaction rolls back. One worker at a time does each job (a
-transaction-level advisory lock); both are plain functions, so a shared
-maintenance service can call them.
+transaction rolls back. One worker at a time re-sends (a transaction-level
+advisory lock). The worker's maintenance service calls :func:`resend_lost`
+every :func:`interval` seconds in its own thread, and forgets finished
+workflows past ``workflow_retention`` in batches (see
+:mod:`celery_durable.maintenance.worker`); the pulse has a thread of its own.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from celery import signals
@@ -77,42 +78,9 @@ def _resend(store: Store, conn: Any, workflow_id: str, paths: list[str]) -> list
     return stage(store, conn, workflow_id, generation, messages)
 
 
-def expire_workflows(store: Store) -> int:
-    """Delete finished workflows (and their checkpoints) older than ``workflow_retention``; return how many."""
-    with store.connection() as conn:
-        with conn.transaction():
-            if not _try_lock(conn, store, "workflow_expiry"):
-                return 0
-            return conn.execute(store.queries["workflow_expire"],
-                                {"retention": store.settings.workflow_retention}).rowcount
-
-
-class Sweeper:
-    """A thread that re-sends lost steps and expires old workflows every ``interval`` seconds."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.interval = max(1.0, min(store.settings.recovery_after / 2, 60.0))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="celery-durable-sweeper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.sweep()
-            except Exception as exc:  # next round retries
-                logger.warning("durable workflow sweep failed: %s", exc)
-
-    def sweep(self) -> int:
-        """One round: expire old workflows, re-send lost steps (broker outside the database)."""
-        expire_workflows(self.store)
-        return 0 if self.store.atomic else resend_lost(self.store)
+def interval(store: Store) -> float:
+    """Seconds between two runs of :func:`resend_lost`."""
+    return max(1.0, min(store.settings.recovery_after / 2, 60.0))
 
 
 @signals.worker_ready.connect
@@ -124,16 +92,13 @@ def _start(sender: Any = None, **_: Any) -> None:
         store = Store.for_app(app)
     except WorkflowError:
         return  # not a durable-chain setup (no postgresql:// backend)
-    except Exception:  # noqa: BLE001 - the worker runs on; say why workflows will not be swept
-        logger.exception("durable workflow sweeper not started: workflows of this worker will not be "
-                         "recovered or expired by it")
+    except Exception:  # noqa: BLE001 - the worker runs on; say why held steps will not show as alive
+        logger.exception("durable step pulse not started: steps this worker holds may be re-sent as lost")
         return
-    services: list[Any] = [Sweeper(store)]
     if not store.atomic:
-        services.append(Pulse(store))
-    for service in services:
-        service.start()
-    _running[id(app)] = services
+        pulse = Pulse(store)
+        pulse.start()
+        _running[id(app)] = [pulse]
 
 
 @signals.worker_shutdown.connect

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from kombu.exceptions import ChannelError
 from kombu.transport import virtual
+from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.transport.virtual.exchange import TopicExchange
 
 from .qos import QoS
@@ -98,6 +99,13 @@ class Channel(virtual.Channel):
     def exchange_delete(self, exchange, if_unused=False, nowait=False):
         self.db.execute("exchange_delete", name=exchange)
         self.state.exchanges.pop(exchange, None)
+
+    def prepare_queue_arguments(self, arguments, **kwargs):
+        """``Queue(expires=…, message_ttl=…, max_priority=…)`` become ``x-`` arguments, as on RabbitMQ.
+
+        (Kombu's virtual channels drop them, and Celery's reply and event queues set them this way.)
+        """
+        return to_rabbitmq_queue_arguments(arguments, **kwargs)
 
     def _new_queue(self, queue, **kwargs):
         queue = _check_name("queue", queue)

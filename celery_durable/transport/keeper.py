@@ -1,17 +1,17 @@
-"""The thread that keeps a consuming worker's leases alive.
+"""The thread that keeps a consuming worker's leases alive, and does nothing else.
 
 It runs beside the event loop, not on it, so leases are renewed even while
 the loop is busy or blocked (``--pool solo`` runs tasks on the loop's thread).
 Every ``lease_seconds / 3`` it renews what the worker holds (prefetched, ETA
-and running messages alike) and marks the queues it consumes as used; every
-``maintenance_interval`` it runs the transport's maintenance.
+and running messages alike), then marks the queues it consumes as used.
+Maintenance runs in a thread of its own (:mod:`celery_durable.maintenance`):
+however long a cleanup takes, renewal keeps its schedule.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from time import monotonic
 from typing import TYPE_CHECKING
 
 from ..db import appname
@@ -28,7 +28,6 @@ class Keeper:
         self.interval = max(0.2, transport.settings.lease_seconds / 3)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="celery-durable-leases", daemon=True)
-        self._next_maintenance = monotonic()
 
     def start(self) -> None:
         self._thread.start()
@@ -40,8 +39,7 @@ class Keeper:
 
     def _run(self) -> None:
         appname.set_thread_component("keeper")  # its own pooled connection, named in pg_stat_activity
-        transport = self.transport
-        leases = transport.leases
+        leases = self.transport.leases
         while not self._stop.wait(self.interval):
             try:
                 leases.renew()
@@ -50,9 +48,6 @@ class Keeper:
                     if live is not None:
                         leases.release_finished_steps(live)
                 self._touch_queues()
-                if monotonic() >= self._next_maintenance:
-                    self._next_maintenance = monotonic() + transport.settings.maintenance_interval
-                    transport.maintenance.run()
             except Exception as exc:  # the next round retries; lost leases are reported by Leases.renew
                 logger.warning("lease renewal failed: %s", exc)
 

@@ -22,17 +22,35 @@ DELETE FROM {schema}.queue WHERE name = %(name)s
 UPDATE {schema}.queue SET last_used_at = now()
 WHERE name = ANY(%(names)s) AND (expires_ms IS NOT NULL OR auto_delete)
 
--- queue_expire --
--- Drop queues unused for longer than their x-expires (at least a minute, so a touch every
--- lease/3 always arrives in time); auto-delete queues without x-expires get ten minutes.
-WITH expired AS (
-    DELETE FROM {schema}.queue
-    WHERE (expires_ms IS NOT NULL
-           AND last_used_at < now() - greatest(expires_ms, 60000) * interval '1 millisecond')
-       OR (expires_ms IS NULL AND auto_delete AND last_used_at < now() - interval '10 minutes')
-    RETURNING name
+-- queue_expire_messages --
+-- Maintenance: a batch of the messages of expired queues (unused for longer than their x-expires,
+-- at least a minute so a touch every lease/3 always arrives in time; auto-delete queues without
+-- x-expires after ten minutes). Rows others hold are skipped.
+DELETE FROM {schema}.message
+WHERE id IN (
+    SELECT m.id
+    FROM {schema}.queue q
+    JOIN {schema}.message m ON m.queue = q.name
+    WHERE (q.expires_ms IS NOT NULL
+           AND q.last_used_at < now() - greatest(q.expires_ms, 60000) * interval '1 millisecond')
+       OR (q.expires_ms IS NULL AND q.auto_delete AND q.last_used_at < now() - interval '10 minutes')
+    LIMIT %(limit)s
+    FOR UPDATE OF m SKIP LOCKED
 )
-DELETE FROM {schema}.message m USING expired e WHERE m.queue = e.name
+
+-- queue_expire --
+-- Maintenance: drop a batch of expired queues whose messages are gone (bindings go by cascade).
+DELETE FROM {schema}.queue
+WHERE name IN (
+    SELECT q.name
+    FROM {schema}.queue q
+    WHERE ((q.expires_ms IS NOT NULL
+            AND q.last_used_at < now() - greatest(q.expires_ms, 60000) * interval '1 millisecond')
+           OR (q.expires_ms IS NULL AND q.auto_delete AND q.last_used_at < now() - interval '10 minutes'))
+      AND NOT EXISTS (SELECT 1 FROM {schema}.message m WHERE m.queue = q.name)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
 
 -- exchange_declare --
 -- Create an exchange; redeclaring is a no-op.
@@ -222,21 +240,33 @@ WITH purged AS (
 SELECT count(*) FROM purged
 
 -- message_expire --
--- Drop messages whose TTL passed and that no live lease holds.
+-- Maintenance: a batch of messages whose TTL passed and that no live lease holds.
 DELETE FROM {schema}.message
-WHERE expires_at < now() AND (lease_token IS NULL OR visible_at <= now())
+WHERE id IN (
+    SELECT id FROM {schema}.message
+    WHERE expires_at < now() AND (lease_token IS NULL OR visible_at <= now())
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
 
 -- dead_letter_expire --
--- Forget dead letters older than the retention.
-DELETE FROM {schema}.dead_letter WHERE dead_at < now() - %(retention)s * interval '1 second'
+-- Maintenance: a batch of dead letters older than the retention.
+DELETE FROM {schema}.dead_letter
+WHERE id IN (
+    SELECT id FROM {schema}.dead_letter
+    WHERE dead_at < now() - %(retention)s * interval '1 second'
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
 
 -- autovacuum_enabled --
 -- Whether the server vacuums by itself; when it does not, workers vacuum the message table.
 SELECT current_setting('autovacuum') = 'on'
 
 -- message_vacuum_needed --
--- Whether acks left at least 1,000 dead rows behind, so an idle worker sends one query here, not a
--- VACUUM. (Not autovacuum's 20% of the table: behind a 1M-row backlog that lets 200k dead rows pile up.)
+-- Whether acks left enough dead rows behind to vacuum, so an idle worker sends this one query, not
+-- a VACUUM. (Not autovacuum's scale factor: behind a large backlog it lets a great many dead rows
+-- pile up.)
 SELECT s.n_dead_tup >= 1000
 FROM pg_stat_user_tables s
 WHERE s.relid = %(table)s::regclass

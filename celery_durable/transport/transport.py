@@ -39,6 +39,7 @@ import psycopg
 from kombu.transport import virtual
 from psycopg_pool import PoolTimeout
 
+from .. import maintenance
 from ..config import Settings
 from ..db import dsn, pool
 from ..exceptions import DatabaseUnavailable, PublishFailed, SchemaError
@@ -49,7 +50,7 @@ from .drain import Drainer
 from .keeper import Keeper
 from .leases import Leases
 from .loop import HubLoop
-from .maintenance import Maintenance
+from .maintenance import Vacuum, expiries
 from .notifier import Notifier
 from .publish import Publisher
 
@@ -63,7 +64,8 @@ class Transport(virtual.Transport):
     claims and hands them over, :class:`.leases.Leases` acks, rejects and
     renews, :class:`.loop.HubLoop` wires it all into Celery's event loop (or
     :class:`.drain.Drainer` without one), :class:`.keeper.Keeper` renews leases
-    in its own thread, and :class:`.maintenance.Maintenance` cleans up.
+    in its own thread, and the process's maintenance service
+    (:mod:`celery_durable.maintenance`) runs :mod:`.maintenance`'s cleanup in another.
     """
 
     Channel = Channel
@@ -95,7 +97,8 @@ class Transport(virtual.Transport):
         self.leases = Leases(self.db, self.batching_acks)
         self.publisher = Publisher(self.db)
         self.delivery = Delivery(self)
-        self.maintenance = Maintenance(self.db)
+        self.vacuum = Vacuum(self.db)
+        self._maintenance: maintenance.Maintenance | None = None
         self.notifier: Notifier | None = None
         self._keeper: Keeper | None = None
         self._hub: HubLoop | None = None
@@ -141,6 +144,9 @@ class Transport(virtual.Transport):
         if self._keeper is not None:
             self._keeper.stop()
             self._keeper = None
+        if self._maintenance is not None:
+            self._maintenance.detach(self)
+            self._maintenance = None
         if self.notifier is not None:
             self.notifier.close()
             self.notifier = None
@@ -151,7 +157,7 @@ class Transport(virtual.Transport):
         return self.notifier is None or not self.notifier.conn.closed
 
     def consumer_added(self, channel: Channel) -> None:
-        """Start listening (and renewing leases) once this connection consumes."""
+        """Start listening, renewing leases and maintenance once this connection consumes."""
         if self.notifier is None:
             self.notifier = Notifier(self.db.listen_conninfo, self.settings)
             if self._hub is not None:
@@ -159,6 +165,11 @@ class Transport(virtual.Transport):
         if self._keeper is None:
             self._keeper = Keeper(self)
             self._keeper.start()
+        if self._maintenance is None:
+            self._maintenance = maintenance.for_database(self.db.conninfo, self.settings)
+            self._maintenance.attach(self, expiries(self.db),
+                                     [maintenance.Chore("vacuum", self.vacuum, self.settings.maintenance_interval)],
+                                     interval=self.settings.maintenance_interval)
 
     def batching_acks(self) -> bool:
         """True on the open event loop's thread: acks wait for the fetcher's next round trip.
