@@ -284,7 +284,7 @@ class PgCluster:
         if socket:
             params.setdefault("port", str(self.port))
         auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
-        query = f"?{urlencode(params)}" if params else ""
+        query = f"?{urlencode(params, quote_via=quote)}" if params else ""  # libpq reads "+" as "+"
         return f"postgresql://{auth}@{host}/{quote(dbname, safe='')}{query}"
 
     def hostport(self) -> str:
