@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from . import dead_letters, metrics, schema, workflows  # noqa: F401  (they register their commands)
+from . import dead_letters, metrics, migrate_from, schema, workflows  # noqa: F401  (they register their commands)
 from .group import durable
 from .target import conninfo_to_url
 

@@ -4,7 +4,7 @@
 test process. Environment: CELERY_DURABLE_URL / CELERY_DURABLE_SCHEMA (database
 and schema), CELERY_DURABLE_BROKER / CELERY_DURABLE_BACKEND (override either
 side, e.g. redis:// to compare), CELERY_DURABLE_PREFETCH
-(worker_prefetch_multiplier), and ``PARITY_CONF``: a JSON object of extra
+(worker_prefetch_multiplier), PARITY_STALL (see ``record``), and ``PARITY_CONF``: a JSON object of extra
 Celery settings (``{"task_track_started": true}``) for the settings tests.
 """
 
@@ -19,6 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.control import control_command
 
 import celery_durable  # noqa: F401  (registers the postgresql:// broker scheme)
+from tests.apps.transport_app import _recorder
 
 
 def make_app(env: dict | None = None) -> Celery:
@@ -40,8 +41,9 @@ def make_app(env: dict | None = None) -> Celery:
         result_accept_content=["json"],
     )
     app.conf.update(json.loads(env.get("PARITY_CONF") or "{}"))
-    for fn in (add, fail, sleeping, identity, tsum, soft_limited, flaky_worker):
-        app.task(name=f"parity.{fn.__name__}", bind=fn is flaky_worker)(fn)
+    for fn in (add, fail, sleeping, identity, tsum, soft_limited):
+        app.task(name=f"parity.{fn.__name__}")(fn)
+    app.task(name="parity.record", bind=True, acks_late=True)(record)
     return app
 
 
@@ -84,10 +86,16 @@ def soft_limited(seconds):
     return "slept"
 
 
-def flaky_worker(task, seconds):
-    """Sleeps in the worker so a test can kill the worker mid-task; reports its redelivery."""
-    time.sleep(seconds)
-    return bool((task.request.delivery_info or {}).get("redelivered"))
+def record(task, tag):
+    """Count one execution of ``tag`` in ``<schema>.executions`` (acks late: a killed worker's run comes back).
+
+    A worker started with PARITY_STALL set never finishes one: it holds its prefetched tasks until killed.
+    """
+    if os.environ.get("PARITY_STALL"):
+        time.sleep(3600)
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+    _recorder().record(tag, redelivered)
+    return tag
 
 
 app = make_app()

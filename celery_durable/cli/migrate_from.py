@@ -1,0 +1,127 @@
+"""``migrate-from URL``: move every waiting task message of a Redis or RabbitMQ broker into PostgreSQL.
+
+Celery's ``celery migrate`` (``celery.contrib.migrate``) does the moving; this
+adds what it misses when leaving Redis:
+
+- the messages in Redis's *unacked* hash (prefetched or ETA tasks of a worker
+  that was SIGKILLed; they would come back only after the visibility timeout,
+  an hour by default) go back to their queues first, unless a worker still
+  answers on the old broker (its held tasks would then run twice);
+- every moved message is acked on the old broker after it committed here
+  (``celery migrate`` without ``--ack-messages`` leaves the originals, which
+  old workers would run again);
+- the destination is the app's database *and schema* (a plain URL cannot name
+  a schema);
+- progress on long moves, and a summary of what is left behind.
+
+A crash between a message's commit here and its ack there duplicates that one
+message (at least once); nothing is lost.
+"""
+
+from __future__ import annotations
+
+import click
+import kombu
+from celery import Celery
+from celery.contrib.migrate import migrate_tasks
+from kombu.utils.encoding import bytes_to_str
+
+from .group import durable
+from .output import emit, json_option
+from .target import CommandError, Target, _is_postgres, with_target
+
+#: Messages between two progress lines.
+PROGRESS_EVERY = 100
+
+
+@durable.command("migrate-from")
+@click.argument("source")
+@click.option("-Q", "--queues", help="Comma-separated queues to move (default: the app's task queues).")
+@click.option("--unacked/--no-unacked", default=True, show_default=True,
+              help="Redis: first put the messages of the unacked hash back in their queues.")
+@click.option("--force", is_flag=True,
+              help="Restore the unacked hash even if workers still answer on the old broker.")
+@click.option("-O", "--source-option", "source_options", multiple=True, metavar="KEY=VALUE",
+              help="A transport option of the old broker, e.g. global_keyprefix=app: (repeatable).")
+@click.option("--idle", default=1.0, show_default=True, type=float,
+              help="Stop after this many seconds without a message.")
+@json_option
+@with_target
+def migrate_from_cmd(target: Target, source: str, queues: str | None, unacked: bool, force: bool,
+                     source_options: tuple[str, ...], idle: float, as_json: bool) -> None:
+    """Move the task messages waiting on SOURCE (redis://…, amqp://…) into this database."""
+    app = target.app if target.app is not None else Celery("celery_durable_migrate", set_as_current=False)
+    names = [q.strip() for q in (queues or "").split(",") if q.strip()] or sorted(app.amqp.queues)
+    restored = 0
+    options = dict(_option(text) for text in source_options)
+    with kombu.Connection(source, transport_options=options) as old, _destination(target) as new:
+        old.ensure_connection(max_retries=1)
+        if unacked and old.transport.driver_type == "redis":
+            if not force:
+                _refuse_if_workers_answer(app, old)
+            restored = _restore_redis_unacked(old)
+            if restored and not as_json:
+                click.echo(f"restored {restored} unacked messages to their queues", err=True)
+
+        def progress(state, body, message):
+            if not as_json and state.count % PROGRESS_EVERY == 0:
+                click.echo(f"moved {state.count}/{state.strtotal} messages", err=True)
+
+        state = migrate_tasks(old, new, app=app, queues=",".join(names), ack_messages=True,
+                              callback=progress, timeout=idle, accept=list(app.conf.accept_content))
+        left = {name: _size(old, name) for name in names}
+    data = {"source": _safe(source), "destination": target.describe(), "schema": target.schema,
+            "queues": names, "moved": state.count, "restored_unacked": restored, "left": left}
+    emit(as_json, data, lambda: f"moved {state.count} messages ({restored} from the unacked hash) from "
+         f"{_safe(source)} to schema {target.schema!r} in {target.describe()}"
+         + ("" if not any(left.values()) else f"; still waiting there: {left}"))
+
+
+def _option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint="--source-option")
+    return key, value
+
+
+def _destination(target: Target) -> kombu.Connection:
+    """The app's PostgreSQL broker connection, or one on --url with the target's schema."""
+    app = target.app
+    if app is not None and _is_postgres((app.conf.broker_url or "").split(";", 1)[0]):
+        return app.connection_for_write()
+    import celery_durable  # noqa: F401  (registers postgresql:// with Kombu)
+
+    return kombu.Connection(target.url(), transport_options={"schema": target.schema})
+
+
+def _refuse_if_workers_answer(app: Celery, old: kombu.Connection) -> None:
+    """A live worker holds its prefetched and ETA tasks in the unacked hash: restoring them runs them twice."""
+    replies = app.control.ping(timeout=1.0, connection=old)
+    if replies:
+        nodes = ", ".join(sorted(name for reply in replies for name in reply))
+        raise CommandError(f"workers still consume from the old broker ({nodes}): stop them first (a warm "
+                           "shutdown gives their held tasks back), or pass --no-unacked, or --force")
+
+
+def _restore_redis_unacked(old: kombu.Connection) -> int:
+    """Put every message of Kombu's Redis unacked hash back in its queue; one transaction each."""
+    channel = old.default_channel
+    qos = channel.qos
+    with channel.conn_or_acquire() as client:
+        # The index, not HKEYS: Kombu prefixes ZRANGE's key under global_keyprefix, not HKEYS'.
+        tags = [bytes_to_str(tag) for tag in client.zrange(qos.unacked_index_key, 0, -1)]
+        for tag in tags:
+            qos.restore_by_tag(tag, client)
+    return len(tags)
+
+
+def _size(old: kombu.Connection, queue: str) -> int:
+    try:
+        return old.default_channel.queue_declare(queue=queue, passive=True).message_count
+    except old.channel_errors:
+        return 0
+
+
+def _safe(url: str) -> str:
+    """The URL without its password."""
+    return kombu.Connection(url).as_uri()

@@ -1,0 +1,164 @@
+"""Issue 12 §3: moving a running Celery app off Redis with nothing lost and nothing run twice.
+
+The README's switch-over, end to end: 1,000 tasks on Redis (50 held by a worker
+that gets SIGKILLed, 100 with a countdown), producers move to PostgreSQL, the
+old worker drains Redis while a new one consumes PostgreSQL, the old worker
+stops, ``celery durable migrate-from`` moves the rest (the unacked hash
+included). Redis db 14 with a key prefix of this test's own; removed after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import psycopg
+import pytest
+import redis
+
+from celery_durable.testing.embedded import create_database
+from tests.apps.transport_app import create_executions
+from tests.apps.parity_app import make_app
+from tests.support.parity import Parity, wait_for
+
+pytestmark = pytest.mark.slow
+
+REDIS = "redis://127.0.0.1:6379/14"
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+KILLED, COUNTDOWN, PLAIN, NEW = 50, 100, 850, 10
+
+
+@pytest.fixture
+def p(pg_url):
+    parity = Parity(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        create_executions(conn, parity.schema)
+    parity.prefix = f"parity_{parity.schema}:"
+    conf = {"broker_transport_options": {"global_keyprefix": parity.prefix},
+            "result_backend_transport_options": {"global_keyprefix": parity.prefix}}
+    parity.old_env = {"CELERY_DURABLE_BROKER": REDIS, "CELERY_DURABLE_BACKEND": REDIS, "PARITY_CONF": json.dumps(conf)}
+    parity.redis = redis.Redis.from_url(REDIS)
+    yield parity
+    parity.close()
+    keys = list(parity.redis.scan_iter(match=f"{parity.prefix}*", count=1000))
+    if keys:
+        parity.redis.delete(*keys)
+    parity.redis.close()
+
+
+def executions(p) -> dict[str, int]:
+    return dict(p.q("SELECT tag, count(*) FROM {s}.executions GROUP BY tag"))
+
+
+def test_switch_over_from_redis_loses_nothing_and_runs_nothing_twice(p):
+    old = make_app({**p.env, **p.old_env})
+    record = old.tasks["parity.record"]
+
+    # A worker holds 50 tasks (prefetched, one stuck running) and is SIGKILLed: they sit in Redis's unacked hash.
+    killed = p.start("old_killed", env={**p.old_env, "PARITY_STALL": "1", "CELERY_DURABLE_PREFETCH": str(KILLED)},
+                     concurrency=1)
+    results = {f"k-{i}": record.delay(f"k-{i}") for i in range(KILLED)}
+    wait_for(lambda: p.redis.hlen(f"{p.prefix}unacked") == KILLED, 60, "the worker to hold all 50 tasks")
+    killed.kill()
+
+    # The old worker drains Redis; countdown tasks wait in its memory (and in the unacked hash).
+    p.start("old", env=p.old_env, concurrency=2)
+    results.update({f"c-{i}": record.apply_async((f"c-{i}",), countdown=15) for i in range(COUNTDOWN)})
+    results.update({f"p-{i}": record.delay(f"p-{i}") for i in range(PLAIN)})
+
+    # Producers move first: new tasks go to PostgreSQL, where a new worker consumes.
+    new = make_app(p.env)
+    new_results = {f"n-{i}": new.tasks["parity.record"].delay(f"n-{i}") for i in range(NEW)}
+    p.start("new")
+    wait_for(lambda: sum(1 for tag in executions(p) if tag[0] in "pn") == PLAIN + NEW, 120,
+             "the old worker to drain the plain tasks and the new one to run the new tasks")
+
+    # The old worker stops (a warm shutdown gives its countdown tasks back to Redis); the rest moves.
+    p.workers[1].stop()
+    ran_before = len(executions(p))
+    out = p.celery("durable", "migrate-from", REDIS, "-O", f"global_keyprefix={p.prefix}", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["restored_unacked"] == KILLED
+    assert summary["moved"] == KILLED + COUNTDOWN + PLAIN + NEW - ran_before
+    assert summary["left"] == {"celery": 0}
+    assert p.redis.hlen(f"{p.prefix}unacked") == 0
+
+    everything = {**results, **new_results}
+    wait_for(lambda: len(executions(p)) == len(everything), 120, "every task to run")
+    counts = executions(p)
+    assert counts == {tag: 1 for tag in everything}, {t: n for t, n in counts.items() if n != 1}
+
+    # Each result is readable from the backend of the worker that ran it: Redis's or ours, never both.
+    stored_here = {row[0] for row in p.q("SELECT task_id FROM {s}.result WHERE status = 'SUCCESS'")}
+    for tag, result in everything.items():
+        in_redis = old.AsyncResult(result.id).state == "SUCCESS"
+        assert in_redis != (result.id in stored_here), tag
+        reader = old if in_redis else new
+        assert reader.AsyncResult(result.id).get(timeout=10) == tag
+    old.close()
+    new.close()
+
+
+# -- Celery's own `celery migrate` in both directions, with Kombu's URLs (default schema: a database of its own) --
+
+
+@pytest.fixture
+def own_database(pg_url):
+    name = f"parity_mig_{uuid.uuid4().hex[:8]}"
+    url = create_database(pg_url, name)
+    yield url
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name)))
+
+
+def celery_migrate(source: str, destination: str, queue: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "celery", "-A", "tests.apps.parity_app", "migrate", "-a", "-t", "2",
+                          "-Q", queue, source, destination],
+                         env={**os.environ, "C_FORCE_ROOT": "1"}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_celery_migrate_from_rabbitmq_keeps_countdowns(own_database):
+    queue = f"parity_{uuid.uuid4().hex[:8]}"
+    app = make_app({"CELERY_DURABLE_BROKER": RABBITMQ, "CELERY_DURABLE_BACKEND": "disabled://"})
+    try:
+        for i in range(15):
+            app.tasks["parity.add"].apply_async((i, i), queue=queue)
+        for i in range(5):
+            app.tasks["parity.add"].apply_async((i, i), queue=queue, countdown=600)
+        celery_migrate(RABBITMQ, own_database, queue)
+        with app.connection_for_write() as conn:
+            left = conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+            conn.default_channel.queue_delete(queue)
+    finally:
+        app.close()
+    assert left == 0
+    with psycopg.connect(own_database) as conn:
+        rows = conn.execute("SELECT visible_at > now() + interval '1 minute' FROM celery_durable.message "
+                            "WHERE queue = %s", (queue,)).fetchall()
+    assert sorted(rows) == [(False,)] * 15 + [(True,)] * 5  # countdowns wait in the table until due
+
+
+def test_celery_migrate_from_postgresql_to_redis(own_database):
+    queue = f"parity_{uuid.uuid4().hex[:8]}"
+    app = make_app({"CELERY_DURABLE_BROKER": own_database, "CELERY_DURABLE_BACKEND": "disabled://"})
+    client = redis.Redis.from_url(REDIS)
+    try:
+        for i in range(20):
+            app.tasks["parity.add"].apply_async((i, i), queue=queue, countdown=600 if i < 5 else None)
+        # Countdowns beyond native_delay_threshold wait in the table, invisible to consumers until due:
+        # the README's step releases them first (their ETA travels in the message; Redis's worker keeps it).
+        with psycopg.connect(own_database, autocommit=True) as conn:
+            conn.execute("UPDATE celery_durable.message SET visible_at = now() WHERE lease_token IS NULL")
+        celery_migrate(own_database, REDIS, queue)
+        assert client.llen(queue) == 20
+        with psycopg.connect(own_database) as conn:
+            assert conn.execute("SELECT count(*) FROM celery_durable.message").fetchone() == (0,)
+    finally:
+        app.close()
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        client.close()
