@@ -44,6 +44,10 @@ def make_app(env: dict | None = None) -> Celery:
     for fn in (add, fail, sleeping, identity, tsum, soft_limited):
         app.task(name=f"parity.{fn.__name__}")(fn)
     app.task(name="parity.record", bind=True, acks_late=True)(record)
+    # acks_late; reject_on_worker_lost from the task_reject_on_worker_lost setting, or always off:
+    app.task(name="parity.late_sleeping", bind=True, acks_late=True)(late_sleeping)
+    app.task(name="parity.late_sleeping_no_reject", bind=True, acks_late=True,
+             reject_on_worker_lost=False)(late_sleeping)
     return app
 
 
@@ -84,6 +88,14 @@ def soft_limited(seconds):
     except SoftTimeLimitExceeded:
         return "soft"
     return "slept"
+
+
+def late_sleeping(task, seconds):
+    """Sleeps on its first delivery only (a test kills the pool process meanwhile); says which it was."""
+    if (task.request.delivery_info or {}).get("redelivered"):
+        return "redelivered"
+    time.sleep(seconds)
+    return "first"
 
 
 def record(task, tag):
