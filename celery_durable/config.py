@@ -8,9 +8,14 @@ code cannot disagree.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import re
+import threading
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_DEFAULT = "celery_durable"
 LEASE_SECONDS_DEFAULT = 30.0
@@ -84,8 +89,15 @@ class Settings:
             raise ValueError("lease_seconds must be positive")
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None) -> "Settings":
-        """Build from a dict, ignoring keys that belong to other components."""
+    def from_options(cls, options: Mapping[str, Any] | None, component: str | None = None) -> "Settings":
+        """Build from a dict; keys that are no setting here are ignored.
+
+        ``component`` (``BROKER_OPTIONS`` or ``BACKEND_OPTIONS``) names where the dict
+        came from: keys that mean nothing there are logged once per process (see
+        :func:`check_options`).
+        """
+        if component is not None:
+            check_options(options or {}, component)
         known = {f.name: f.type for f in fields(cls)}
         values: dict[str, Any] = {}
         for key, value in (options or {}).items():
@@ -106,3 +118,72 @@ class Settings:
             else:
                 coerced[key] = value
         return replace(settings, **coerced)
+
+
+# -- which option belongs where --------------------------------------------------------------------
+
+BROKER_OPTIONS = "broker_transport_options"
+BACKEND_OPTIONS = "result_backend_transport_options"
+
+#: Settings read only from one of the two dicts (the others are read from both).
+_ONLY_IN = {
+    "lease_seconds": BROKER_OPTIONS, "polling_interval": BROKER_OPTIONS, "claim_batch": BROKER_OPTIONS,
+    "max_deliveries": BROKER_OPTIONS, "native_delay_threshold": BROKER_OPTIONS,
+    "max_message_bytes": BROKER_OPTIONS, "dead_letter_retention": BROKER_OPTIONS,
+    "confirm_publish": BROKER_OPTIONS,
+    "max_result_bytes": BACKEND_OPTIONS, "recovery_after": BACKEND_OPTIONS, "workflow_retention": BACKEND_OPTIONS,
+}
+#: Keys read by someone else than Settings: ours (connect_options) or Kombu's own (connection retries,
+#: virtual transports' body_encoding and deadletter_queue).
+_OTHER_READERS = {
+    BROKER_OPTIONS: frozenset({
+        "connect_options", "max_retries", "interval_start", "interval_step", "interval_max",
+        "connect_retries_timeout", "errback", "callback", "body_encoding", "deadletter_queue",
+    }),
+    BACKEND_OPTIONS: frozenset(),
+}
+#: Options of other brokers and backends (Redis, SQS, RabbitMQ), and what plays their part here.
+EQUIVALENTS = {
+    "visibility_timeout": "lease_seconds (renewed while a worker holds the message)",
+    "max_connections": "pool_max_size",
+    "socket_connect_timeout": "connect_timeout",
+    "global_keyprefix": "schema",
+    "fanout_prefix": "nothing (fanout is routed in the database)",
+    "fanout_patterns": "nothing (fanout is routed in the database)",
+    "priority_steps": "nothing (priorities 0-9 are native)",
+    "queue_order_strategy": "nothing (priorities, then age, are native)",
+}
+
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def check_options(options: Mapping[str, Any], component: str) -> list[str]:
+    """Log, once per process and key, the keys of ``component``'s dict that mean nothing there.
+
+    Each is named with what to use instead: the setting of ours that does its job,
+    the dict where it belongs, or the closest setting name (a typo). Returns the
+    lines logged now.
+    """
+    names = [f.name for f in fields(Settings)]
+    lines = []
+    for key in options:
+        if not isinstance(key, str):
+            continue
+        elsewhere = _ONLY_IN.get(key)
+        if (key in names and elsewhere in (None, component)) or key in _OTHER_READERS.get(component, ()):
+            continue
+        with _warned_lock:
+            if (component, key) in _warned:
+                continue
+            _warned.add((component, key))
+        if key in names:
+            lines.append(f"{key!r} belongs in {elsewhere}")
+        elif key in EQUIVALENTS:
+            lines.append(f"{key!r} (here: {EQUIVALENTS[key]})")
+        else:
+            close = difflib.get_close_matches(key, [*names, *_OTHER_READERS.get(component, ())], n=1)
+            lines.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if lines:
+        logger.warning("celery_durable ignores these %s: %s", component, "; ".join(lines))
+    return lines

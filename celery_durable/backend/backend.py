@@ -29,7 +29,7 @@ from kombu.serialization import loads
 from kombu.utils.encoding import bytes_to_str
 
 from .. import maintenance
-from ..config import Settings
+from ..config import BACKEND_OPTIONS, Settings
 from ..exceptions import DatabaseUnavailable, ResultTooLarge, SchemaError
 from ..db import dsn, pool
 from ..db.queries import load
@@ -65,7 +65,7 @@ class PostgresBackend(ChainFailureMixin, ChordMixin, Backend, AsyncBackendMixin)
         except ValueError as exc:
             raise ImproperlyConfigured(f"invalid result_backend URL: {exc}") from None
         options = dict(app.conf.get("result_backend_transport_options") or {})
-        self.settings = Settings.from_options(options)
+        self.settings = Settings.from_options(options, BACKEND_OPTIONS)
         self.max_result_bytes = self.settings.max_result_bytes
         failure_expires = app.conf.get("result_failure_expires")
         self.failure_expires = self.expires if failure_expires is None else self.prepare_expires(failure_expires)

@@ -40,7 +40,7 @@ from kombu.transport import virtual
 from psycopg_pool import PoolTimeout
 
 from .. import maintenance
-from ..config import Settings
+from ..config import BROKER_OPTIONS, Settings
 from ..db import dsn, pool
 from ..exceptions import DatabaseUnavailable, PublishFailed, SchemaError
 from .channel import Channel
@@ -91,7 +91,7 @@ class Transport(virtual.Transport):
     def __init__(self, client, **kwargs):
         super().__init__(client, **kwargs)
         options = client.transport_options or {}
-        self.settings = Settings.from_options(options)
+        self.settings = Settings.from_options(options, BROKER_OPTIONS)
         self.polling_interval = self.settings.polling_interval
         self.db = Database(dsn.from_kombu(client, options.get("connect_options")), self.settings)
         self.leases = Leases(self.db, self.batching_acks)
