@@ -9,7 +9,6 @@ TTL are dropped, rows delivered too often or undecodable become dead letters.
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Callable
 from ..db import pool
 from ..headers import LEASE_HEADER, STEP_HEADER
 from .channel import Channel, UndecodableBody
+from .delayed import DelayedWakeups
 from .leases import Lease
 from .notifier import Wakeup
 
@@ -37,9 +37,9 @@ class Delivery:
         self.transport = transport
         self.db = transport.db
         self.leases = transport.leases
-        #: (epoch, queue) of announced delayed messages, earliest first.
-        self._delayed: list[tuple[float, str]] = []
-        #: Told of each newly announced due time, so an event loop can set a timer for it.
+        #: Announced due times of delayed messages on the queues this transport consumes.
+        self.delayed = DelayedWakeups()
+        #: Told when an announced due time becomes the earliest, so an event loop can set its timer.
         self.on_delayed: Callable[[float], None] | None = None
 
     # -- readiness ---------------------------------------------------------------------------
@@ -52,9 +52,9 @@ class Delivery:
             if wakeup.message is not None:
                 delivered += self.deliver_inline(wakeup.queue, wakeup.message)
             elif wakeup.at is not None and wakeup.at > now:
-                heapq.heappush(self._delayed, (wakeup.at, wakeup.queue))
-                if self.on_delayed is not None:
-                    self.on_delayed(wakeup.at)
+                if self.consumes(wakeup.queue) and self.delayed.add(wakeup.queue, wakeup.at):
+                    if self.on_delayed is not None:
+                        self.on_delayed(wakeup.at)
             else:
                 self.mark_ready(wakeup.queue)
         return delivered
@@ -68,15 +68,19 @@ class Delivery:
             elif queue in channel._active_queues:
                 channel.ready = True
 
+    def consumes(self, queue: str) -> bool:
+        """Whether a channel of this transport consumes ``queue``."""
+        return any(queue in channel._active_queues for channel in self.transport.channels)
+
     def release_due(self) -> None:
         """Delayed messages whose time has come make their queues ready."""
-        now = time()
-        while self._delayed and self._delayed[0][0] <= now:
-            self.mark_ready(heapq.heappop(self._delayed)[1])
+        for queue in self.delayed.pop_due(time()):
+            self.mark_ready(queue)
+        self.delayed.keep_only(q for channel in self.transport.channels for q in channel._active_queues)
 
     def next_due(self) -> float | None:
         """Epoch of the earliest announced delayed message, or None."""
-        return self._delayed[0][0] if self._delayed else None
+        return self.delayed.next_due()
 
     def claim_size(self, channel: Channel) -> int:
         """How many messages to claim for ``channel`` now (0: not now).

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from time import time
 from typing import TYPE_CHECKING, Any
 
 from .fetcher import Fetcher
@@ -39,8 +40,9 @@ class HubLoop:
             os.set_blocking(fd, False)
         self.fetcher: Fetcher | None = Fetcher(transport, self._kick_w)
         self._timers: list = []
-        #: One-shot timers for delayed messages, by due time (forgotten once fired).
-        self._due_timers: dict[float, Any] = {}
+        #: The one timer for the earliest announced delayed message, and its due time.
+        self._due_timer = None
+        self._due_at: float | None = None
         self._ack_timer = None
         self._notifier_fd: int | None = None
         hub.add_reader(self._kick_r, self._on_fetched)
@@ -80,14 +82,14 @@ class HubLoop:
                 except Exception:  # the hub may already be closed
                     pass
         self._notifier_fd = None
-        for timer in [*self._timers, *self._due_timers.values(), self._ack_timer]:
+        for timer in [*self._timers, self._due_timer, self._ack_timer]:
             if timer is not None:
                 try:
                     timer.cancel()
                 except Exception:
                     pass
         self._timers.clear()
-        self._due_timers.clear()
+        self._due_timer = self._due_at = None
         self._ack_timer = None
         for fd in (self._kick_r, self._kick_w):
             os.close(fd)
@@ -164,9 +166,20 @@ class HubLoop:
         self.delivery.mark_ready()
 
     def _on_delayed_announced(self, at: float) -> None:
-        if at not in self._due_timers:
-            self._due_timers[at] = self.hub.call_at(at, self._on_delayed_due, at)
+        """A delayed message is now the earliest: one timer, for it (however many are announced).
 
-    def _on_delayed_due(self, at: float) -> None:
-        self._due_timers.pop(at, None)
+        ``at`` is an epoch; the hub's timer runs on the monotonic clock, hence call_later.
+        """
+        if self._due_at is not None and self._due_at <= at:
+            return
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+        self._due_at = at
+        self._due_timer = self.hub.call_later(max(0.0, at - time()), self._on_delayed_due)
+
+    def _on_delayed_due(self) -> None:
+        self._due_timer = self._due_at = None
         self.delivery.release_due()
+        following = self.delivery.next_due()
+        if following is not None:
+            self._on_delayed_announced(following)
