@@ -164,6 +164,27 @@ def _hosts(params: dict[str, Any]) -> str:
     return ",".join(quote(h, safe="") + (f":{p}" if p else "") for h, p in zip(hosts, ports))
 
 
+def split_password(url: str) -> tuple[str, str | None]:
+    """``(the URL without the password of its user part, that password)``; the rest is kept as written."""
+    scheme, sep, rest = url.partition("://")
+    end = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0], default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = authority.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not sep or not at or not colon:
+        return url, None
+    return f"{scheme}://{user}@{hosts}{tail}", unquote(password)
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` (without a password) with ``password`` in its user part."""
+    scheme, _, rest = url.partition("://")
+    user, at, after = rest.partition("@")
+    if not at or "/" in user or "?" in user:
+        return url
+    return f"{scheme}://{user}:{quote(password, safe='*')}@{after}"
+
+
 def mask_url(url: str, mask: str = MASK) -> str:
     """The URL as banners and logs may show it: password (in the authority or the query) masked."""
     try:

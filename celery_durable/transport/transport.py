@@ -93,6 +93,7 @@ class Transport(virtual.Transport):
         options = client.transport_options or {}
         self.settings = Settings.from_options(options, BROKER_OPTIONS)
         self.polling_interval = self.settings.polling_interval
+        self._hide_password(client)
         self.db = Database(dsn.from_kombu(client, options.get("connect_options")), self.settings)
         self.leases = Leases(self.db, self.batching_acks)
         self.publisher = Publisher(self.db)
@@ -189,8 +190,24 @@ class Transport(virtual.Transport):
     def drain_events(self, connection, timeout=None):
         self._drainer.drain_events(timeout)
 
+    @staticmethod
+    def _hide_password(client) -> None:
+        """Keep a URL's password in ``Connection.password``, not in the URL Kombu keeps whole.
+
+        ``Connection.info()`` (``celery inspect stats``, Flower) shows the hostname, here the
+        URL, and leaves the password out; ``clone()`` passes both on.
+        """
+        hostname = client.hostname or ""
+        if "://" in hostname:
+            bare, password = dsn.split_password(hostname)
+            if password is not None:
+                client.hostname, client.password = bare, password
+
     def as_uri(self, uri: str, include_password: bool = False, mask: str = dsn.MASK) -> str:
         """The broker URL for banners and logs, password masked."""
+        password = self.client.password
+        if password and "://" in uri and dsn.split_password(uri)[1] is None:
+            uri = dsn.with_password(uri, password() if callable(password) else password)
         return uri if include_password else dsn.mask_url(uri, mask)
 
     @property

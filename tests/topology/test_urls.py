@@ -50,6 +50,10 @@ def test_one_libpq_url_as_broker_backend_and_cli(pg_url, schema, kombu_spelling)
         message.ack()
         queue.close()
         assert SECRET not in conn.as_uri() and "**" in conn.as_uri()
+        shown = {k: v for k, v in conn.info().items() if k != "password"}  # as `celery inspect stats` shows it
+        assert SECRET not in repr(shown)
+        with conn.clone() as clone:  # the password travels apart from the URL, and still works
+            clone.connect()
 
     app = Celery("urls", broker=url, backend=url, set_as_current=False)
     app.conf.result_backend_transport_options = options
@@ -84,6 +88,8 @@ def test_worker_runs_on_a_multi_host_url_and_masks_its_password(pg_url, schema, 
     app = Celery("basic", set_as_current=False)
     app.conf.update(basic.config({**os.environ, "CELERY_DURABLE_URL": url, "CELERY_DURABLE_SCHEMA": schema}))
     assert app.send_task("tests.apps.basic.add", (2, 3)).get(timeout=30) == 5
+    stats = app.control.inspect(timeout=10).stats()
+    assert stats and SECRET not in repr(stats), stats  # the broker's URL in `celery inspect stats`
     log = worker.log()
     assert SECRET not in log
     assert "transport:   postgresql://postgres:**@127.0.0.1:" in log

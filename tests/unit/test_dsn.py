@@ -53,3 +53,11 @@ def test_unknown_parameter_is_a_value_error_without_the_password():
     with pytest.raises(ValueError, match="no_such") as error:
         dsn.from_url("postgresql://u:topsecret@h/db?no_such=1")
     assert "topsecret" not in str(error.value)
+
+
+def test_password_kept_apart_from_the_url_kombu_shows():
+    client = kombu.Connection("postgresql://app:p%40ss@h1:5432,h2/shop?sslmode=require")
+    assert client.transport.conninfo == dsn.from_url("postgresql://app:p%40ss@h1:5432,h2/shop?sslmode=require")
+    assert client.hostname == "postgresql://app@h1:5432,h2/shop?sslmode=require" and client.password == "p@ss"
+    assert client.as_uri() == "postgresql://app:**@h1:5432,h2/shop?sslmode=require"
+    assert client.as_uri(include_password=True) == "postgresql://app:p%40ss@h1:5432,h2/shop?sslmode=require"
