@@ -58,13 +58,13 @@ def migrate_from_cmd(target: Target, source: str, queues: str | None, unacked: b
         old.ensure_connection(max_retries=1)
         if unacked and old.transport.driver_type == "redis":
             if not force:
-                _refuse_if_workers_answer(app, old)
+                _refuse_if_workers_answer(source, options)
             restored = _restore_redis_unacked(old)
-            if restored and not as_json:
+            if restored:
                 click.echo(f"restored {restored} unacked messages to their queues", err=True)
 
         def progress(state, body, message):
-            if not as_json and state.count % PROGRESS_EVERY == 0:
+            if state.count % PROGRESS_EVERY == 0:  # on stderr: --json output stays clean
                 click.echo(f"moved {state.count}/{state.strtotal} messages", err=True)
 
         state = migrate_tasks(old, new, app=app, queues=",".join(names), ack_messages=True,
@@ -94,9 +94,17 @@ def _destination(target: Target) -> kombu.Connection:
     return kombu.Connection(target.url(), transport_options={"schema": target.schema})
 
 
-def _refuse_if_workers_answer(app: Celery, old: kombu.Connection) -> None:
-    """A live worker holds its prefetched and ETA tasks in the unacked hash: restoring them runs them twice."""
-    replies = app.control.ping(timeout=1.0, connection=old)
+def _refuse_if_workers_answer(source: str, options: dict) -> None:
+    """A live worker holds its prefetched and ETA tasks in the unacked hash: restoring them runs them twice.
+
+    An app of its own: ``control.ping(connection=…)`` would still publish through the app's producer pool.
+    """
+    probe = Celery("celery_durable_migrate_probe", broker=source, set_as_current=False)
+    probe.conf.broker_transport_options = options
+    try:
+        replies = probe.control.ping(timeout=1.0)
+    finally:
+        probe.close()
     if replies:
         nodes = ", ".join(sorted(name for reply in replies for name in reply))
         raise CommandError(f"workers still consume from the old broker ({nodes}): stop them first (a warm "

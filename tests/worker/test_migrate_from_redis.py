@@ -76,11 +76,17 @@ def test_switch_over_from_redis_loses_nothing_and_runs_nothing_twice(p):
     wait_for(lambda: sum(1 for tag in executions(p) if tag[0] in "pn") == PLAIN + NEW, 120,
              "the old worker to drain the plain tasks and the new one to run the new tasks")
 
+    # Restoring the unacked hash while an old worker holds tasks there would run them twice: refused.
+    migrate_from = ("durable", "migrate-from", REDIS, "-O", f"global_keyprefix={p.prefix}", "--json")
+    refused = p.celery(*migrate_from)
+    assert refused.returncode == 1 and "workers still consume from the old broker" in refused.stderr, refused.stderr
+
     # The old worker stops (a warm shutdown gives its countdown tasks back to Redis); the rest moves.
     p.workers[1].stop()
     ran_before = len(executions(p))
-    out = p.celery("durable", "migrate-from", REDIS, "-O", f"global_keyprefix={p.prefix}", "--json")
+    out = p.celery(*migrate_from)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "restored 50 unacked messages" in out.stderr and "moved 100/" in out.stderr, out.stderr
     summary = json.loads(out.stdout)
     assert summary["restored_unacked"] == KILLED
     assert summary["moved"] == KILLED + COUNTDOWN + PLAIN + NEW - ran_before
