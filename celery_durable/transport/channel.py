@@ -24,6 +24,16 @@ NAME_MAX = 1000
 _topic = TopicExchange(None)
 
 
+def broadcast_exchange(name: str) -> bool:
+    """Celery's own broadcast exchanges: remote control (``<app>.pidbox``) and events and gossip (``celeryev``).
+
+    Only their transient (auto-delete or non-durable) queues receive by NOTIFY alone, like Redis
+    pub/sub: a listener that is not connected misses the message, which is what these are for.
+    Every other queue gets rows, so a consumer that reconnects finds what was published meanwhile.
+    """
+    return name.endswith(".pidbox") or name == "celeryev"
+
+
 def _check_name(kind: str, value: str | None) -> str:
     value = value or ""
     if len(value.encode()) > NAME_MAX:
@@ -68,8 +78,10 @@ class Channel(virtual.Channel):
         #: Messages asked of the fetcher thread and not yet delivered (one claim in flight at a time).
         self.claiming = 0
         self.no_ack_queues: set[str] = set()
-        #: Auto-delete or non-durable queues: broadcasts reach them by NOTIFY, the safety poll skips them.
+        #: Auto-delete or non-durable queues.
         self.transient_queues: set[str] = set()
+        #: Transient queues bound to Celery's broadcast exchanges: they get no rows, the safety poll skips them.
+        self.notify_only_queues: set[str] = set()
 
     @property
     def db(self):
@@ -128,6 +140,8 @@ class Channel(virtual.Channel):
     def queue_bind(self, queue, exchange=None, routing_key="", arguments=None, **kwargs):
         exchange = _check_name("exchange", exchange or "amq.direct")
         routing_key = _check_name("routing key", routing_key)
+        if queue in self.transient_queues and broadcast_exchange(exchange):
+            self.notify_only_queues.add(queue)
         self.db.execute("binding_declare", exchange=exchange, routing_key=routing_key,
                         queue=_check_name("queue", queue), pattern=_topic.key_to_pattern(routing_key))
 

@@ -63,7 +63,7 @@ class Delivery:
         """Claim soon from ``queue``'s consumers, or (None: the safety poll) from every durable queue's."""
         for channel in self.transport.channels:
             if queue is None:
-                if any(q not in channel.transient_queues for q in channel._active_queues):
+                if any(q not in channel.notify_only_queues for q in channel._active_queues):
                     channel.ready = True
             elif queue in channel._active_queues:
                 channel.ready = True

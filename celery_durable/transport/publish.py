@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 
 from .. import enqueue
 from ..exceptions import MessageTooLarge
+from .channel import broadcast_exchange
 from .committer import committer
 from .database import Database
 from .notifier import NOTIFY_MESSAGE_MAX
@@ -50,6 +51,7 @@ class Publisher:
         if exchange:
             query, params["exchange"], params["routing_key"] = "message_route", exchange, routing_key
             params["channel"], params["notify_max"] = self.db.notify_channel, NOTIFY_MESSAGE_MAX
+            params["broadcast"] = broadcast_exchange(exchange)
         else:
             query, params["queue"] = "message_put", routing_key
         outer = enqueue.current_connection(self.db.conninfo)

@@ -86,13 +86,13 @@ WHERE exchange = %(exchange)s AND routing_key = %(routing_key)s AND queue = %(qu
 SELECT queue, exchange, routing_key FROM {schema}.binding ORDER BY exchange, routing_key, queue
 
 -- message_route --
--- Publish through an exchange: route against the shared bindings in one statement. Durable
--- queues get a row each (expiry: the earlier of the message's and the queue's TTL). Transient
--- (auto-delete or non-durable) queues bound to fanout or topic exchanges -- Celery's broadcasts,
--- events and gossip -- get the message by NOTIFY, like Redis pub/sub, when it fits in a payload.
+-- Publish through an exchange: route against the shared bindings in one statement. Every queue
+-- gets a row (expiry: the earlier of the message's and the queue's TTL), except transient
+-- (auto-delete or non-durable) queues of Celery's broadcast exchanges (%(broadcast)s: remote
+-- control, events, gossip), which get the message by NOTIFY, like Redis pub/sub, when it fits.
 WITH target AS (
     SELECT DISTINCT ON (b.queue) b.queue, q.message_ttl_ms,
-           (e.type <> 'direct' AND (q.auto_delete OR NOT q.durable)
+           (%(broadcast)s AND e.type <> 'direct' AND (q.auto_delete OR NOT q.durable)
             AND octet_length(%(payload)s) <= %(notify_max)s) AS by_notify
     FROM {schema}.binding b
     JOIN {schema}.exchange e ON e.name = b.exchange
