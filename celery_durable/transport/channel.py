@@ -23,6 +23,19 @@ NAME_MAX = 1000
 
 _topic = TopicExchange(None)
 
+#: Queue arguments we honour: x-expires (unused queues go), x-message-ttl (messages expire),
+#: x-max-priority (a higher priority counts as the maximum).
+HONOURED_ARGUMENTS = frozenset({"x-expires", "x-message-ttl", "x-max-priority"})
+#: What happens instead of the RabbitMQ arguments we do not honour.
+INSTEAD = {
+    "x-max-length": "the queue has no length limit",
+    "x-max-length-bytes": "the queue has no size limit",
+    "x-overflow": "the queue has no length limit",
+    "x-dead-letter-exchange": "rejected, too-often-delivered and undecodable messages go to the dead_letter table",
+    "x-dead-letter-routing-key": "rejected, too-often-delivered and undecodable messages go to the dead_letter table",
+}
+_warned_arguments: set[tuple[str, str]] = set()
+
 
 def broadcast_exchange(name: str) -> bool:
     """Celery's own broadcast exchanges: remote control (``<app>.pidbox``) and events and gossip (``celeryev``).
@@ -122,6 +135,7 @@ class Channel(virtual.Channel):
     def _new_queue(self, queue, **kwargs):
         queue = _check_name("queue", queue)
         arguments = kwargs.get("arguments") or {}
+        _warn_unhonoured(queue, arguments)
         if kwargs.get("auto_delete") or not kwargs.get("durable", True):
             self.transient_queues.add(queue)
         self.db.execute(
@@ -200,6 +214,18 @@ class Channel(virtual.Channel):
         else:
             self.qos.append(message, message.delivery_tag)
         return message
+
+
+def _warn_unhonoured(queue: str, arguments: dict) -> None:
+    """Name the queue arguments we do not honour, once per queue and argument in this process."""
+    ignored = []
+    for name in arguments:
+        if name in HONOURED_ARGUMENTS or (queue, name) in _warned_arguments:
+            continue
+        _warned_arguments.add((queue, name))
+        ignored.append(f"{name} ({INSTEAD.get(name, 'ignored')})")
+    if ignored:
+        logger.warning("queue %r: celery_durable does not honour %s", queue, "; ".join(ignored))
 
 
 def _int(value) -> int | None:

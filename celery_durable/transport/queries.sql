@@ -87,11 +87,12 @@ SELECT queue, exchange, routing_key FROM {schema}.binding ORDER BY exchange, rou
 
 -- message_route --
 -- Publish through an exchange: route against the shared bindings in one statement. Every queue
--- gets a row (expiry: the earlier of the message's and the queue's TTL), except transient
+-- gets a row (expiry: the earlier of the message's and the queue's TTL; priority: at most the
+-- queue's x-max-priority), except transient
 -- (auto-delete or non-durable) queues of Celery's broadcast exchanges (%(broadcast)s: remote
 -- control, events, gossip), which get the message by NOTIFY, like Redis pub/sub, when it fits.
 WITH target AS (
-    SELECT DISTINCT ON (b.queue) b.queue, q.message_ttl_ms,
+    SELECT DISTINCT ON (b.queue) b.queue, q.message_ttl_ms, q.max_priority,
            (%(broadcast)s AND e.type <> 'direct' AND (q.auto_delete OR NOT q.durable)
             AND octet_length(%(payload)s) <= %(notify_max)s) AS by_notify
     FROM {schema}.binding b
@@ -104,7 +105,7 @@ WITH target AS (
 ),
 stored AS (
     INSERT INTO {schema}.message (queue, priority, visible_at, expires_at, task, payload)
-    SELECT t.queue, %(priority)s, coalesce(%(visible_at)s, now()),
+    SELECT t.queue, least(%(priority)s, coalesce(t.max_priority, %(priority)s)), coalesce(%(visible_at)s, now()),
            least(%(expires_at)s, now() + t.message_ttl_ms * interval '1 millisecond'),
            %(task)s, %(payload)s
     FROM target t WHERE NOT t.by_notify
@@ -114,12 +115,14 @@ SELECT count(pg_notify(%(channel)s, 'm' || octet_length(t.queue) || ':' || t.que
 FROM target t WHERE t.by_notify
 
 -- message_put --
--- Publish straight to a queue (the default exchange: routing key = queue name).
+-- Publish straight to a queue (the default exchange: routing key = queue name). The queue's
+-- x-message-ttl bounds the expiry, its x-max-priority the priority (as RabbitMQ does).
 INSERT INTO {schema}.message (queue, priority, visible_at, expires_at, task, payload)
-SELECT %(queue)s, %(priority)s, coalesce(%(visible_at)s, now()),
-       least(%(expires_at)s, now() + (SELECT message_ttl_ms FROM {schema}.queue WHERE name = %(queue)s)
-                                      * interval '1 millisecond'),
+SELECT %(queue)s, least(%(priority)s, coalesce(q.max_priority, %(priority)s)), coalesce(%(visible_at)s, now()),
+       least(%(expires_at)s, now() + q.message_ttl_ms * interval '1 millisecond'),
        %(task)s, %(payload)s
+FROM (VALUES (1)) AS one
+LEFT JOIN {schema}.queue q ON q.name = %(queue)s
 RETURNING queue
 
 -- message_claim --
