@@ -128,6 +128,26 @@ def celery_migrate(source: str, destination: str, queue: str) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_celery_migrate_from_redis_keeps_countdowns(own_database):
+    """Celery's own command moves what waits in Redis's lists (not its unacked hash: see migrate-from)."""
+    queue = f"parity_{uuid.uuid4().hex[:8]}"
+    app = make_app({"CELERY_DURABLE_BROKER": REDIS, "CELERY_DURABLE_BACKEND": "disabled://"})
+    client = redis.Redis.from_url(REDIS)
+    try:
+        for i in range(10):
+            app.tasks["parity.add"].apply_async((i, i), queue=queue, countdown=600 if i < 3 else None)
+        celery_migrate(REDIS, own_database, queue)
+        assert client.llen(queue) == 0
+    finally:
+        app.close()
+        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        client.close()
+    with psycopg.connect(own_database) as conn:
+        rows = conn.execute("SELECT visible_at > now() + interval '1 minute' FROM celery_durable.message "
+                            "WHERE queue = %s", (queue,)).fetchall()
+    assert sorted(rows) == [(False,)] * 7 + [(True,)] * 3
+
+
 def test_celery_migrate_from_rabbitmq_keeps_countdowns(own_database):
     queue = f"parity_{uuid.uuid4().hex[:8]}"
     app = make_app({"CELERY_DURABLE_BROKER": RABBITMQ, "CELERY_DURABLE_BACKEND": "disabled://"})
@@ -168,3 +188,21 @@ def test_celery_migrate_from_postgresql_to_redis(own_database):
         app.close()
         client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
         client.close()
+
+
+def test_migrate_from_rabbitmq_into_the_apps_schema(pg_url):
+    parity = Parity(pg_url)
+    queue = f"parity_{uuid.uuid4().hex[:8]}"
+    old = make_app({"CELERY_DURABLE_BROKER": RABBITMQ, "CELERY_DURABLE_BACKEND": "disabled://"})
+    try:
+        for i in range(10):
+            old.tasks["parity.add"].apply_async((i, i), queue=queue, countdown=600 if i < 3 else None)
+        out = parity.celery("durable", "migrate-from", RABBITMQ, "-Q", queue, "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert json.loads(out.stdout)["moved"] == 10
+        assert parity.q("SELECT count(*) FROM {s}.message WHERE queue = %s", queue) == [(10,)]
+    finally:
+        with old.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+        old.close()
+        parity.close()
