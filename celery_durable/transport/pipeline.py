@@ -18,8 +18,8 @@ has not run yet once it finds its client gone, so the unanswered publishes
 may be lost although they reached the server. :meth:`Pipeline.flush` waits
 for every answer: the transport flushes when its connection closes, before
 it counts, purges or gets messages, :func:`flush_all` (``celery_durable.flush_publishes``)
-on demand, and :func:`close_all` at interpreter exit and when a Celery pool
-process ends. Nothing waits in the process between publishes, so releasing a
+on demand, and :func:`close_all` at interpreter exit, when a multiprocessing
+child ends and when a Celery pool process ends. Nothing waits in the process between publishes, so releasing a
 producer to Kombu's pool needs no flush.
 
 A statement the server refuses fails alone: it is logged with its task id,
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing.util
 import os
 import re
 import select
@@ -340,9 +341,16 @@ _live: set[Pipeline] = set()
 _live_lock = threading.Lock()
 
 
+_exit_hooked: set[int] = set()
+
+
 def _register(pipeline: Pipeline) -> None:
     with _live_lock:
         _live.add(pipeline)
+        if pipeline.pid not in _exit_hooked:
+            # A multiprocessing child ends in os._exit(), past atexit, after running these.
+            _exit_hooked.add(pipeline.pid)
+            multiprocessing.util.Finalize(None, close_all, exitpriority=100)
 
 
 def _unregister(pipeline: Pipeline) -> None:

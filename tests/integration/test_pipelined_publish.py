@@ -111,6 +111,21 @@ def test_an_exiting_client_flushes_its_publishes(h):
     assert stored_args(h) == list(range(50))
 
 
+def test_a_multiprocessing_child_flushes_before_it_ends(h):
+    """A forked child ends in os._exit(), past atexit: multiprocessing's finalizers flush its pipeline."""
+    with table_locked(h):
+        client = Client(h.env, "wait", "child:50")
+        client.go()
+        # The child published 50 without a commit (the table is locked) and is now flushing: it can only
+        # end once the lock goes, so release the lock first and then read its report.
+        wait_for(lambda: h.q("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                             " AND query LIKE %s", f"%{h.schema}%.message%"), WAIT, "the child's blocked publish")
+        assert h.messages() == 0
+    client.expect("child published 50 (exit code 0)")
+    assert client.proc.wait(WAIT) == 0, client.proc.stderr.read()
+    assert stored_args(h) == list(range(50))
+
+
 def test_a_killed_client_loses_at_most_the_unanswered_publishes_and_nothing_flushed(h):
     client = Client(h.env, "wait", "publish:20", "wait", "flush", "wait", "publish:2000", "wait")
     with table_locked(h):
