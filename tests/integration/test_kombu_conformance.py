@@ -1,18 +1,13 @@
 """Kombu's own integration base classes, run unchanged against the postgresql:// transport.
 
 The classes ship in the kombu sdist (t/integration/common.py), not in the
-wheel: we take them from the sdist of the installed kombu version (pip
-download, cached under the pytest cache dir) and subclass them here.
+wheel: ``.ci/run`` fetches them during set-up (see tests/support/kombu_sdist.py);
+a run without them fetches them once, and fails when they cannot be had.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
-import tarfile
-from pathlib import Path
 
 import kombu
 import pytest
@@ -20,36 +15,22 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import celery_durable  # noqa: F401
 from celery_durable.db import dsn
+from tests.support import kombu_sdist
 
 
-def _load_common(cache: Path):
-    target = cache / f"kombu-{kombu.__version__}-common.py"
-    if not target.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-             f"kombu=={kombu.__version__}", "-d", str(cache)],
-            check=True, capture_output=True, timeout=300,
-        )
-        sdist = next(cache.glob(f"kombu-{kombu.__version__}.tar.gz"))
-        with tarfile.open(sdist) as tar:
-            member = tar.getmember(f"kombu-{kombu.__version__}/t/integration/common.py")
-            target.write_bytes(tar.extractfile(member).read())
-    spec = importlib.util.spec_from_file_location("kombu_integration_common", target)
+def _load_common():
+    try:
+        path = kombu_sdist.fetch()
+    except Exception as exc:  # a failure, not a skip: these tests are part of the suite
+        pytest.fail(f"kombu's integration tests are missing ({exc}); fetch them with "
+                    f"`python -m tests.support.kombu_sdist` (cache: {kombu_sdist.cache_dir()})", pytrace=False)
+    spec = importlib.util.spec_from_file_location("kombu_integration_common", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-_cache = Path(os.environ.get("KOMBU_SDIST_CACHE", Path(__file__).resolve().parents[2] / ".pytest_cache" / "kombu-sdist"))
-try:
-    common = _load_common(_cache)
-except Exception as exc:  # no registry reachable: say so instead of silently passing
-    pytest.skip(f"kombu sdist not available: {exc}", allow_module_level=True)
-
-
-def _url_with_schema(url: str) -> str:
-    return url
+common = _load_common()
 
 
 @pytest.fixture

@@ -146,7 +146,12 @@ def test_cancel_stops_before_the_next_step(client, db, workers, env):
     db.set("block:b", None)
     with pytest.raises(Exception, match="cancelled"):
         wf.get(timeout=60)
-    time.sleep(0.5)  # give a wrongly sent step c a chance to show up
+    # Not a pause but quiescence: a wrongly sent step c is a message row (sent in b's transaction);
+    # once no message is left, c has either run already or can never run.
+    deadline = time.monotonic() + 60
+    while db.q("SELECT count(*) FROM {s}.message")[0][0]:
+        assert time.monotonic() < deadline, "messages left after the cancelled workflow ended"
+        time.sleep(0.05)
     assert db.runs("c") == 0
     assert workflows.get_workflow(client, workflow_id=wf.workflow_id)["status"] == "cancelled"
 
