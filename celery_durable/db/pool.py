@@ -1,4 +1,4 @@
-"""One psycopg pool per (database, process): shared by transport, backend and durable chains.
+"""Psycopg pools per database, process and component: shared by transport, backend and durable chains.
 
 A worker's fetcher and keeper threads each have a pool of one connection of
 their own, so ``pg_stat_activity`` tells them apart (:mod:`.appname`). Behind

@@ -119,7 +119,8 @@ class Delivery:
         with self.db.connection() as conn:
             if not acks and len(requests) == 1:
                 queues, n = requests[0]
-                return token, [self.db.run(conn, "message_claim", dict(claim, queues=queues, n=n), relaxed=True).fetchall()]
+                cursor = self.db.run(conn, "message_claim", dict(claim, queues=queues, n=n), relaxed=True)
+                return token, [cursor.fetchall()]
             with conn.pipeline():
                 conn.execute(pool.NO_FLUSH_WAIT)  # one implicit transaction up to the pipeline's end
                 acked = conn.execute(q["message_ack"], self.leases.ack_params(acks)) if acks else None

@@ -145,7 +145,8 @@ class _Recorder:
             while True:
                 try:
                     if self._conn is None or self._conn.closed:
-                        self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=3, prepare_threshold=None)
+                        self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=3,
+                                                     prepare_threshold=None)  # (PgBouncer)
                     self._conn.execute(self._insert, (tag, os.getpid()))
                     return
                 except psycopg.OperationalError:

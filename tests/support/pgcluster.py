@@ -357,7 +357,10 @@ def _destroy_leftovers() -> None:
 
 @pytest.fixture
 def pg_cluster() -> Iterator:
-    """Factory: ``pg_cluster(conf=[…], hba=[…], tls=ServerTls(…))`` starts a private cluster; all are destroyed after the test."""
+    """Factory: ``pg_cluster(conf=[…], hba=[…], tls=ServerTls(…))`` starts a private cluster.
+
+    Every cluster (and its standbys) is destroyed after the test, whatever happened.
+    """
     started: list[PgCluster] = []
 
     def start(**options) -> PgCluster:

@@ -78,7 +78,8 @@ def test_failover_to_a_synchronous_standby_loses_nothing(pg_cluster, workers):
                              "WHERE tag LIKE 't%'")[0][0]
     print(f"\nfailover: {TASKS} acks_late tasks, {CHAINS} durable chains ({ledger_before} past their write at "
           f"the kill), a worker -c 2 for the tasks and one for the chains; lost {lost}, "
-          f"chains right {chains_right}/{CHAINS}, doubled ledger writes {doubled}, tasks run again (at least once) {reruns}; promote took {promoted_at - killed_at:.1f} s, "
+          f"chains right {chains_right}/{CHAINS}, doubled ledger writes {doubled}, tasks run again (at least "
+          f"once) {reruns}; promote took {promoted_at - killed_at:.1f} s, "
           f"first task done {resumed_at - killed_at:.1f} s after the kill, everything done "
           f"{done_at - killed_at:.1f} s after it")
     assert lost == 0
