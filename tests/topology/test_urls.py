@@ -39,7 +39,7 @@ def libpq_url(pg_url: str, kombu_spelling: bool = False, **extra: str) -> str:
 
 @pytest.mark.parametrize("kombu_spelling", [False, True], ids=["sslmode", "ssl_mode"])
 def test_one_libpq_url_as_broker_backend_and_cli(pg_url, schema, kombu_spelling):
-    url = libpq_url(pg_url, kombu_spelling, application_name=f"urls_{uuid.uuid4().hex[:8]}")
+    url = libpq_url(pg_url, kombu_spelling, application_name="urls")  # one pool for both runs
     options = {"schema": schema, "polling_interval": 0.5}
 
     with kombu.Connection(url, transport_options=options) as conn:
