@@ -56,3 +56,18 @@ def test_an_error_before_a_group_in_a_chain_raises(p):
     # The worker marks the members one after the other; get() wakes on the first.
     wait_for(lambda: [r.state for r in result.results] == ["FAILURE", "FAILURE"], TIMEOUT,
              "both group members to be marked failed")
+
+
+def test_repeated_control_command_errors_leave_the_worker_answering(p):
+    """Five control commands that raise: Kombu's pidbox resets the worker's mailbox each time."""
+
+    def pong():
+        return p.app.control.ping(destination=[node("behaviours")], timeout=10) == [{node("behaviours"): {"ok": "pong"}}]
+
+    assert pong()
+    for _ in range(5):
+        p.app.control.broadcast("parity_control_error", reply=False)
+    wait_for(lambda: p.workers[0].log().count("parity control command error") >= 5, 30, "five control errors")
+    assert pong()
+    assert task(p, "add").delay(4, 4).get(timeout=TIMEOUT) == 8
+    assert pong()
