@@ -37,6 +37,7 @@ class Parity:
                     "C_FORCE_ROOT": "1", **env}
         self.app = make_app(self.env)
         self.workers: list[WorkerProcess] = []
+        self._conn: psycopg.Connection | None = None
 
     def start(self, name: str, *args: str, env: dict | None = None, **kwargs) -> WorkerProcess:
         """Start ``celery worker -n name@host`` on the parity app; killed at close()."""
@@ -50,16 +51,19 @@ class Parity:
                               env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
     def q(self, query: str, *params):
-        """Run ``query`` with ``{s}`` standing for the quoted schema; return all rows."""
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            cur = conn.execute(sql.SQL(query).format(s=sql.Identifier(self.schema)), params)
-            return cur.fetchall() if cur.description else []
+        """Run ``query`` with ``{s}`` standing for the quoted schema; return all rows (one connection, kept)."""
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.url, autocommit=True)
+        cur = self._conn.execute(sql.SQL(query).format(s=sql.Identifier(self.schema)), params)
+        return cur.fetchall() if cur.description else []
 
     def close(self) -> None:
         for worker in self.workers:
             worker.kill()
         self.app.close()
         listener.close_all()
+        if self._conn is not None:
+            self._conn.close()
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
 

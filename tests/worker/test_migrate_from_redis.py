@@ -112,8 +112,10 @@ def test_switch_over_from_redis_loses_nothing_and_runs_nothing_twice(p):
 # -- Celery's own `celery migrate` in both directions, with Kombu's URLs (default schema: a database of its own) --
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def own_database(pg_url):
+    """One database for the module's `celery migrate` tests (each uses queues of its own): creating and
+    dropping databases is slow on a busy server."""
     name = f"parity_mig_{uuid.uuid4().hex[:8]}"
     url = create_database(pg_url, name)
     yield url
@@ -183,7 +185,8 @@ def test_celery_migrate_from_postgresql_to_redis(own_database):
         celery_migrate(own_database, REDIS, queue)
         assert client.llen(queue) == 20
         with psycopg.connect(own_database) as conn:
-            assert conn.execute("SELECT count(*) FROM celery_durable.message").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM celery_durable.message WHERE queue = %s",
+                                (queue,)).fetchone() == (0,)
     finally:
         app.close()
         client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")

@@ -77,8 +77,8 @@ def test_repeated_control_command_errors_leave_the_client_working(p, worker):
     """Five control commands that raise make Kombu's pidbox reset the worker's mailbox; all still works."""
 
     def pong():
-        replies = p.app.control.inspect(timeout=10).ping()
-        return replies and list(replies.values())[0] == {"ok": "pong"}
+        # With a destination the call returns as soon as that worker replied.
+        return p.app.control.inspect(destination=[worker.hostname], timeout=10).ping() == {worker.hostname: {"ok": "pong"}}
 
     assert pong()
     for _ in range(5):
@@ -115,11 +115,11 @@ def test_revoke_by_stamped_headers_on_a_complex_canvas(p, worker):
                 canvas.apply_async().get(timeout=TIMEOUT)
             assert stamped_result.state == "REVOKED"
         # Nothing revoked is left running (a 30 s sleep would show): the worker is idle.
-        wait_for(lambda: _idle(p), 10, "the worker to report no active task")
+        wait_for(lambda: _idle(p, worker), 10, "the worker to report no active task")
     finally:
         worker_state.revoked_stamps.clear()
 
 
-def _idle(p) -> bool:
-    active = p.app.control.inspect(timeout=5).active()
+def _idle(p, worker) -> bool:
+    active = p.app.control.inspect(destination=[worker.hostname], timeout=5).active()
     return bool(active) and all(not tasks for tasks in active.values())
