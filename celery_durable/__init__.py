@@ -11,10 +11,10 @@ from kombu.transport import TRANSPORT_ALIASES
 TRANSPORT_ALIASES.setdefault("postgresql", "celery_durable.transport:Transport")
 TRANSPORT_ALIASES.setdefault("postgres", "celery_durable.transport:Transport")
 
-from .durable import current_step, durable_chain
+from .workflow import current_step, durable, durable_chain
 from .enqueue import in_transaction
 from .transport.pipeline import flush_all as flush_publishes
 from . import maintenance  # noqa: F401  (connects the worker's maintenance to Celery's signals)
 
-__all__ = ["current_step", "durable_chain", "flush_publishes", "in_transaction"]
+__all__ = ["current_step", "durable", "durable_chain", "flush_publishes", "in_transaction"]
 __version__ = "0.1.0"

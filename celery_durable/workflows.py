@@ -1,9 +1,10 @@
-"""Operate durable chains: list, show, cancel, resume, restart from a step.
+"""Operate durable workflows: list, show, cancel, resume, restart from a task.
 
 Reading needs only a URL (or an app); changing a workflow that must send a
-step needs the Celery app, whose broker carries the message. Every change
+task needs the Celery app, whose broker carries the message. Every change
 runs in one transaction under the workflow's row lock, and in atomic mode
-the re-sent step's message commits with it.
+the re-sent tasks' messages commit with it. A task is named by its path in
+the workflow's tree (``"2.1.0"``; a durable_chain's steps are ``"0"``, ``"1"``…).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from celery import states
 
 from .config import Settings
 from .db import dsn, pool, queries
-from .durable.checkpoint import cancelled_error, decode, previous_result, unfinished_members
-from .durable.dispatch import plan, send, stage
-from .durable.steps import Step, decode_steps, encode_steps
-from .durable.store import Store
 from .exceptions import WorkflowError
+from .workflow.canvas import call_args, decode_tree, encode_tree, with_args
+from .workflow.checkpoint import cancelled_error, decode, ready_tasks, values_of
+from .workflow.dispatch import plan, send, stage
+from .workflow.store import Store
+from .workflow.tree import Node, Tree
 
 __all__ = ["cancel_workflow", "get_workflow", "list_workflows", "restart_workflow", "resume_workflow"]
 
@@ -31,7 +33,11 @@ def _reader(app_or_url: Any, schema: str | None) -> tuple[str, Settings]:
 
 
 def _queries(settings: Settings) -> dict[str, str]:
-    return queries.load("celery_durable.durable", "queries.sql", settings.schema)
+    return queries.load("celery_durable.workflow", "queries.sql", settings.schema)
+
+
+def _path_key(path: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in path.split("."))
 
 
 def list_workflows(app_or_url: Any, schema: str | None = None, status: str | None = None,
@@ -46,7 +52,12 @@ def list_workflows(app_or_url: Any, schema: str | None = None, status: str | Non
 
 def get_workflow(app_or_url: Any, schema: str | None = None, workflow_id: str | None = None,
                  app: Any = None) -> dict | None:
-    """One workflow with its steps and checkpoints (results decoded when ``app`` is given), or None."""
+    """One workflow: its tree with each task's state, its checkpoints (results decoded when ``app`` is given), or None.
+
+    A task's state is ``succeeded`` (checkpointed), ``failed``, ``sent`` (its
+    input is ready and the workflow runs: queued or running), ``stopped`` (the
+    same in a failed or cancelled workflow) or ``waiting`` (its input is not ready).
+    """
     if workflow_id is None:
         raise TypeError("get_workflow needs a workflow_id")
     conninfo, settings = _reader(app_or_url, schema)
@@ -58,26 +69,60 @@ def get_workflow(app_or_url: Any, schema: str | None = None, workflow_id: str | 
         if row is None:
             return None
         marks = conn.execute(q["checkpoint_list"], {"id": workflow_id}).fetchall()
-    (wid, name, status, current, generation, steps_json, result_id, error, created, updated, finished, atomic) = row
-    steps = decode_steps(steps_json)
-    checkpoints = []
-    for step, member, task_id, task_name, content_type, blob, attempts, finished_at in marks:
-        entry = {"step": step, "member": member, "task_id": task_id, "task": task_name,
-                 "attempts": attempts, "finished_at": finished_at}
+    (wid, name, status, current, generation, steps_json, result_id, error, created, updated, finished, atomic,
+     failed_path) = row
+    tree = decode_tree(steps_json)
+    checkpoints = {}
+    for path, task_id, task_name, content_type, blob, attempts, finished_at in marks:
+        parts = _path_key(path)
+        entry = {"path": path, "step": parts[0], "member": parts[1] if len(parts) > 1 else -1,
+                 "task_id": task_id, "task": task_name, "attempts": attempts, "finished_at": finished_at}
         if app is not None:
             entry["result"] = decode(app, content_type, blob)
-        checkpoints.append(entry)
+        checkpoints[path] = entry
+    sent = {t.path for t in tree.frontier(set(checkpoints))}
+    states_by_path = {}
+    for task in tree.tasks():
+        if task.path in checkpoints:
+            states_by_path[task.path] = "succeeded"
+        elif status == "failed" and task.path == failed_path:
+            states_by_path[task.path] = "failed"
+        elif task.path in sent:
+            states_by_path[task.path] = "sent" if status == "running" else "stopped"
+        else:
+            states_by_path[task.path] = "waiting"
     return {
         "id": wid, "name": name, "status": status, "current_step": current, "generation": generation,
-        "atomic": atomic, "error": error, "created_at": created, "updated_at": updated,
+        "atomic": atomic, "error": error, "failed_path": failed_path, "created_at": created, "updated_at": updated,
         "finished_at": finished, "result_task_id": result_id,
-        "steps": [{"index": i, "task": s.display, "kind": s.kind} for i, s in enumerate(steps)],
-        "checkpoints": checkpoints,
+        "steps": [{"index": c.index, "task": c.name, "kind": c.kind} for c in tree.root.children],
+        "tree": [_describe(child, states_by_path, checkpoints) for child in tree.root.children],
+        "checkpoints": [checkpoints[p] for p in sorted(checkpoints, key=_path_key)],
     }
 
 
+def _describe(node: Node, task_states: dict[str, str], checkpoints: dict[str, dict]) -> dict:
+    """One node of ``get_workflow``'s tree: path, kind, name, state (and its task's checkpoint)."""
+    entry: dict[str, Any] = {"path": node.path, "kind": "chord" if node.chord else node.kind, "task": node.name}
+    if node.kind == "task":
+        entry["state"] = task_states[node.path]
+        mark = checkpoints.get(node.path)
+        if mark is not None:
+            entry.update({k: mark[k] for k in ("task_id", "attempts", "result") if k in mark})
+        return entry
+    entry["children"] = [_describe(child, task_states, checkpoints) for child in node.children]
+    below = {task_states[t.path] for t in node.tasks()}
+    for state in ("failed", "sent", "stopped"):
+        if state in below:
+            entry["state"] = state
+            break
+    else:
+        entry["state"] = "succeeded" if below == {"succeeded"} else "waiting"
+    return entry
+
+
 def cancel_workflow(app_or_url: Any, workflow_id: str, schema: str | None = None) -> bool:
-    """Stop sending steps; a step already running finishes but nothing follows it.
+    """Stop sending tasks; a task already running finishes but nothing follows it.
 
     ``wf.get()`` raises TaskRevokedError. Returns False when the workflow had
     already ended (succeeded or cancelled).
@@ -95,52 +140,52 @@ def cancel_workflow(app_or_url: Any, workflow_id: str, schema: str | None = None
             raise WorkflowError(f"no workflow {workflow_id!r}")
         if row[0] in ("succeeded", "cancelled"):
             return False
-        conn.execute(q["workflow_finish"], {"id": workflow_id, "status": "cancelled", "error": None, "step": row[1]})
+        conn.execute(q["workflow_finish"], {"id": workflow_id, "status": "cancelled", "error": None,
+                                            "step": row[1], "failed_path": None})
         if backend is not None:
             backend.store_result_in(conn, row[4], cancelled_error(workflow_id), states.REVOKED)
     return True
 
 
 def resume_workflow(app: Any, workflow_id: str) -> list[str]:
-    """Send the current step again (its unfinished members, for a group) of a failed, cancelled or stalled workflow.
+    """Send again every task that should be running and has no checkpoint (a failed one, a lost one).
 
-    Use it after fixing what made a step fail. Returns the sent task ids.
-    Raises WorkflowError for a workflow that succeeded.
+    For a failed, cancelled or stalled workflow of any shape: after fixing what
+    made a task fail. Returns the sent task ids. Raises WorkflowError for a
+    workflow that succeeded.
     """
-    store = Store.for_app(app)
-    q = store.queries
 
-    def change(conn: Any, row: tuple, steps: list[Step]) -> tuple[int, set[int] | None]:
-        status, current = row[0], row[1]
-        if status == "succeeded":
+    def change(conn: Any, row: tuple, tree: Tree) -> int:
+        if row[0] == "succeeded":
             raise WorkflowError(f"workflow {workflow_id} already succeeded: use restart_workflow to run it again")
-        conn.execute(q["workflow_restart"], {"id": workflow_id, "step": current, "bump": 0, "steps": encode_steps(steps)})
-        return current, unfinished_members(conn, store, workflow_id, steps, current)
+        return 0
 
-    return _resend(store, workflow_id, change)
+    return _resend(Store.for_app(app), workflow_id, change)
 
 
-def restart_workflow(app: Any, workflow_id: str, from_step: int, args: list | None = None) -> list[str]:
-    """Run a workflow again from step ``from_step`` (0-based), optionally with new args for that step.
+def restart_workflow(app: Any, workflow_id: str, from_step: int | str, args: list | None = None) -> list[str]:
+    """Run a workflow again from the task or node at ``from_step`` (a path such as ``"2.1.0"``, or a root index).
 
-    Checkpoints of that step and later ones are dropped, earlier ones kept;
-    messages still in flight from the previous run are ignored (a new
-    generation). Returns the sent task ids.
+    Checkpoints of that node and of everything its result flows into are
+    dropped; the others (earlier tasks, parallel branches) are kept. ``args``
+    replaces a task's own arguments. Messages still in flight from the
+    previous run are ignored (a new generation). Returns the sent task ids.
     """
     store = Store.for_app(app)
-    q = store.queries
+    path = str(from_step)
 
-    def change(conn: Any, row: tuple, steps: list[Step]) -> tuple[int, set[int] | None]:
-        if not 0 <= from_step < len(steps):
-            raise WorkflowError(f"workflow {workflow_id} has steps 0..{len(steps) - 1}, not {from_step}")
+    def change(conn: Any, row: tuple, tree: Tree) -> int:
+        if path not in tree.nodes:
+            raise WorkflowError(f"workflow {workflow_id} has no task or node at path {path!r}; its root has "
+                                f"elements 0..{len(tree.root.children) - 1}")
+        node = tree[path]
         if args is not None:
-            if steps[from_step].kind != "task":
-                raise WorkflowError("new args can only replace a single-task step's arguments")
-            steps[from_step].signatures[0]["args"] = list(args)
-        conn.execute(q["checkpoint_delete_from"], {"id": workflow_id, "step": from_step})
-        conn.execute(q["workflow_restart"], {"id": workflow_id, "step": from_step, "bump": 1,
-                                              "steps": encode_steps(steps)})
-        return from_step, None
+            if node.kind != "task":
+                raise WorkflowError(f"new args can only replace a task's arguments; {path} is a {node.kind}")
+            node.sig = with_args(node.sig, args, call_args(node.sig, app)[1])
+        again = [t.path for t in tree.downstream(path)]
+        conn.execute(store.queries["checkpoint_delete_paths"], {"id": workflow_id, "paths": again})
+        return 1
 
     return _resend(store, workflow_id, change)
 
@@ -152,13 +197,27 @@ def _resend(store: Store, workflow_id: str, change) -> list[str]:
             row = conn.execute(q["workflow_lock"], {"id": workflow_id}).fetchone()
             if row is None:
                 raise WorkflowError(f"no workflow {workflow_id!r}")
-            steps = decode_steps(row[3])
-            index, members = change(conn, row, steps)
-            generation = conn.execute(q["workflow_get"], {"id": workflow_id}).fetchone()[4]
-            previous = previous_result(store, conn, workflow_id, steps, index)
+            tree = decode_tree(row[3])
+            bump = change(conn, row, tree)
+            entries, done = ready_tasks(store, conn, workflow_id, tree)
+            generation = conn.execute(q["workflow_restart"], {
+                "id": workflow_id, "step": tree.current_step(done), "bump": bump, "steps": encode_tree(tree, store.app),
+            }).fetchone()[0]
             # The old outcome (failure, revocation or result) must not answer wf.get() any more.
             conn.execute(store.backend.queries["result_delete"], (row[4],))
-            messages = plan(workflow_id, steps, index, previous, generation, members)
+            if not entries and tree.root.complete(done):
+                _finish(store, conn, workflow_id, tree, row[4])
+                return []
+            messages = plan(store.app, workflow_id, generation, entries)
             staged = stage(store, conn, workflow_id, generation, messages)
     send(store.app, staged)
     return [m.task_id for m in messages]
+
+
+def _finish(store: Store, conn: Any, workflow_id: str, tree: Tree, result_id: str) -> None:
+    """Every task has its checkpoint (the last one committed while the workflow was not running): it succeeded."""
+    terminals = [t.path for t in tree.root.terminals()]
+    value = tree.root.value(values_of(store, conn, workflow_id, terminals))
+    conn.execute(store.queries["workflow_finish"], {"id": workflow_id, "status": "succeeded", "error": None,
+                                                   "step": len(tree.root.children) - 1, "failed_path": None})
+    store.backend.store_result_in(conn, result_id, value, states.SUCCESS)

@@ -1,4 +1,4 @@
-"""``workflows``: list, show, cancel, resume, restart and find stalled durable chains."""
+"""``workflows``: list, show, cancel, resume, restart and find stalled durable workflows."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _workflow_table(rows: list[dict[str, Any]]) -> str:
 
 @durable.group("workflows")
 def workflows_group() -> None:
-    """Durable chains: list, show, cancel, resume, restart from a step, stalled."""
+    """Durable workflows: list, show (as a tree), cancel, resume, restart from a task, stalled."""
 
 
 @workflows_group.command("list")
@@ -72,7 +72,7 @@ def workflows_stalled(target: Target, limit: int, as_json: bool) -> None:
 @json_option
 @with_target
 def workflows_show(target: Target, workflow_id: str, as_json: bool) -> None:
-    """One workflow with its steps and checkpoints."""
+    """One workflow: its tasks as a tree (path, state, attempts), and its checkpoints."""
     _require_schema(target)
     found = _call("get_workflow", target.url(), target.schema, workflow_id)
     if not found:
@@ -82,15 +82,31 @@ def workflows_show(target: Target, workflow_id: str, as_json: bool) -> None:
 
 def _describe_workflow(found: dict[str, Any]) -> str:
     lines = []
-    nested = {k: v for k, v in found.items() if isinstance(v, list) and v and all(isinstance(i, dict) for i in v)}
-    width = max([len(k) for k in found if k not in nested] + [1])
+    tree = found.get("tree")
+    nested = {k: v for k, v in found.items()
+              if k != "tree" and isinstance(v, list) and v and all(isinstance(i, dict) for i in v)}
+    if tree:
+        nested.pop("steps", None)
+    width = max([len(k) for k in found if k not in nested and k != "tree"] + [1])
     for key, value in found.items():
-        if key not in nested:
+        if key not in nested and key != "tree":
             lines.append(f"{key.ljust(width)}  {_cell(value)}")
+    if tree:
+        rows: list[list[Any]] = []
+        _tree_rows(tree, 0, rows)
+        lines += ["", "tree:", table(["PATH", "TASK", "STATE", "ATTEMPTS"], rows)]
     for key, items in nested.items():
         columns = list(dict.fromkeys(c for item in items for c in item))
         lines += ["", f"{key}:", table(columns, [[item.get(c) for c in columns] for item in items])]
     return "\n".join(lines)
+
+
+def _tree_rows(nodes: list[dict[str, Any]], depth: int, rows: list[list[Any]]) -> None:
+    """One row per node, its name indented by depth: the canvas drawn as a tree."""
+    for node in nodes:
+        label = node["task"] if node["kind"] == "task" else f"{node['kind']} ({len(node['children'])})"
+        rows.append([node["path"], "  " * depth + label, node["state"], node.get("attempts", "")])
+        _tree_rows(node.get("children", []), depth + 1, rows)
 
 
 @workflows_group.command("cancel")
@@ -124,12 +140,13 @@ def workflows_resume(target: Target, workflow_id: str, as_json: bool) -> None:
 
 @workflows_group.command("restart")
 @click.argument("workflow_id")
-@click.option("--from-step", "from_step", type=int, required=True, help="Index of the first step to run again (0-based).")
-@click.option("--args", "args_json", metavar="JSON", help="New positional arguments for that step, as a JSON list.")
+@click.option("--from-step", "from_step", required=True, metavar="PATH",
+              help="The task or node to run again, by its path in the tree (2.1.0), or a root index (2).")
+@click.option("--args", "args_json", metavar="JSON", help="New positional arguments for that task, as a JSON list.")
 @json_option
 @with_target
-def workflows_restart(target: Target, workflow_id: str, from_step: int, args_json: str | None, as_json: bool) -> None:
-    """Run a workflow again from step N (its earlier checkpoints are kept)."""
+def workflows_restart(target: Target, workflow_id: str, from_step: str, args_json: str | None, as_json: bool) -> None:
+    """Run a workflow again from a task (earlier checkpoints and parallel branches are kept)."""
     args = None
     if args_json is not None:
         try:
@@ -138,8 +155,11 @@ def workflows_restart(target: Target, workflow_id: str, from_step: int, args_jso
             raise CommandError(f"--args is not valid JSON: {exc}") from None
         if not isinstance(args, list):
             args = [args]
+    if not all(part.isdigit() for part in from_step.split(".")):
+        raise CommandError(f"--from-step takes a path such as 2.1.0, not {from_step!r}")
+    step: int | str = int(from_step) if from_step.isdigit() else from_step
     _require_schema(target)
-    result = _call("restart_workflow", target.celery_app(), workflow_id, from_step, args=args)
+    result = _call("restart_workflow", target.celery_app(), workflow_id, step, args=args)
     _done(as_json, f"restarted from step {from_step}", workflow_id, result)
 
 

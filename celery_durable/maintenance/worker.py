@@ -64,8 +64,8 @@ def _start(sender: Any = None, **_: Any) -> None:
 
 def _durable_work(app: Any) -> tuple[list[Expiry], list[Chore]]:
     """Finished workflows past their retention, and (broker outside the database) the re-sending of lost steps."""
-    from ..durable import sweeper
-    from ..durable.store import Store
+    from ..workflow import sweeper
+    from ..workflow.store import Store
 
     store = Store.for_app(app)
     expiry = Expiry("finished workflows", store.queries["workflow_expire"],

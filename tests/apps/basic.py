@@ -41,6 +41,7 @@ def config(env=os.environ) -> dict:
         worker_hijack_root_logger=False,
         worker_prefetch_multiplier=int(env.get("CELERY_DURABLE_PREFETCH", "4")),
         task_serializer=env.get("CELERY_DURABLE_SERIALIZER", "json"),
+        result_serializer=env.get("CELERY_DURABLE_SERIALIZER", "json"),
         accept_content=["json", "pickle", "msgpack", "yaml"],
         result_accept_content=["json", "pickle", "msgpack", "yaml"],
     )

@@ -150,7 +150,7 @@ def contested(value, tag, first):
     if attempt == 1:
         _wait(lambda: runs(tag) >= 2)
         if first == "raise_late":
-            _wait(lambda: _checkpointed(ctx.workflow_id, ctx.index, ctx.member))
+            _wait(lambda: _checkpointed(ctx.workflow_id, ctx.path))
             raise RuntimeError(f"{tag}: the attempt that lost its lease fails late")
         if first == "raise_early":
             _record(f"{tag}:raising")
@@ -162,10 +162,10 @@ def contested(value, tag, first):
     return f"{tag}:{attempt}"
 
 
-def _checkpointed(workflow_id: str, step: int, member: int) -> bool:
+def _checkpointed(workflow_id: str, path: str) -> bool:
     with _db() as conn:
-        return conn.execute(sql.SQL("SELECT 1 FROM {}.checkpoint WHERE workflow_id = %s AND step = %s AND member = %s")
-                            .format(_S), (workflow_id, step, member)).fetchone() is not None
+        return conn.execute(sql.SQL("SELECT 1 FROM {}.checkpoint WHERE workflow_id = %s AND path = %s")
+                            .format(_S), (workflow_id, path)).fetchone() is not None
 
 
 def _status(workflow_id: str) -> str | None:
@@ -190,3 +190,31 @@ def limited(value, tag, seconds):
     while time.monotonic() < deadline:
         time.sleep(0.05)
     return list(value or []) + [tag]
+
+
+@app.task
+def node(*args, name="?"):
+    """What a canvas test compares: the task's name and the inputs it received, as a list."""
+    return [name, list(args)]
+
+
+class Point:
+    """A value only pickle carries."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __eq__(self, other):
+        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+    def __repr__(self):
+        return f"Point({self.x}, {self.y})"
+
+
+@app.task
+def write_once(key):
+    """Write a row through the task's transaction (its key must exist once in the end), return [key]."""
+    _record(key)
+    current_step().connection.execute(sql.SQL("INSERT INTO {}.ledger (key, amount) VALUES (%s, 1)").format(_S), (key,))
+    _maybe_block(key)
+    return [key]

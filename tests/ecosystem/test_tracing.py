@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from celery_durable import durable_chain, workflows  # noqa: E402
 # The durable chain tests' client app and execution counter; `env` below is this module's.
-from tests.worker.durable.conftest import client, db, sig  # noqa: E402,F401
+from tests.worker.workflow.conftest import client, db, sig  # noqa: E402,F401
 
 APP = "tests.ecosystem.otel_app"
 STEP = "run/tests.apps.durable_app.step"

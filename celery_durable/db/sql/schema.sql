@@ -165,11 +165,12 @@ CREATE TABLE {schema}.chord_part (
 );
 
 ------------------------------------------------------------------------------
--- Durable chains: workflows and their step checkpoints
+-- Durable workflows: workflows and their task checkpoints
 ------------------------------------------------------------------------------
 
--- status: running, succeeded, failed, cancelled.
--- steps holds the encoded signatures; current_step is the first unfinished step.
+-- status: running, succeeded, failed (at the task failed_path), cancelled.
+-- steps holds the tree of the canvas (workflow/tree.py): the root chain's elements, each a task,
+-- chain or group, with encoded signatures; current_step is the first unfinished root element.
 -- generation changes on restart, so messages of an abandoned run cannot checkpoint.
 CREATE TABLE {schema}.workflow (
     id text PRIMARY KEY,
@@ -184,23 +185,24 @@ CREATE TABLE {schema}.workflow (
     error text,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
-    finished_at timestamptz
+    finished_at timestamptz,
+    failed_path text
 );
 CREATE INDEX workflow_status_idx ON {schema}.workflow (status, updated_at);
 
--- One row per finished step (member >= 0 for each member of a group step, -1 otherwise).
--- result is encoded with content_type (the app's result serializer).
+-- One row per finished task, keyed by its path in the workflow's tree: "2" is the third root
+-- element, "2.1.0" the first element of its second member. result is encoded with content_type
+-- (the app's result serializer).
 CREATE TABLE {schema}.checkpoint (
     workflow_id text NOT NULL REFERENCES {schema}.workflow (id) ON DELETE CASCADE,
-    step integer NOT NULL,
-    member integer NOT NULL DEFAULT -1,
+    path text NOT NULL,
     task_id text NOT NULL,
     task_name text,
     content_type text NOT NULL,
     result bytea NOT NULL,
     attempts integer NOT NULL DEFAULT 1,
     finished_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (workflow_id, step, member)
+    PRIMARY KEY (workflow_id, path)
 );
 
 -- A durable step commits in one pipelined round trip, built on what it read before it ran; each
@@ -219,7 +221,7 @@ $$;
 -- checkpointed, written in the transaction that decides to send it, so the sweep can tell a
 -- lost message from a slow one. seen_at is the last sign of life (sent, or held by a worker:
 -- prefetched, waiting for its countdown, running); due_at is when its countdown or ETA lets it run.
--- path is the step's place: "2" for a task step, "2.1" for member 1 of a group step.
+-- path is the task's place in the workflow's tree, as in checkpoint.
 CREATE TABLE {schema}.sent_step (
     workflow_id text NOT NULL REFERENCES {schema}.workflow (id) ON DELETE CASCADE,
     path text NOT NULL,

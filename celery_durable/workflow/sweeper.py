@@ -1,4 +1,4 @@
-"""The worker's housekeeping for durable chains: re-send lost steps, forget old workflows.
+"""The worker's housekeeping for durable workflows: re-send lost steps, forget old workflows.
 
 Only workflows whose broker is outside the database need re-sending: their
 next step is sent after the checkpoint commits, and an early-acked message
@@ -22,10 +22,10 @@ from typing import Any
 from celery import signals
 
 from ..exceptions import WorkflowError
-from .checkpoint import previous_result
+from .canvas import decode_tree
+from .checkpoint import ready_tasks
 from .dispatch import Message, plan, send, stage
 from .held import Pulse
-from .steps import decode_steps, split_path
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -60,22 +60,15 @@ def _resend(store: Store, conn: Any, workflow_id: str, paths: list[str]) -> list
     row = conn.execute(q["workflow_lock"], {"id": workflow_id}).fetchone()
     if row is None or row[0] != "running":
         return []
-    generation, steps = row[2], decode_steps(row[3])
-    messages = []
+    generation, tree = row[2], decode_tree(row[3])
+    entries, done = ready_tasks(store, conn, workflow_id, tree, only=set(paths))
     for path in paths:
-        index, member = split_path(path)
-        if conn.execute(q["checkpoint_exists"], {"id": workflow_id, "step": index, "member": member}).fetchone():
+        if path in done:
             conn.execute(q["sent_step_done"], {"id": workflow_id, "path": path})
-            continue
-        try:
-            previous = previous_result(store, conn, workflow_id, steps, index)
-        except WorkflowError as exc:
-            logger.error("cannot re-send step %s of workflow %s: %s", path, workflow_id, exc)
-            continue
+    for task, _given in entries:
         logger.warning("re-sending step %s of workflow %s: its message is lost (no sign of life for %ss)",
-                       path, workflow_id, int(store.settings.recovery_after))
-        messages += plan(workflow_id, steps, index, previous, generation, None if member < 0 else {member})
-    return stage(store, conn, workflow_id, generation, messages)
+                       task.path, workflow_id, int(store.settings.recovery_after))
+    return stage(store, conn, workflow_id, generation, plan(store.app, workflow_id, generation, entries))
 
 
 def interval(store: Store) -> float:

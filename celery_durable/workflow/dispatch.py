@@ -18,18 +18,18 @@ import psycopg
 from ..enqueue import in_transaction
 from ..headers import STEP_HEADER
 from ..tracing import continued
-from .steps import Step
+from .canvas import call_args
+from .tree import NOTHING, Node
 
 
-def step_header(workflow_id: str, index: int, member: int, generation: int) -> dict:
+def step_header(workflow_id: str, path: str, generation: int) -> dict:
     """What a step message carries to find its place (read back by ``StepRef.from_headers``)."""
-    path = f"{index}" if member < 0 else f"{index}.{member}"
     return {"workflow_id": workflow_id, "path": path, "generation": generation}
 
 
 @dataclass
 class Message:
-    """One step message, ready to send."""
+    """One task message, ready to send."""
 
     task: str
     args: tuple
@@ -48,28 +48,24 @@ class Message:
         return None if countdown is None else float(countdown)
 
 
-def plan(workflow_id: str, steps: list[Step], index: int, previous: Any, generation: int,
-         members: set[int] | None = None) -> list[Message]:
-    """The messages of step ``index`` (all members of a group, or only ``members``).
+def plan(app: Any, workflow_id: str, generation: int, entries: list[tuple[Node, Any]]) -> list[Message]:
+    """The messages of tasks that start now, each with its input.
 
-    ``previous`` (the prior step's result) is prepended to a non-immutable
-    signature's args, as ``chain`` does.
+    An input (the result of what precedes the task) is prepended to a
+    non-immutable task's args, as Celery's canvas does; NOTHING adds nothing.
     """
-    step = steps[index]
     messages = []
-    for number, sig in enumerate(step.signatures):
-        member = number if step.kind == "group" else -1
-        if members is not None and member not in members:
-            continue
-        args = tuple(sig["args"])
-        if index > 0 and not sig["immutable"]:
-            args = (previous,) + args
+    for node, given in entries:
+        sig = node.sig
+        args, kwargs = call_args(sig, app)
+        if given is not NOTHING and not sig["immutable"]:
+            args = [given] + args
         options = dict(sig["options"])
         # The checkpoint row is the step's result; storing it again per task id costs a commit.
         options.setdefault("ignore_result", True)
-        header = step_header(workflow_id, index, member, generation)
-        options["headers"] = {**(options.get("headers") or {}), STEP_HEADER: header}
-        messages.append(Message(sig["task"], args, dict(sig["kwargs"]), str(uuid.uuid4()), header["path"], options))
+        options["headers"] = {**(options.get("headers") or {}), STEP_HEADER: step_header(workflow_id, node.path,
+                                                                                          generation)}
+        messages.append(Message(sig["task"], tuple(args), kwargs, str(uuid.uuid4()), node.path, options))
     return messages
 
 

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from celery import Celery, group
@@ -19,7 +18,7 @@ from celery_durable import durable_chain, workflows
 from celery_durable.headers import STEP_HEADER
 from tests.apps import basic
 
-from .conftest import APP, T, sig
+from .conftest import APP, T, sig, wait_for
 
 REDIS = "redis://127.0.0.1:6379/5"
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
@@ -29,13 +28,6 @@ def _client(env: dict) -> Celery:
     app = Celery("other-broker-client")
     app.conf.update(basic.config(env))
     return app
-
-
-def _wait(condition, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_only_the_attempt_holding_a_step_decides_it(client, db, workers, env):
@@ -96,7 +88,7 @@ def test_redis_purge_does_not_strand_a_workflow(client, db, workers, redis_env, 
     workers(APP, "-Q", queue, env=redis_env)
     wf = durable_chain(sig(rclient, "start", "a"), sig(rclient, "step", "b", queue=later)).apply_async(queue=queue)
     with rclient.connection_for_write() as conn:
-        _wait(lambda: conn.default_channel.client.llen(later) > 0, what="step b in Redis")
+        wait_for(lambda: conn.default_channel.client.llen(later) > 0, what="step b in Redis")
     _purge(redis_env, later)
     # No worker reads `later` yet: the sweep may send b more than once meanwhile (a copy that
     # finds b checkpointed does not run it), so only completion is asserted here.
@@ -115,7 +107,7 @@ def test_purge_leaves_durable_steps_alone(client, db, workers, env, worker_env):
     """Our broker: `celery purge` removes ordinary messages; a waiting durable step stays and runs."""
     workers(APP, "-Q", "celery", env=env)
     wf = durable_chain(sig(client, "start", "a"), sig(client, "step", "b", queue="later")).apply_async()
-    _wait(lambda: db.q("SELECT 1 FROM {s}.message WHERE queue = 'later'"), what="step b queued")
+    wait_for(lambda: db.q("SELECT 1 FROM {s}.message WHERE queue = 'later'"), what="step b queued")
     client.send_task(T + "step", args=(None, "junk"), queue="later")
     out = _purge(worker_env, "later")
     assert "Purged 1 message" in out, out
@@ -190,7 +182,7 @@ def test_finished_workflows_expire_after_the_retention(client, db, workers, env)
     assert done.get(timeout=60) == ["a"]
     running = durable_chain(sig(client, "start", "x"), sig(client, "step", "b")).apply_async()
     db.wait_runs("b")
-    _wait(lambda: not db.q("SELECT 1 FROM {s}.workflow WHERE id = %s", done.workflow_id), what="expiry")
+    wait_for(lambda: not db.q("SELECT 1 FROM {s}.workflow WHERE id = %s", done.workflow_id), what="expiry")
     assert db.q("SELECT count(*) FROM {s}.checkpoint WHERE workflow_id = %s", done.workflow_id) == [(0,)]
     assert workflows.get_workflow(client, workflow_id=running.workflow_id)["status"] == "running"
     db.set("block:b", None)

@@ -51,7 +51,7 @@ def test_killed_after_checkpoint_commit_nothing_reruns(client, db, workers, env)
     wf = durable_chain(sig(client, "start", "a"), sig(client, "step", "b"),
                        sig(client, "step", "c", queue="later")).apply_async()
     deadline = time.monotonic() + 60
-    while not db.q("SELECT 1 FROM {s}.checkpoint WHERE workflow_id = %s AND step = 1", wf.workflow_id):
+    while not db.q("SELECT 1 FROM {s}.checkpoint WHERE workflow_id = %s AND path = '1'", wf.workflow_id):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     first.kill()
@@ -69,7 +69,7 @@ def test_group_step_reruns_only_unfinished_members(client, db, workers, env):
     db.wait_runs("m1")
     db.wait_runs("m2")
     deadline = time.monotonic() + 30
-    while not db.q("SELECT 1 FROM {s}.checkpoint WHERE workflow_id = %s AND step = 1 AND member = 0", wf.workflow_id):
+    while not db.q("SELECT 1 FROM {s}.checkpoint WHERE workflow_id = %s AND path = '1.0'", wf.workflow_id):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     first.kill()
@@ -171,7 +171,9 @@ def test_unknown_task_is_a_clear_error(client):
 def test_step_the_worker_does_not_know_fails_the_workflow(client, db, workers, env):
     """Celery rejects an unregistered task; its workflow fails at that step instead of stalling."""
     workers(APP, env=env)
-    wf = durable_chain(sig(client, "start", "a"), sig(client, "no_such_task", "b")).apply_async()
+    # A module this process never imports: the client cannot tell it from a task deployed elsewhere.
+    missing = client.signature("tests.apps.not_deployed.no_such_task", args=("b",))
+    wf = durable_chain(sig(client, "start", "a"), missing).apply_async()
     with pytest.raises(Exception, match="no_such_task"):
         wf.get(timeout=60)
     shown = workflows.get_workflow(client, workflow_id=wf.workflow_id)

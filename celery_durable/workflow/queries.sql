@@ -1,4 +1,5 @@
--- Named queries of durable chains: workflows and their checkpoints.
+-- Named queries of durable workflows: workflows, their checkpoints, and steps sent to other brokers.
+-- A path names a task in the workflow's tree: "2.1.0" (see workflow/tree.py).
 
 -- workflow_insert --
 -- Start a workflow; a workflow_id seen before inserts nothing (deduplication).
@@ -9,13 +10,13 @@ RETURNING id
 
 -- workflow_lock --
 -- Serialise everything that moves a workflow on (group members finishing together, cancel, restart).
-SELECT status, current_step, generation, steps, result_task_id, atomic
+SELECT status, current_step, generation, steps, result_task_id, atomic, failed_path
 FROM {schema}.workflow WHERE id = %(id)s FOR UPDATE
 
 -- workflow_get --
 -- One workflow, for the admin API.
 SELECT id, name, status, current_step, generation, steps, result_task_id, error,
-       created_at, updated_at, finished_at, atomic
+       created_at, updated_at, finished_at, atomic, failed_path
 FROM {schema}.workflow WHERE id = %(id)s
 
 -- workflow_list --
@@ -27,27 +28,32 @@ ORDER BY created_at DESC
 LIMIT %(limit)s
 
 -- workflow_advance --
--- The next step was dispatched in this transaction.
+-- The root chain moved on to its element `step` in this transaction.
 UPDATE {schema}.workflow SET current_step = %(step)s, updated_at = now() WHERE id = %(id)s
 
+-- workflow_touch --
+-- A task inside the current element finished: progress, for the stalled view.
+UPDATE {schema}.workflow SET updated_at = now() WHERE id = %(id)s
+
 -- workflow_finish --
--- The workflow reached an end state: succeeded, failed (at current_step) or cancelled.
+-- The workflow reached an end state: succeeded, failed (at the task failed_path) or cancelled.
 UPDATE {schema}.workflow
-SET status = %(status)s, error = %(error)s, current_step = %(step)s, updated_at = now(),
-    finished_at = CASE WHEN %(status)s = 'failed' THEN NULL ELSE now() END
+SET status = %(status)s, error = %(error)s, current_step = %(step)s, failed_path = %(failed_path)s,
+    updated_at = now(), finished_at = CASE WHEN %(status)s = 'failed' THEN NULL ELSE now() END
 WHERE id = %(id)s
 
 -- workflow_restart --
--- Run again from a step: a new generation, so in-flight messages of the old run are ignored.
+-- Run again (from a task): a new generation (bump 1), so in-flight messages of the old run are ignored.
 UPDATE {schema}.workflow
 SET status = 'running', current_step = %(step)s, generation = generation + %(bump)s,
-    steps = %(steps)s, error = NULL, finished_at = NULL, updated_at = now()
+    steps = %(steps)s, error = NULL, failed_path = NULL, finished_at = NULL, updated_at = now()
 WHERE id = %(id)s
 RETURNING generation
 
 -- workflow_revive --
--- A late success of the step a duplicate attempt failed: its checkpoint wins, the workflow runs on.
-UPDATE {schema}.workflow SET status = 'running', error = NULL, finished_at = NULL, updated_at = now()
+-- A late success of the task a duplicate attempt failed: its checkpoint wins, the workflow runs on.
+UPDATE {schema}.workflow SET status = 'running', error = NULL, failed_path = NULL, finished_at = NULL,
+    updated_at = now()
 WHERE id = %(id)s
 
 -- workflow_expire --
@@ -63,58 +69,57 @@ WHERE id IN (
 )
 
 -- step_state --
--- Before a step runs: its workflow's status, generation, current step, steps and result id, and its
--- checkpoint if it already finished (a redelivered finished step is not run again). One round trip;
--- what it reads lets the step's commit go out in one more (see step_guard_lock).
+-- Before a task runs: its workflow's status, generation, current step, steps and result id, and its
+-- checkpoint if it already finished (a redelivered finished task is not run again). One round trip;
+-- what it reads lets the task's commit go out in one more (see step_guard_lock).
 SELECT w.status, w.generation, c.content_type, c.result, w.current_step, w.steps, w.result_task_id
 FROM {schema}.workflow w
-LEFT JOIN {schema}.checkpoint c
-       ON c.workflow_id = w.id AND c.step = %(step)s AND c.member = %(member)s
+LEFT JOIN {schema}.checkpoint c ON c.workflow_id = w.id AND c.path = %(path)s
 WHERE w.id = %(id)s
 
 -- step_guard_lock --
--- Pipelined step commit: lock the workflow; abort unless it still runs this generation at this step.
+-- Pipelined commit: lock the workflow; abort unless it still runs this generation at this root element.
 SELECT {schema}.step_guard_v1(
     (SELECT status = 'running' AND generation = %(generation)s AND current_step = %(step)s
      FROM {schema}.workflow WHERE id = %(id)s FOR UPDATE),
     'the workflow moved on while the step ran')
 
 -- checkpoint_insert --
--- Record a finished step; nothing is inserted if another attempt already finished it.
-INSERT INTO {schema}.checkpoint (workflow_id, step, member, task_id, task_name, content_type, result, attempts)
-VALUES (%(id)s, %(step)s, %(member)s, %(task_id)s, %(task_name)s, %(content_type)s, %(result)s, %(attempts)s)
-ON CONFLICT (workflow_id, step, member) DO NOTHING
+-- Record a finished task; nothing is inserted if another attempt already finished it.
+INSERT INTO {schema}.checkpoint (workflow_id, path, task_id, task_name, content_type, result, attempts)
+VALUES (%(id)s, %(path)s, %(task_id)s, %(task_name)s, %(content_type)s, %(result)s, %(attempts)s)
+ON CONFLICT (workflow_id, path) DO NOTHING
 RETURNING 1
 
 -- checkpoint_insert_new --
--- Pipelined step commit: record the finished step; a checkpoint already there aborts the transaction.
-INSERT INTO {schema}.checkpoint (workflow_id, step, member, task_id, task_name, content_type, result, attempts)
-VALUES (%(id)s, %(step)s, %(member)s, %(task_id)s, %(task_name)s, %(content_type)s, %(result)s, %(attempts)s)
+-- Pipelined commit: record the finished task; a checkpoint already there aborts the transaction.
+INSERT INTO {schema}.checkpoint (workflow_id, path, task_id, task_name, content_type, result, attempts)
+VALUES (%(id)s, %(path)s, %(task_id)s, %(task_name)s, %(content_type)s, %(result)s, %(attempts)s)
 
 -- checkpoint_exists --
--- Whether one step (or group member) already has its checkpoint: then it is decided.
-SELECT 1 FROM {schema}.checkpoint WHERE workflow_id = %(id)s AND step = %(step)s AND member = %(member)s
+-- Whether one task already has its checkpoint: then it is decided.
+SELECT 1 FROM {schema}.checkpoint WHERE workflow_id = %(id)s AND path = %(path)s
 
--- checkpoint_members --
--- Results of a group step's finished members, in member order.
-SELECT member, content_type, result FROM {schema}.checkpoint
-WHERE workflow_id = %(id)s AND step = %(step)s AND member >= 0
-ORDER BY member
+-- checkpoint_count --
+-- How many of these tasks finished (a group is complete when all its terminal tasks did).
+SELECT count(*) FROM {schema}.checkpoint WHERE workflow_id = %(id)s AND path = ANY(%(paths)s)
 
--- checkpoint_step --
--- Every checkpoint of one step (one row, or one per group member), in member order.
-SELECT member, content_type, result FROM {schema}.checkpoint
-WHERE workflow_id = %(id)s AND step = %(step)s
-ORDER BY member
+-- checkpoint_values --
+-- The results of these tasks (a completed group's members, what a resumed task receives).
+SELECT path, content_type, result FROM {schema}.checkpoint WHERE workflow_id = %(id)s AND path = ANY(%(paths)s)
+
+-- checkpoint_paths --
+-- Which tasks of a workflow finished (resume, restart, sweep: what is left to run).
+SELECT path FROM {schema}.checkpoint WHERE workflow_id = %(id)s
 
 -- checkpoint_list --
 -- Every checkpoint of a workflow, for the admin API.
-SELECT step, member, task_id, task_name, content_type, result, attempts, finished_at
-FROM {schema}.checkpoint WHERE workflow_id = %(id)s ORDER BY step, member
+SELECT path, task_id, task_name, content_type, result, attempts, finished_at
+FROM {schema}.checkpoint WHERE workflow_id = %(id)s
 
--- checkpoint_delete_from --
--- Forget the checkpoints of the steps a restart runs again.
-DELETE FROM {schema}.checkpoint WHERE workflow_id = %(id)s AND step >= %(step)s
+-- checkpoint_delete_paths --
+-- Forget the checkpoints of the tasks a restart runs again.
+DELETE FROM {schema}.checkpoint WHERE workflow_id = %(id)s AND path = ANY(%(paths)s)
 
 -- message_release --
 -- Delete the step's own message, only while this worker's lease still holds it (fencing).
@@ -122,15 +127,15 @@ DELETE FROM {schema}.message WHERE id = %(id)s AND lease_token = %(token)s
 RETURNING id
 
 -- message_release_guarded --
--- Pipelined step commit: delete the step's own message; abort unless this worker's lease still holds it.
+-- Pipelined commit: delete the step's own message; abort unless this worker's lease still holds it.
 WITH released AS (
     DELETE FROM {schema}.message WHERE id = %(id)s AND lease_token = %(token)s RETURNING 1
 )
 SELECT {schema}.step_guard_v1((SELECT count(*) FROM released) = 1, 'lost the lease of the step''s message')
 
 -- sent_step_record --
--- Broker outside the database: the steps this transaction decides to send, due after their
--- countdown or ETA; a row left from an earlier send of the same step is replaced.
+-- Broker outside the database: the tasks this transaction decides to send, due after their
+-- countdown or ETA; a row left from an earlier send of the same task is replaced.
 INSERT INTO {schema}.sent_step (workflow_id, path, generation, task_id, due_at, seen_at)
 SELECT %(id)s, s.path, %(generation)s, s.task_id,
        coalesce(s.eta, now() + coalesce(s.countdown, 0) * interval '1 second'), now()
@@ -140,24 +145,24 @@ ON CONFLICT (workflow_id, path) DO UPDATE
 SET generation = excluded.generation, task_id = excluded.task_id, due_at = excluded.due_at, seen_at = now()
 
 -- sent_step_done --
--- The step's checkpoint commits in this transaction: its message no longer needs watching.
+-- The task's checkpoint commits in this transaction: its message no longer needs watching.
 DELETE FROM {schema}.sent_step WHERE workflow_id = %(id)s AND path = %(path)s
 
 -- sent_step_retry --
--- Celery sent a retry of the step, due after its countdown: not lost while it waits.
+-- Celery sent a retry of the task, due after its countdown: not lost while it waits.
 UPDATE {schema}.sent_step
 SET due_at = coalesce(%(eta)s::timestamptz, now() + coalesce(%(countdown)s::float8, 0) * interval '1 second'),
     seen_at = now()
 WHERE workflow_id = %(id)s AND path = %(path)s
 
 -- sent_step_seen --
--- Signs of life from a worker that holds these steps (prefetched, waiting for a countdown, running).
+-- Signs of life from a worker that holds these tasks (prefetched, waiting for a countdown, running).
 UPDATE {schema}.sent_step AS s SET seen_at = now()
 FROM unnest(%(ids)s::text[], %(paths)s::text[]) AS held (workflow_id, path)
 WHERE s.workflow_id = held.workflow_id AND s.path = held.path
 
 -- sent_step_lost --
--- Sent steps of running workflows with no sign of life for `after` seconds past their due time:
+-- Sent tasks of running workflows with no sign of life for `after` seconds past their due time:
 -- their message was lost (a worker died with it after an early ack, or it was never sent).
 SELECT s.workflow_id, s.path
 FROM {schema}.sent_step s

@@ -30,7 +30,7 @@ class Store:
 
     @property
     def queries(self) -> dict[str, str]:
-        return queries.load("celery_durable.durable", "queries.sql", self.settings.schema)
+        return queries.load("celery_durable.workflow", "queries.sql", self.settings.schema)
 
     @classmethod
     def for_app(cls, app: Any) -> "Store":

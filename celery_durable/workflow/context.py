@@ -1,4 +1,4 @@
-"""``current_step()``: where a running task sits in its durable chain.
+"""``current_step()``: where a running task sits in its durable workflow.
 
 ``connection`` is a psycopg connection whose transaction commits together
 with the step's checkpoint (and, with the broker in the same database, with
@@ -19,21 +19,29 @@ _current: ContextVar["StepContext | None"] = ContextVar("celery_durable_step", d
 
 @dataclass
 class StepContext:
-    """The running step of a durable chain."""
+    """The running task of a durable workflow."""
 
     workflow_id: str
-    index: int
-    member: int
+    path: str
     generation: int
     _open: Callable[[], psycopg.Connection] = field(repr=False)
     _conn: psycopg.Connection | None = field(default=None, repr=False)
 
     @property
+    def index(self) -> int:
+        """The element of the workflow's root chain this task belongs to (a durable_chain's step)."""
+        return int(self.path.partition(".")[0])
+
+    @property
+    def member(self) -> int:
+        """Its place in that element (a group step's member), -1 when the element is the task itself."""
+        parts = self.path.split(".")
+        return int(parts[1]) if len(parts) > 1 else -1
+
+    @property
     def idempotency_key(self) -> str:
-        """The same on every attempt of this step: pass it to outside APIs so they act once."""
-        key = f"{self.workflow_id}:{self.index}"
-        if self.member >= 0:
-            key += f".{self.member}"
+        """The same on every attempt of this task: pass it to outside APIs so they act once."""
+        key = f"{self.workflow_id}:{self.path}"
         if self.generation:
             key += f"@{self.generation}"
         return key

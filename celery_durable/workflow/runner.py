@@ -70,7 +70,7 @@ def _run_step(task: Any, header: dict, original: Any, args: tuple, kwargs: dict)
         conn.execute("BEGIN")
         return conn
 
-    step = StepContext(ref.workflow_id, ref.index, ref.member, ref.generation, open_transaction)
+    step = StepContext(ref.workflow_id, ref.path, ref.generation, open_transaction)
     token = _enter(step)
     try:
         try:

@@ -1,0 +1,170 @@
+"""From a Celery canvas to a durable tree, and signatures to and from storage.
+
+Any nesting of signatures, chains, groups and chords becomes a ``Tree``;
+``.map``/``.starmap`` are single tasks (Celery's ``celery.map``), ``.chunks``
+a group of ``celery.starmap`` tasks, as when Celery applies them. A task's
+arguments are stored with its task serializer: JSON stays readable in SQL,
+any other serializer (pickle, msgpack, yaml) is stored encoded, so a resumed
+task receives exactly what the first send would have.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from celery import Signature, group, maybe_signature
+from celery.canvas import _chain, _chord, chunks
+from kombu.serialization import dumps as encode_value
+from kombu.serialization import loads as decode_value
+from kombu.utils.json import dumps, loads
+
+from ..exceptions import WorkflowError
+from .tree import Node, Tree, from_json, to_json
+
+#: Signature options that belong to one send, not to the workflow.
+_PER_SEND = ("task_id", "parent_id", "root_id", "group_id", "group_index", "chord", "reply_to", "chain")
+
+
+def build(signatures: tuple | list, app: Any, *, chain: bool = True) -> Tree:
+    """The tree of a chain of ``signatures`` (``chain``), or of the one canvas in it.
+
+    Raises WorkflowError for unknown tasks, empty groups or what is not a signature.
+    """
+    if chain:
+        root = _chain_node(list(signatures), app)
+    else:
+        node = _node(signatures[0], app)
+        root = node if node.kind == "chain" else Node("chain", [node])
+    return Tree(root)
+
+
+def _node(sig: Any, app: Any) -> Node:
+    sig = maybe_signature(sig, app=app)
+    if isinstance(sig, _chord):
+        header = Node("group", _group_children(sig.tasks, app))
+        if sig.body is None:
+            return header
+        return Node("chain", [header, _node(sig.body, app)], chord=True)
+    if isinstance(sig, _chain):
+        return _chain_node(list(sig.tasks), app)
+    if isinstance(sig, group):
+        return Node("group", _group_children(sig.tasks, app))
+    if isinstance(sig, chunks):
+        return _node(sig.group(), app)
+    if isinstance(sig, Signature):
+        return Node("task", sig=_plain(sig, app))
+    raise WorkflowError(f"not a signature: {sig!r}")
+
+
+def _chain_node(elements: list, app: Any) -> Node:
+    children: list[Node] = []
+    for element in elements:
+        element = maybe_signature(element, app=app)
+        if isinstance(element, group) and not isinstance(element, _chord) and len(element.tasks) == 1:
+            element = element.tasks[0]  # Celery runs a one-member group in a chain as that member
+        child = _node(element, app)
+        if child.kind == "chain":
+            children.extend(child.children)
+        else:
+            children.append(child)
+    if not children:
+        raise WorkflowError("a durable chain needs at least one task")
+    return Node("chain", children)
+
+
+def _group_children(tasks: Any, app: Any) -> list[Node]:
+    children: list[Node] = []
+    for task in list(tasks):
+        child = _node(task, app)
+        if child.kind == "group":
+            children.extend(child.children)  # as Celery, a group in a group is flattened
+        else:
+            children.append(child)
+    if not children:
+        raise WorkflowError("an empty group cannot be part of a durable workflow")
+    return children
+
+
+def _plain(sig: Signature, app: Any) -> dict:
+    name = sig.task
+    if _surely_unknown(app, name):
+        raise WorkflowError(f"unknown task {name!r} in a durable workflow (not registered with app {app.main!r})")
+    options = {k: v for k, v in dict(sig.options).items() if k not in _PER_SEND}
+    kwargs = dict(sig.kwargs)
+    if name in ("celery.map", "celery.starmap") and "it" in kwargs:
+        kwargs["it"] = list(kwargs["it"])  # a lazy regen: store the items themselves
+    return {"task": name, "args": list(sig.args), "kwargs": kwargs, "options": options,
+            "immutable": bool(sig.immutable)}
+
+
+def _surely_unknown(app: Any, name: str) -> bool:
+    """A name without a module, or one whose module this app loaded without that task, is a typo.
+
+    A client that sends tasks by name without importing their modules is left
+    alone: the worker is the judge there.
+    """
+    if not name:
+        return True
+    if name in app.tasks:
+        return False
+    module = name.rpartition(".")[0]
+    loaded = {task.rpartition(".")[0] for task in app.tasks if not task.startswith("celery.")}
+    return not module or module in loaded
+
+
+# -- storage ------------------------------------------------------------------------------------
+
+def encode_tree(tree: Tree, app: Any) -> str:
+    """``workflow.steps``: arguments encoded with each task's serializer; raises WorkflowError if they cannot be."""
+    for task in tree.tasks():
+        task.sig = _encoded(task.sig, app)
+    try:
+        return dumps(to_json(tree))
+    except TypeError as exc:
+        raise WorkflowError(f"durable workflow options must be JSON-serializable: {exc}") from None
+
+
+def decode_tree(data: Any) -> Tree:
+    raw = loads(data) if isinstance(data, (str, bytes)) else loads(dumps(data))  # jsonb: re-run Kombu's decoder
+    return from_json(raw)
+
+
+def call_args(sig: dict, app: Any) -> tuple[list, dict]:
+    """A stored signature's args and kwargs, decoded with the serializer that stored them."""
+    encoded = sig.get("encoded")
+    if encoded is None:
+        return list(sig["args"]), dict(sig["kwargs"])
+    accept = set(app.conf.accept_content or []) | {encoded["content_type"]}
+    args, kwargs = decode_value(base64.b64decode(encoded["data"]), encoded["content_type"],
+                                encoded["content_encoding"], accept=accept)
+    return list(args), dict(kwargs)
+
+
+def with_args(sig: dict, args: list, kwargs: dict) -> dict:
+    """A copy of ``sig`` with new (plain) args and kwargs; stored again with its serializer."""
+    plain = {k: v for k, v in sig.items() if k != "encoded"}
+    plain.update(args=list(args), kwargs=dict(kwargs))
+    return plain
+
+
+def _encoded(sig: dict, app: Any) -> dict:
+    if "encoded" in sig:
+        return sig
+    serializer = sig["options"].get("serializer") or app.conf.task_serializer
+    if serializer == "json":
+        try:
+            dumps([sig["args"], sig["kwargs"]])
+        except TypeError as exc:
+            raise WorkflowError(f"arguments of {sig['task']} must be JSON-serializable (task_serializer "
+                                f"json): {exc}") from None
+        return sig
+    try:
+        content_type, content_encoding, data = encode_value((sig["args"], sig["kwargs"]), serializer=serializer)
+    except Exception as exc:  # noqa: BLE001 - any serializer's error says the same thing
+        raise WorkflowError(f"arguments of {sig['task']} cannot be encoded with {serializer}: {exc}") from None
+    data = data.encode(content_encoding or "utf-8") if isinstance(data, str) else bytes(data)
+    stored = {k: v for k, v in sig.items() if k not in ("args", "kwargs")}
+    stored["encoded"] = {"content_type": content_type, "content_encoding": content_encoding or "binary",
+                         "data": base64.b64encode(data).decode("ascii")}
+    return stored

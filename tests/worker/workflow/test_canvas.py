@@ -1,0 +1,137 @@
+"""Durable canvases: chords, groups of chains, nesting, map/chunks, every serializer, tree operations.
+
+The expected results are what plain Celery 5.7 returns for the same canvas
+(the property test in tests/chaos/test_canvas_property.py compares the two
+on random canvases).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from celery import Celery, chain, chord, group
+from celery.canvas import chunks, xmap, xstarmap
+
+from celery_durable import durable, durable_chain, workflows
+from celery_durable.exceptions import WorkflowError
+from tests.apps import basic
+
+from .conftest import APP, T, sig, wait_for
+
+
+def n(client, name, *args, **options):
+    """A task that returns its name and the inputs it received."""
+    return client.signature(T + "node", args=args, kwargs={"name": name}, **options)
+
+
+def test_chord_and_group_of_chains_give_what_celery_gives(client, db, workers, env):
+    workers(APP, concurrency=4, env=env)
+    fan_in = durable(chord([chain(n(client, "a"), n(client, "b")), n(client, "c")], n(client, "d"))).apply_async()
+    nested = durable(chain(n(client, "a"), group(chain(n(client, "b"), group(n(client, "c"), n(client, "d"))),
+                                                 n(client, "e")), n(client, "f"))).apply_async()
+    top_group = durable(group(chord([n(client, "a"), n(client, "b")], n(client, "c")), n(client, "d"))).apply_async()
+    assert fan_in.get(timeout=60) == ["d", [[["b", [["a", []]]], ["c", []]]]]
+    assert nested.get(timeout=60) == ["f", [[[["c", [["b", [["a", []]]]]], ["d", [["b", [["a", []]]]]]],
+                                             ["e", [["a", []]]]]]]
+    assert top_group.get(timeout=60) == [["c", [[["a", []], ["b", []]]]], ["d", []]]
+    shown = workflows.get_workflow(client, workflow_id=fan_in.workflow_id)
+    assert [c["path"] for c in shown["checkpoints"]] == ["0.0.0", "0.0.1", "0.1", "1"]  # header 0, body 1
+    assert shown["tree"][0]["kind"] == "group" and shown["tree"][0]["children"][0]["kind"] == "chain"
+    assert {node["state"] for node in shown["tree"]} == {"succeeded"}
+
+
+def test_map_starmap_and_chunks_are_steps(client, workers, env):
+    workers(APP, env=env)
+    add, echo = client.signature("tests.apps.basic.add"), client.signature("tests.apps.basic.echo")
+    mapped = durable(xstarmap(add, [(1, 2), (3, 4)])).apply_async()  # add.starmap(...) with the task at hand
+    chunked = durable_chain(chunks(add, [(i, i) for i in range(5)], 2), n(client, "sum")).apply_async()
+    echo_map = durable(xmap(echo, [1, 2, 3])).apply_async()
+    assert mapped.get(timeout=60) == [3, 7]
+    assert chunked.get(timeout=60) == ["sum", [[[0, 2], [4, 6], [8]]]]
+    assert echo_map.get(timeout=60) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("serializer,value", [
+    ("pickle", ("point", {1, 2})),
+    ("msgpack", b"\x00\xffbytes"),
+    ("yaml", dt.date(2026, 11, 28)),
+])
+def test_any_serializer_carries_arguments_and_results(db, workers, env, serializer, value):
+    senv = {**env, "CELERY_DURABLE_SERIALIZER": serializer}
+    app = Celery("serializer-client")
+    app.conf.update(basic.config(senv))
+    if serializer == "pickle":
+        from tests.apps.durable_app import Point
+
+        value = (Point(1, 2), {1, 2})
+    workers(APP, env=senv)
+    wf = durable(chord([n(app, "a", value), n(app, "b")], n(app, "c"))).apply_async()
+    assert wf.get(timeout=60) == ["c", [[["a", [value]], ["b", []]]]]
+    assert workflows.get_workflow(app, workflow_id=wf.workflow_id)["checkpoints"][0]["result"] == ["a", [value]]
+
+
+def test_arguments_the_serializer_cannot_carry_are_a_clear_error(client):
+    with pytest.raises(WorkflowError, match="JSON-serializable"):
+        durable(n(client, "a", {1, 2})).apply_async()
+
+
+def test_tree_show_resume_and_restart_by_path(client, db, workers, env):
+    """A group of two chains: the second fails, is fixed and resumed, then the first is restarted from its task 0.0.1."""
+    db.set("fail:c2", "fail")
+    workers(APP, concurrency=3, env=env)
+    wf = durable(group(chain(sig(client, "start", "a1"), sig(client, "step", "b1")),
+                       chain(sig(client, "start", "a2"), sig(client, "step", "c2")))).apply_async()
+    with pytest.raises(RuntimeError, match="c2 told to fail"):
+        wf.get(timeout=60)
+    # The other branch runs on (as in Celery) and checkpoints; nothing follows it while the workflow is failed.
+    wait_for(lambda: db.q("SELECT 1 FROM {s}.checkpoint WHERE workflow_id = %s AND path = '0.0.1'", wf.workflow_id))
+    shown = workflows.get_workflow(client, workflow_id=wf.workflow_id)
+    assert shown["status"] == "failed" and shown["failed_path"] == "0.1.1"
+    states = {t["path"]: t["state"] for branch in shown["tree"][0]["children"] for t in branch["children"]}
+    assert states == {"0.0.0": "succeeded", "0.0.1": "succeeded", "0.1.0": "succeeded", "0.1.1": "failed"}
+    db.set("fail:c2", None)
+    assert len(workflows.resume_workflow(client, wf.workflow_id)) == 1
+    assert client.AsyncResult(wf.workflow_id).get(timeout=60) == [["a1", "b1"], ["a2", "c2"]]
+    workflows.restart_workflow(client, wf.workflow_id, from_step="0.0.1", args=["b1-again"])
+    assert client.AsyncResult(wf.workflow_id).get(timeout=60) == [["a1", "b1-again"], ["a2", "c2"]]
+    assert (db.runs("a1"), db.runs("b1"), db.runs("b1-again"), db.runs("a2"), db.runs("c2")) == (1, 1, 1, 1, 2)
+    with pytest.raises(WorkflowError, match="no task or node at path '0.7'"):
+        workflows.restart_workflow(client, wf.workflow_id, from_step="0.7")
+
+
+def test_chord_body_runs_once_after_a_kill_in_its_header(client, db, workers, env):
+    """Header members write rows through their transaction; the worker dies with members unfinished."""
+    db.set("block:k3", "block")
+    first = workers(APP, concurrency=3, env=env)
+    members = [sig(client, "write_once", f"k{i}") for i in range(6)]
+    wf = durable(chord(members, sig(client, "collect", "body"))).apply_async()
+    db.wait_runs("k3")
+    first.kill()
+    db.set("block:k3", None)
+    workers(APP, concurrency=3, env=env)
+    assert wf.get(timeout=90) == sorted([f"k{i}"] for i in range(6))
+    assert db.runs("body") == 1
+    assert db.q("SELECT key, count(*) FROM {s}.ledger GROUP BY key ORDER BY key") == [(f"k{i}", 1) for i in range(6)]
+
+
+def test_workflow_stored_by_an_older_version_resumes(client, db, workers, env):
+    """Steps in the flat format of the previous version, a group step half checkpointed, failed at its member 1."""
+    from psycopg.types.json import Jsonb
+
+    def old_sig(name, *args):
+        return {"task": T + name, "args": list(args), "kwargs": {}, "options": {}, "immutable": False}
+
+    steps = [{"kind": "task", "task": T + "start", "signatures": [old_sig("start", "a")]},
+             {"kind": "group", "task": "group", "signatures": [old_sig("member", "m1"), old_sig("member", "m2")]},
+             {"kind": "task", "task": T + "collect", "signatures": [old_sig("collect", "end")]}]
+    wid = "from-an-older-version"
+    db.q("INSERT INTO {s}.workflow (id, status, steps, current_step, atomic, result_task_id, failed_path)"
+         " VALUES (%s, 'failed', %s, 1, true, %s, '1')", wid, Jsonb(steps), wid)
+    for path, value in (("0", b'["a"]'), ("1.0", b'"m1"')):
+        db.q("INSERT INTO {s}.checkpoint (workflow_id, path, task_id, content_type, result)"
+             " VALUES (%s, %s, 't', 'application/json', %s)", wid, path, value)
+    workers(APP, env=env)
+    assert len(workflows.resume_workflow(client, wid)) == 1
+    assert client.AsyncResult(wid).get(timeout=60) == ["m1", "m2"]
+    assert (db.runs("a"), db.runs("m1"), db.runs("m2")) == (0, 0, 1)
