@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from celery import chain, chord, group
+from celery import _state, chain, chord, group
 from celery.canvas import StampingVisitor
 from celery.contrib.testing.worker import start_worker
 from celery.exceptions import TaskRevokedError
@@ -34,9 +34,15 @@ def p(pg_url):
 def worker(p):
     # INFO: Celery's strategy and tracer decide once, when the worker starts, whether INFO records are
     # emitted at all; Celery's default for this worker ("error") never logs "received" (on any broker).
-    with start_worker(p.app, pool="prefork", concurrency=1, loglevel="INFO", perform_ping_check=False,
-                      shutdown_timeout=30) as w:
-        yield w
+    # start_worker makes the app current and default for the whole process: give the old ones back after.
+    previous = (_state.default_app, getattr(_state._tls, "current_app", None))
+    try:
+        with start_worker(p.app, pool="prefork", concurrency=1, loglevel="INFO", perform_ping_check=False,
+                          shutdown_timeout=30) as w:
+            yield w
+    finally:
+        _state.set_default_app(previous[0])
+        _state._set_current_app(previous[1])
 
 
 def task(p, name):
