@@ -160,11 +160,12 @@ def test_celery_migrate_from_rabbitmq_keeps_countdowns(own_database):
             app.tasks["parity.add"].apply_async((i, i), queue=queue, countdown=600)
         celery_migrate(RABBITMQ, own_database, queue)
         with app.connection_for_write() as conn:
-            left = conn.default_channel.queue_declare(queue=queue, passive=True).message_count
-            conn.default_channel.queue_delete(queue)
+            assert conn.default_channel.queue_declare(queue=queue, passive=True).message_count == 0
     finally:
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
+            conn.default_channel.exchange_delete(queue)  # Celery declared one named after the queue
         app.close()
-    assert left == 0
     with psycopg.connect(own_database) as conn:
         rows = conn.execute("SELECT visible_at > now() + interval '1 minute' FROM celery_durable.message "
                             "WHERE queue = %s", (queue,)).fetchall()
@@ -207,5 +208,6 @@ def test_migrate_from_rabbitmq_into_the_apps_schema(pg_url):
     finally:
         with old.connection_for_write() as conn:
             conn.default_channel.queue_delete(queue)
+            conn.default_channel.exchange_delete(queue)  # Celery declared one named after the queue
         old.close()
         parity.close()
