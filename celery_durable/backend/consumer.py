@@ -14,6 +14,7 @@ database: a process that never waits never listens.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -113,11 +114,51 @@ class ResultConsumer(BaseResultConsumer):
 
     def _wait_for_pending(self, result: Any, timeout: float | None = None, on_interval: Any = None,
                           on_message: Any = None, **kwargs: Any) -> Iterator[None]:
-        """Celery's wait loop, holding the channels of ``result``'s pending ids while it runs."""
+        """Celery's wait loop, holding the channels of ``result``'s pending ids while it runs.
+
+        Two differences, both for speed: a thread does not ``sleep(0)`` after
+        each wake (a yield only greenlets need; on Linux it waits out the timer
+        slack), and once ``result`` is ready its ancestors' states (Celery reads
+        each parent's before returning, see ``AsyncResult.get``) are read in one
+        query instead of one each.
+        """
         ids = _awaited_ids(result)
+        if on_interval is not None and getattr(result, "parent", None) is not None:
+            on_interval = self._reading_parents_first(result, on_interval)
         with self._holding(ids):
-            yield from super()._wait_for_pending(result, timeout=timeout, on_interval=on_interval,
-                                                 on_message=on_message, **kwargs)
+            if isinstance(self.drainer, greenletDrainer):
+                yield from super()._wait_for_pending(result, timeout=timeout, on_interval=on_interval,
+                                                     on_message=on_message, **kwargs)
+                return
+            self.on_wait_for_pending(result, timeout=timeout, **kwargs)
+            previous, self.on_message = self.on_message, on_message
+            try:
+                yield from self.drain_events_until(result.on_ready, timeout=timeout, on_interval=on_interval)
+            except socket.timeout:
+                raise TimeoutError("The operation timed out.") from None
+            finally:
+                self.on_message = previous
+
+    def _reading_parents_first(self, result: Any, on_interval: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            if result.on_ready.ready:
+                self._read_parents(result)
+            on_interval()
+        return run
+
+    def _read_parents(self, result: Any) -> None:
+        """Cache the stored states of ``result``'s ancestors not known to be ready, read in one query."""
+        waiting: dict[str, list[Any]] = {}
+        node = result.parent
+        while node is not None:
+            for member in getattr(node, "results", None) or [node]:
+                if getattr(member, "_cache", False) is None:  # an AsyncResult not known to be ready
+                    waiting.setdefault(str(member.id), []).append(member)
+            node = getattr(node, "parent", None)
+        if waiting:
+            for task_id, meta in self.backend._get_metas(list(waiting)).items():
+                for member in waiting[task_id]:
+                    member._maybe_set_cache(meta)
 
     def on_wait_for_pending(self, result: Any, **kwargs: Any) -> None:
         """First step of a wait: LISTEN and read the current states, in one round trip."""

@@ -253,3 +253,55 @@ def test_group_join_waits_on_notify_not_on_a_poll_interval(start, client):
     assert not thread.is_alive(), f"a join is still sleeping in a poll (finished: {sorted(outcome)})"
     assert outcome == {"get": [2 * i for i in range(10)], "join_native": [i + 1 for i in range(10)],
                        "get_many": [i + 2 for i in range(10)]}
+
+
+def test_a_chain_get_reads_its_parents_in_one_query_once_its_result_arrives(start, client, monkeypatch):
+    # AsyncResult.get() checks every parent for an error before returning; one statement each was
+    # nine round trips on the critical path of a chain of ten, after its result had arrived.
+    start()
+    app = client()
+    add = app.tasks["results.add"]
+    res = chain(add.s(0, 0), *[add.s(1) for _ in range(9)]).apply_async()
+    after_ready = []
+    execute = psycopg.Cursor.execute
+
+    def counting(cursor, query, *args, **kwargs):
+        if res.on_ready.ready:
+            after_ready.append(query)
+        return execute(cursor, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", counting)
+    assert res.get(timeout=TIMEOUT) == 9
+    assert len(after_ready) <= 1, f"{len(after_ready)} statements after the result arrived"
+    parent = res.parent
+    while parent is not None:  # every ancestor's state came with that one statement
+        assert parent._cache is not None and parent._cache["status"] == "SUCCESS"
+        parent = parent.parent
+
+
+def test_a_failed_parent_still_raises_from_a_chain_get(start, client):
+    start()
+    app = client()
+    add, fail = app.tasks["results.add"], app.tasks["results.fail"]
+    res = chain(add.s(1, 1), fail.si("parent failed"), add.si(2, 2)).apply_async()
+    with pytest.raises(Exception, match="parent failed"):
+        res.get(timeout=TIMEOUT)
+
+
+def test_a_threads_get_never_sleeps_between_wakes(start, client, monkeypatch):
+    # Celery's wait loop sleep(0)s after each wake, a yield only greenlets need: on Linux each one
+    # waits out the timer slack on the critical path of every get().
+    from celery.backends import asynchronous
+
+    start()
+    app = client()
+    add = app.tasks["results.add"]
+    assert add.delay(1, 1).get(timeout=TIMEOUT) == 2
+    sleeps = []
+    real_sleep = asynchronous.sleep
+    monkeypatch.setattr(asynchronous, "sleep", lambda s: (sleeps.append(s), real_sleep(s)))
+    for i in range(5):
+        res = add.apply_async((i, 1), countdown=0.3)  # not ready when the wait starts
+        assert res.get(timeout=TIMEOUT) == i + 1
+    # What is left is Celery's on_state_change, once per result (it is not ours to change).
+    assert len(sleeps) == 5, sleeps
