@@ -40,8 +40,9 @@ def celery_app() -> Any:
     """The project's Celery app, also in a web server's request threads.
 
     Celery's current app is per thread: a thread that did not create the
-    project's app gets Celery's fallback app. Then the app is the one other
-    live app (with several, the one whose result backend is PostgreSQL).
+    project's app gets Celery's fallback app. Then the app is the live app
+    that uses this project's schema (several apps may live in one process:
+    tests, or a second app for another project).
     """
     from celery import _state
 
@@ -49,5 +50,15 @@ def celery_app() -> Any:
     if current is not _state.default_app or current.main != "default":
         return current
     others = [app for app in list(_state._get_active_apps()) if app is not current]
-    ours = [app for app in others if str(app.conf.result_backend or "").startswith(("postgresql", "postgres"))]
+    ours = [app for app in others if _uses_schema(app, schema())]
     return (ours or others or [current])[0]
+
+
+def _uses_schema(app: Any, name: str) -> bool:
+    """Whether ``app``'s PostgreSQL broker or backend keeps its rows in schema ``name``."""
+    conf = app.conf
+    for url, options in ((conf.broker_url, conf.broker_transport_options),
+                         (conf.result_backend, conf.result_backend_transport_options)):
+        if str(url or "").startswith(("postgresql", "postgres")) and (options or {}).get("schema", SCHEMA_DEFAULT) == name:
+            return True
+    return False

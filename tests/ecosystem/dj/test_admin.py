@@ -106,10 +106,19 @@ def test_queues_page_shows_depth(admin_client, django_project, broker):
     assert admin_client.get(reverse("admin:celery_durable_queue_add")).status_code == 403
 
 
-def test_pages_work_in_a_server_thread(live_server, admin_client, django_project, worker):
-    """A real server answers from its own threads, where Celery's current app is not the project's."""
+def test_pages_work_in_a_server_thread(live_server, admin_client, django_project, worker, pg_url):
+    """A real server answers from its own threads, where Celery's current app is not the project's.
+
+    Other apps on other schemas live in the process too (as in a test suite): the page must
+    still use the project's.
+    """
     import urllib.request
 
+    from celery import Celery
+
+    others = [Celery(f"other{i}", broker=pg_url, backend=pg_url, set_as_current=False) for i in range(50)]
+    for i, other in enumerate(others):
+        other.conf.broker_transport_options = other.conf.result_backend_transport_options = {"schema": f"another{i}"}
     wf = durable_chain(add.s(20, 22), add.s(0)).apply_async()
     assert wf.get(timeout=60) == 42
     cookie = f"sessionid={admin_client.cookies['sessionid'].value}"
@@ -117,6 +126,7 @@ def test_pages_work_in_a_server_thread(live_server, admin_client, django_project
     with urllib.request.urlopen(urllib.request.Request(url, headers={"Cookie": cookie}), timeout=60) as response:
         page = response.read().decode()
     assert "<code>42</code>" in page and "succeeded" in page
+    assert len(others) == 50  # alive until here
 
 
 def test_viewers_see_but_cannot_act(client, django_user_model, django_project):
