@@ -116,19 +116,25 @@ class Delivery:
         token = uuid.uuid4()
         q = self.db.queries
         claim = {"lease": self.db.settings.lease_seconds, "token": token, "worker": WORKER_ID}
+        statements = [self._claim_statement(claim, queues, n) for queues, n in requests]
         with self.db.connection() as conn:
-            if not acks and len(requests) == 1:
-                queues, n = requests[0]
-                cursor = self.db.run(conn, "message_claim", dict(claim, queues=queues, n=n), relaxed=True)
-                return token, [cursor.fetchall()]
+            if not acks and len(statements) == 1:
+                name, params = statements[0]
+                return token, [self.db.run(conn, name, params, relaxed=True).fetchall()]
             with conn.pipeline():
                 conn.execute(pool.NO_FLUSH_WAIT)  # one implicit transaction up to the pipeline's end
                 acked = conn.execute(q["message_ack"], self.leases.ack_params(acks)) if acks else None
-                cursors = [conn.cursor().execute(q["message_claim"], dict(claim, queues=queues, n=n))
-                           for queues, n in requests]
+                cursors = [conn.cursor().execute(q[name], params) for name, params in statements]
             if acked is not None:
                 self.leases.check_acked(acks, acked.fetchall())
             return token, [cur.fetchall() for cur in cursors]
+
+    @staticmethod
+    def _claim_statement(claim: dict, queues: list[str], n: int) -> tuple[str, dict]:
+        """The claim for ``queues``: one queue (the usual case) has a statement that is quicker to plan."""
+        if len(queues) == 1:
+            return "message_claim_queue", dict(claim, queue=queues[0], n=n)
+        return "message_claim", dict(claim, queues=queues, n=n)
 
     def accept(self, token: uuid.UUID, rows: list) -> list[dict]:
         """Register the leases of claimed rows; return their decoded payloads in delivery order.

@@ -152,6 +152,23 @@ FROM candidate
 WHERE m.id = candidate.id
 RETURNING m.id, m.queue, m.priority, m.delivery_count, m.expires_at <= now() AS expired, m.payload
 
+-- message_claim_queue --
+-- message_claim for one queue, the usual worker: the same rows in the same order, in a statement
+-- PostgreSQL plans in about half the time (every claim is planned anew: a cached generic plan
+-- would outlive a change of the table's size, and a claim must never scan a backlog).
+UPDATE {schema}.message m
+SET visible_at = now() + %(lease)s * interval '1 second',
+    lease_token = %(token)s,
+    leased_by = %(worker)s,
+    delivery_count = m.delivery_count + 1
+WHERE m.id = ANY(ARRAY(
+    SELECT c.id FROM {schema}.message c
+    WHERE c.queue = %(queue)s AND c.visible_at <= now()
+    ORDER BY c.priority DESC, c.id
+    LIMIT %(n)s
+    FOR UPDATE SKIP LOCKED))
+RETURNING m.id, m.queue, m.priority, m.delivery_count, m.expires_at <= now() AS expired, m.payload
+
 -- message_ack --
 -- Delete acknowledged messages, but only rows this lease still holds (fencing). Like every
 -- statement on held rows, it locks them in id order first, so it never deadlocks with another.
