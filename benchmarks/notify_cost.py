@@ -11,7 +11,9 @@ processes publish N messages in all through Kombu and this transport (no
 Celery, so the database side shows), confirmed (each publish one commit) and
 pipelined (``confirm_publish: False``, commits shared), with the trigger
 enabled and disabled (``ALTER TABLE … DISABLE TRIGGER``; nothing consumes, so
-nobody misses a wake-up). Rounds interleave the variants.
+nobody misses a wake-up). Rounds interleave the variants. (Confirmed publishes
+send their wake-ups after the commit, in a quick transaction of their own; see
+transport/committer.py.)
 """
 
 from __future__ import annotations
@@ -75,11 +77,11 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=2400, help="messages per measurement")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
-    from tests.support.pgcluster import start_cluster
-
     import psycopg
 
-    cluster = start_cluster(conf=CLUSTER_CONF)
+    from tests.support.pgcluster import PG15_BIN, start_cluster
+
+    cluster = start_cluster(conf=CLUSTER_CONF, binaries=PG15_BIN if (PG15_BIN / "initdb").exists() else None)
     try:
         url = cluster.url()
         res: dict = {}

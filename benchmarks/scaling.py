@@ -146,9 +146,9 @@ def main(argv=None) -> int:
     concurrencies = [int(x) for x in args.concurrency.split(",")]
     cluster = None
     if any(CONFIGS[c].ours_broker or CONFIGS[c].ours_backend for c in configs):
-        from tests.support.pgcluster import start_cluster
+        from tests.support.pgcluster import PG15_BIN, start_cluster
 
-        cluster = start_cluster(conf=CLUSTER_CONF)
+        cluster = start_cluster(conf=CLUSTER_CONF, binaries=PG15_BIN if (PG15_BIN / "initdb").exists() else None)
     results: dict = {"params": vars(args), "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
                      "runs": []}
     try:

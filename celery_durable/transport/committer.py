@@ -3,8 +3,11 @@
 A thread that finds no commit in progress commits its message at once, alone,
 exactly as it would without this module. Threads that arrive while a commit is
 in flight queue up; when it returns, the first of them commits the whole queue
-in one transaction (one round trip, one WAL flush, one NOTIFY per queue) and
-wakes the others. Every ``publish`` still returns only once its own message is
+in one transaction (one round trip, one WAL flush) and wakes the others.
+Consumers' wake-ups (the NOTIFYs of the message trigger) go in a second, quick
+transaction in the same round trip: a transaction that NOTIFYs holds a
+cluster-wide lock until its commit is flushed, so commits of concurrent
+publishers that NOTIFY inside could never share a flush. Every ``publish`` still returns only once its own message is
 committed. When a statement fails, its group is rolled back and each member is
 committed alone, so only the faulty publish raises.
 
@@ -14,6 +17,7 @@ transport (Kombu gives each pooled producer its own connection and transport).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -24,11 +28,18 @@ import psycopg
 from ..config import Settings
 from ..db import pool
 
+logger = logging.getLogger(__name__)
+
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+
 
 @dataclass(eq=False)
 class _Publish:
     query: str
     params: dict[str, Any]
+    #: The schema's queries that defer the wake-up to after the commit, and send it.
+    after_commit: str
+    wake: str
     #: Made only for a publish that has to wait (a thread that commits at once needs none).
     done: threading.Event | None = None
     error: BaseException | None = None
@@ -45,9 +56,12 @@ class Committer:
         self._busy = False
         self._queue: list[_Publish] = []
 
-    def publish(self, query: str, params: dict[str, Any]) -> None:
-        """Commit one statement, alone or with those of other threads; raises its own error only."""
-        mine = _Publish(query, params)
+    def publish(self, query: str, params: dict[str, Any], after_commit: str, wake: str) -> None:
+        """Commit one statement, alone or with those of other threads; raises its own error only.
+
+        ``after_commit`` and ``wake`` are the schema's ``message_wake_after_commit`` and ``message_wake``.
+        """
+        mine = _Publish(query, params, after_commit, wake)
         with self._lock:
             if self._busy:
                 mine.done = threading.Event()
@@ -85,14 +99,14 @@ class Committer:
             with pool.connection(self.conninfo, self.settings) as conn:
                 if len(group) > 1:
                     try:
-                        self._together(conn, group)
+                        self._transaction(conn, group)
                         return
                     except psycopg.Error:
-                        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                            raise  # not a refused statement: the connection is in trouble
+                        if conn.closed or conn.broken:
+                            raise
                 for member in group:  # alone, or each alone after a refused statement
                     try:
-                        self._alone(conn, member)
+                        self._transaction(conn, [member])
                     except psycopg.Error as exc:
                         if conn.closed or conn.broken:
                             raise
@@ -102,18 +116,36 @@ class Committer:
                 if member.error is None:
                     member.error = exc
 
-    def _together(self, conn: psycopg.Connection, group: list[_Publish]) -> None:
-        with conn.pipeline(), conn.transaction():
-            if self.relaxed:
-                conn.execute(pool.NO_FLUSH_WAIT)
-            for member in group:
-                conn.execute(member.query, member.params)
+    def _transaction(self, conn: psycopg.Connection, members: list[_Publish]) -> None:
+        """Commit ``members`` in one transaction, then send their wake-ups in another: one round trip.
 
-    def _alone(self, conn: psycopg.Connection, member: _Publish) -> None:
-        if self.relaxed:
-            pool.execute_relaxed(conn, member.query, member.params)
-        else:
-            conn.execute(member.query, member.params)
+        The wake-ups (the trigger's NOTIFYs) leave the durable commit, whose flush would otherwise
+        hold PostgreSQL's NOTIFY lock. Behind a pooler the second transaction may run on another
+        server session, which has not the stash: there the trigger notifies inside the commit.
+        """
+        wake = members[0].wake if conn.prepare_threshold is not None else None
+        committed = None
+        try:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                if wake is not None:
+                    conn.execute(members[0].after_commit)
+                if self.relaxed:
+                    conn.execute(pool.NO_FLUSH_WAIT)
+                for member in members:
+                    conn.execute(member.query, member.params)
+                committed = conn.execute("COMMIT")
+                if wake is not None:
+                    conn.execute(wake)
+        except psycopg.Error as exc:
+            result = committed.pgresult if committed is not None else None
+            if result is not None and result.status == psycopg.pq.ExecStatus.COMMAND_OK:
+                logger.warning("published, but the wake-up failed (consumers find the messages at their next "
+                               "poll): %s", exc)
+                return
+            if not (conn.closed or conn.broken) and conn.info.transaction_status != _IDLE:
+                conn.execute("ROLLBACK")
+            raise
 
 
 _committers: dict[tuple[str, bool, int], Committer] = {}

@@ -62,7 +62,9 @@ class Publisher:
             task_id = headers.get("id") or props.get("correlation_id") or "?"
             self._pipelined().send(self.db.queries[query], params, str(task_id))
             return
-        committer(self.db.conninfo, settings).publish(self.db.queries[query], params)
+        q = self.db.queries
+        committer(self.db.conninfo, settings).publish(q[query], params, q["message_wake_after_commit"],
+                                                      q["message_wake"])
 
     def flush(self) -> None:
         """Wait until every pipelined publish is answered; raises PublishFailed for refused ones."""

@@ -125,6 +125,15 @@ FROM (VALUES (1)) AS one
 LEFT JOIN {schema}.queue q ON q.name = %(queue)s
 RETURNING queue
 
+-- message_wake_after_commit --
+-- For this transaction only: the trigger stashes wake-ups for message_wake instead of NOTIFYing.
+SELECT set_config('celery_durable.wake_after_commit', 'on', true)
+
+-- message_wake --
+-- After a publish's commit, in a transaction of its own: send the stashed wake-ups. Nothing here
+-- needs the WAL flush, so PostgreSQL's NOTIFY lock is held only for an instant.
+SELECT set_config('synchronous_commit', 'off', true), {schema}.message_wake_v1()
+
 -- message_claim --
 -- Lease up to n visible messages of the given queues: per queue in index order (priority,
 -- then age), skipping rows another worker is claiming. A lease is visible_at in the future

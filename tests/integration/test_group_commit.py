@@ -80,3 +80,48 @@ def test_a_refused_publish_in_a_shared_commit_fails_alone(h):
     assert list(errors) == ["refuse me"] and "refused by a test trigger" in str(errors["refuse me"])
     stored = {r[0] for r in h.q("SELECT payload::jsonb -> 'headers' ->> 'id' FROM {s}.message")}
     assert {r.id for r in returned} <= stored and len(returned) == THREADS - 1
+
+
+@pytest.mark.own_servers
+def test_a_publish_commits_while_another_transaction_holds_the_notify_lock(pg_cluster):
+    """The wake-up NOTIFY leaves the durable commit, so that commit does not wait for PostgreSQL's NOTIFY lock.
+
+    A transaction that NOTIFYs holds a cluster-wide lock until its commit is done. Here one is
+    stuck in its commit (it waits for a synchronous standby that does not exist). Our publish
+    still commits its message (we commit with ``synchronous_commit=local``); its wake-up, a
+    transaction of its own, goes out once the stuck one is cancelled, and a listener gets it.
+    """
+    cluster = pg_cluster(conf=["synchronous_standby_names = 'nobody'"])
+    local = cluster.url() + "?options=-c%20synchronous_commit%3Dlocal"
+    env = {"CELERY_DURABLE_URL": local, "CELERY_DURABLE_SCHEMA": "wake"}
+    h = Harness(local, "wake", env, None)
+    listener = psycopg.connect(local, autocommit=True)
+    stuck = psycopg.connect(cluster.url())
+    try:
+        listener.execute('LISTEN "wake.message"')
+        stuck.execute("CREATE TEMP TABLE probe (i int)")  # it writes WAL, so its commit waits for the standby
+        stuck.execute("NOTIFY somebody")
+        stuck_pid = stuck.info.backend_pid
+        committing = threading.Thread(target=lambda: _ignore(stuck.commit), daemon=True)
+        committing.start()
+        wait_for(lambda: h.q("SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event = 'SyncRep'", stuck_pid),
+                 WAIT, "the NOTIFYing commit to wait for the missing standby")
+        publishing = threading.Thread(target=lambda: h.task("echo").delay(1), daemon=True)
+        publishing.start()
+        wait_for(lambda: h.messages() == 1, WAIT, "the message to be committed while the NOTIFY lock is held")
+        h.q("SELECT pg_cancel_backend(%s)", stuck_pid)  # its commit stays done locally; the lock goes
+        publishing.join(WAIT)
+        assert not publishing.is_alive(), "delay() did not return once the NOTIFY lock was free"
+        got = [n.payload for n in listener.notifies(timeout=WAIT, stop_after=1)]
+        assert got == ["rcelery"]  # the queue of t.echo
+    finally:
+        stuck.close()
+        listener.close()
+        h.close()
+
+
+def _ignore(call) -> None:
+    try:
+        call()
+    except psycopg.Error:
+        pass
