@@ -70,8 +70,8 @@ class Settings:
     #: A direct (non-PgBouncer) URL for LISTEN; None: the main URL.
     listen_url: str | None = None
     #: Publishes (transport) and stored results (backend) wait for the WAL flush. False: each
-    #: commit returns before its fsync (about 2x faster here); a crash of the database server,
-    #: never of a client, may then lose the last ~0.6 s of them (wal_writer_delay x 3).
+    #: commit returns before its fsync (see benchmarks/README.md for what it gains); a crash of the
+    #: database server, never of a client, may then lose the last three wal_writer_delay of them.
     synchronous_commit: bool = True
     #: Server-side prepared statements for repeated queries. None: on, unless a pooler (PgBouncer)
     #: is detected, which may run a statement on a session that never saw its PREPARE.

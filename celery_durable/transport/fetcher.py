@@ -2,8 +2,8 @@
 
 Celery's event loop runs the pool: it hands tasks to processes and reads their
 results. Every millisecond it spends waiting for PostgreSQL is a millisecond
-no task moves (profiled: 46% of the loop's time went to claim and ack round
-trips). So the loop only asks: it queues a claim request or a flush of its
+no task moves (profiles showed claim and ack round trips taking a large share
+of the loop's time). So the loop only asks: it queues a claim request or a flush of its
 acks and goes on. This thread sends the pending acks and every requested claim
 in one pipelined round trip, then writes a byte to the loop's pipe; the loop
 delivers the claimed rows in that reader callback. While a round trip is in
