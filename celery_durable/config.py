@@ -59,7 +59,8 @@ class Settings:
     connect_timeout: float = CONNECT_TIMEOUT_DEFAULT
     #: Create or migrate the schema on first use (under an advisory lock).
     auto_migrate: bool = True
-    #: Seconds between maintenance runs (queue expiry, TTL, dead-letter retention).
+    #: Seconds between runs of the maintenance thread (expiry of queues, messages, dead letters,
+    #: results and finished workflows; VACUUM when the server does not).
     maintenance_interval: float = MAINTENANCE_INTERVAL_DEFAULT
     #: Seconds dead letters are kept.
     dead_letter_retention: float = DEAD_LETTER_RETENTION_DEFAULT
