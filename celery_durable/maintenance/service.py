@@ -2,14 +2,16 @@
 
 Policy, the same for every component:
 
-- one process at a time per database and schema: each batch runs in its own
-  short transaction that first takes a transaction-scoped try-lock (works
-  through PgBouncer's transaction mode); a process that finds it taken ends
-  its run instead of queueing behind another;
+- one process at a time per database and schema: each round (one batch of
+  every expiry, pipelined) is a short transaction that first takes a
+  transaction-scoped try-lock (works through PgBouncer's transaction mode); a
+  process that finds it taken ends its run instead of queueing behind another;
 - batches of at most :data:`BATCH_ROWS` rows, which skip rows other sessions
   have locked, so a delete never waits for a claim, an ack or a renewal;
-- at most :data:`RUN_SECONDS` per run (the remaining time also bounds each
-  statement); what is left waits for the next run.
+- at most :data:`RUN_SECONDS` per run (the time left also bounds each
+  statement); what is left waits for the next run. An idle worker pays one
+  transaction per ``maintenance_interval`` (and a statistics query when it
+  vacuums for a server without autovacuum).
 
 Components hand in their work with :meth:`Maintenance.attach`: :class:`Expiry`
 objects (batched deletes, written by the component, in its own ``.sql`` file)
@@ -36,6 +38,8 @@ logger = logging.getLogger(__name__)
 BATCH_ROWS = 1000
 #: Longest a run of the service spends on expiry; the rest waits for the next run.
 RUN_SECONDS = 5.0
+#: The due-time key of the expiries (chores use their names).
+EXPIRY = "expiry"
 
 
 @dataclass(frozen=True)
@@ -114,13 +118,18 @@ class Maintenance:
     # -- running ----------------------------------------------------------------------------------
 
     def run(self) -> dict[str, int]:
-        """One run: the expiries (bounded by RUN_SECONDS), then every chore that is due; returns rows deleted."""
-        deleted = self.expire(self.expiries(), deadline=monotonic() + RUN_SECONDS)
-        now = monotonic()
+        """Run everything now: the expiries (bounded by RUN_SECONDS), then every chore; returns rows deleted."""
+        return self._run_due(monotonic(), everything=True)
+
+    def _run_due(self, now: float, everything: bool = False) -> dict[str, int]:
+        deleted: dict[str, int] = {}
+        if everything or self._due.get(EXPIRY, 0.0) <= now:
+            self._due[EXPIRY] = now + self.interval()
+            deleted = self.expire(self.expiries(), deadline=now + RUN_SECONDS)
         for chore in self.chores():
-            if self._due.get(chore.name, 0.0) > now:
+            if not everything and self._due.get(chore.name, 0.0) > monotonic():
                 continue
-            self._due[chore.name] = now + chore.interval
+            self._due[chore.name] = monotonic() + chore.interval
             try:
                 chore.run()
             except Exception as exc:  # the next round retries
@@ -129,11 +138,12 @@ class Maintenance:
 
     def expire(self, expiries: Iterable[Expiry], *, deadline: float | None, wait: bool = False,
                batches: int | None = None) -> dict[str, int]:
-        """Delete expired rows in batches, taking turns between expiries; returns rows deleted per name.
+        """Delete expired rows in rounds, each one batch of every expiry left; returns rows deleted per name.
 
-        Stops when nothing is left, at ``deadline`` (monotonic; None: never), after
-        ``batches`` batches per expiry, or (unless ``wait``) when another process
-        holds the maintenance lock. Blocks the calling thread meanwhile.
+        A round is one transaction under the maintenance lock. Stops when nothing
+        is left, at ``deadline`` (monotonic; None: never), after ``batches``
+        rounds, or (unless ``wait``) when another process holds the lock. Blocks
+        the calling thread meanwhile.
         """
         pending = list(expiries)
         deleted = {e.name: 0 for e in pending}
@@ -141,31 +151,34 @@ class Maintenance:
         with pool.connection(self.conninfo, self.settings) as conn:
             while pending and (batches is None or rounds < batches):
                 rounds += 1
-                for expiry in list(pending):
-                    remaining = None if deadline is None else deadline - monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return deleted
-                    try:
-                        count = self._batch(conn, expiry, remaining, wait)
-                    except psycopg.errors.QueryCanceled:
-                        return deleted  # the run's time ran out inside the statement
-                    if count is None:
-                        return deleted  # another process is at it
+                remaining = None if deadline is None else deadline - monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                try:
+                    counts = self._round(conn, pending, remaining, wait)
+                except psycopg.errors.QueryCanceled:
+                    break  # the run's time ran out inside a statement (its round is undone)
+                if counts is None:
+                    break  # another process is at it
+                for expiry, count in zip(list(pending), counts):
                     deleted[expiry.name] += count
                     if count < BATCH_ROWS:
                         pending.remove(expiry)
         return deleted
 
-    def _batch(self, conn: psycopg.Connection, expiry: Expiry, remaining: float | None, wait: bool) -> int | None:
+    def _round(self, conn: psycopg.Connection, expiries: list[Expiry], remaining: float | None,
+               wait: bool) -> list[int] | None:
+        """One batch of each expiry in one transaction (the deletes pipelined); None: the lock is taken."""
         q = self.queries
+        share = None if remaining is None else str(max(1, int(remaining * 1000 / len(expiries))))
         with conn.transaction():
-            if wait:
-                conn.execute(q["maintenance_lock"], {"key": self.lock_key})
-            elif not conn.execute(q["maintenance_try_lock"], {"key": self.lock_key}).fetchone()[0]:
+            locked = conn.execute(q["maintenance_lock" if wait else "maintenance_try_lock"],
+                                  {"key": self.lock_key, "ms": share}).fetchone()[0]
+            if not locked:
                 return None
-            if remaining is not None:
-                conn.execute(q["maintenance_time_limit"], {"ms": str(max(1, int(remaining * 1000)))})
-            return conn.execute(expiry.query, {**expiry.params, "limit": BATCH_ROWS}).rowcount
+            with conn.pipeline():
+                cursors = [conn.execute(e.query, {**e.params, "limit": BATCH_ROWS}) for e in expiries]
+            return [cur.rowcount for cur in cursors]
 
     def _run(self) -> None:
         while True:
@@ -173,9 +186,10 @@ class Maintenance:
                 if not self._owners:
                     self._thread = None  # the next attach() starts another
                     return
+            woken = self._wake.is_set()
             self._wake.clear()
             try:
-                self.run()
+                self._run_due(monotonic(), everything=woken)
             except Exception as exc:  # a lost database: the next run retries
                 logger.warning("celery_durable maintenance run failed: %s", exc)
             self.ran.set()
@@ -183,8 +197,8 @@ class Maintenance:
 
     def _next_wait(self) -> float:
         now = monotonic()
-        due = [self._due.get(c.name, now) - now for c in self.chores()]
-        return max(0.05, min([self.interval(), *due]))
+        due = [self._due.get(name, now) - now for name in (EXPIRY, *(c.name for c in self.chores()))]
+        return max(0.05, min(due))
 
 
 _services: dict[tuple[str, str, int], Maintenance] = {}
