@@ -30,8 +30,8 @@ from .group import durable
 from .output import emit, json_option
 from .target import CommandError, Target, _is_postgres, with_target
 
-#: Messages between two progress lines.
-PROGRESS_EVERY = 100
+#: Messages between two progress lines (``--progress-every``).
+PROGRESS_EVERY_DEFAULT = 100
 
 
 @durable.command("migrate-from")
@@ -45,10 +45,12 @@ PROGRESS_EVERY = 100
               help="A transport option of the old broker, e.g. global_keyprefix=app: (repeatable).")
 @click.option("--idle", default=1.0, show_default=True, type=float,
               help="Stop after this many seconds without a message.")
+@click.option("--progress-every", default=PROGRESS_EVERY_DEFAULT, show_default=True, type=click.IntRange(min=1),
+              help="Print a progress line on stderr after every this many moved messages.")
 @json_option
 @with_target
 def migrate_from_cmd(target: Target, source: str, queues: str | None, unacked: bool, force: bool,
-                     source_options: tuple[str, ...], idle: float, as_json: bool) -> None:
+                     source_options: tuple[str, ...], idle: float, progress_every: int, as_json: bool) -> None:
     """Move the task messages waiting on SOURCE (redis://…, amqp://…) into this database."""
     app = target.app if target.app is not None else Celery("celery_durable_migrate", set_as_current=False)
     names = [q.strip() for q in (queues or "").split(",") if q.strip()] or sorted(app.amqp.queues)
@@ -64,7 +66,7 @@ def migrate_from_cmd(target: Target, source: str, queues: str | None, unacked: b
                 click.echo(f"restored {restored} unacked messages to their queues", err=True)
 
         def progress(state, body, message):
-            if state.count % PROGRESS_EVERY == 0:  # on stderr: --json output stays clean
+            if state.count % progress_every == 0:  # on stderr: --json output stays clean
                 click.echo(f"moved {state.count}/{state.strtotal} messages", err=True)
 
         state = migrate_tasks(old, new, app=app, queues=",".join(names), ack_messages=True,
