@@ -7,6 +7,8 @@ test can kill a worker mid-step or fix a failing step and resume.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 
@@ -218,3 +220,20 @@ def write_once(key):
     current_step().connection.execute(sql.SQL("INSERT INTO {}.ledger (key, amount) VALUES (%s, 1)").format(_S), (key,))
     _maybe_block(key)
     return [key]
+
+
+@app.task
+def digest(*args, name="?", pause=0.0):
+    """A property-test task: a short digest of its name and inputs (so results show how values flowed).
+
+    In a durable workflow it also records its execution (``<workflow>:<path>``)
+    and writes one row through ``current_step().connection``.
+    """
+    ctx = current_step()
+    if ctx is not None:
+        _record(f"{ctx.workflow_id}:{ctx.path}")
+        ctx.connection.execute(sql.SQL("INSERT INTO {}.canvas_rows (key) VALUES (%s)").format(_S),
+                               (ctx.idempotency_key,))
+    if pause:
+        time.sleep(pause)
+    return f"{name}:" + hashlib.sha1(json.dumps([name, list(args)], sort_keys=True).encode()).hexdigest()[:8]

@@ -1,0 +1,152 @@
+"""Property tests: random canvases give the same result durable on ours as plain on Redis, even while
+workers are SIGKILLed, with no committed task run again and no row written twice.
+
+Canvases come from tests/chaos/canvases.py (chains, groups, chords, up to 3
+deep and 30 tasks). Bounded in CI (about a minute); CELERY_DURABLE_CHAOS_LONG=1
+runs many more and prints the figures (canvases, kills, violations).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+
+import psycopg
+import pytest
+from celery import Celery
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
+
+from celery_durable import durable
+from celery_durable.config import Settings
+from celery_durable.db import dsn, pool
+from celery_durable.testing.workers import start_worker
+from tests.apps import basic
+
+from .canvases import canvases, to_celery
+
+pytestmark = pytest.mark.chaos
+
+LONG = os.environ.get("CELERY_DURABLE_CHAOS_LONG") == "1"
+COMPARED = 150 if LONG else 12          # canvases compared one by one
+BATCHES, PER_BATCH = (8, 15) if LONG else (1, 8)  # canvases run together while workers are killed
+APP = "tests.apps.durable_app"
+REDIS = "redis://127.0.0.1:6379"
+FIGURES = {"compared": 0, "killed_canvases": 0, "tasks": 0, "kills": 0, "violations": 0}
+
+_slow = settings(deadline=None, database=None, derandomize=False,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                        HealthCheck.filter_too_much, HealthCheck.data_too_large])
+
+
+class Stack:
+    """A plain Celery worker on Redis, durable workers on ours, and their clients."""
+
+    def __init__(self, pg_url: str) -> None:
+        self.url, self.schema = pg_url, f"t_{uuid.uuid4().hex[:12]}"
+        self.s = sql.Identifier(self.schema)
+        pool.prepare_schema(dsn.from_url(pg_url), Settings(schema=self.schema))
+        self.q("CREATE TABLE {s}.executions (tag text, pid int, at timestamptz DEFAULT clock_timestamp())")
+        self.q("CREATE TABLE {s}.canvas_rows (key text)")
+        base = {**os.environ, "CELERY_DURABLE_URL": pg_url, "CELERY_DURABLE_SCHEMA": self.schema}
+        self.env = {**base, "CELERY_DURABLE_LEASE": "2", "CELERY_DURABLE_PREFETCH": "1"}
+        self.plain_queue = f"plain-{self.schema}"
+        plain_env = {**base, "CELERY_DURABLE_BROKER": f"{REDIS}/5", "CELERY_DURABLE_BACKEND": f"{REDIS}/6"}
+        self.plain = Celery("plain-client")
+        self.plain.conf.update(basic.config(plain_env))
+        self.ours = Celery("durable-client")
+        self.ours.conf.update(basic.config(self.env))
+        self.procs = [start_worker(APP, "-Q", self.plain_queue, env=plain_env, concurrency=4)]
+        self.durable_workers = [start_worker(APP, env=self.env) for _ in range(2)]
+        self.procs += self.durable_workers
+
+    def q(self, query: str, *params: object) -> list:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cur = conn.execute(sql.SQL(query).format(s=self.s), params)
+            return cur.fetchall() if cur.description else []
+
+    def plain_result(self, canvas) -> object:
+        return to_celery(canvas, self.plain, queue=self.plain_queue).apply_async().get(timeout=120)
+
+    def close(self) -> None:
+        for proc in self.procs + self.durable_workers:
+            proc.kill()
+        self.plain.close()
+        self.ours.close()
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(self.s))
+
+
+@pytest.fixture(scope="module")
+def stack(pg_url):
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS, socket_connect_timeout=1).ping()
+    except Exception:
+        pytest.fail("the Redis on 127.0.0.1:6379 these tests compare with does not answer")
+    built = Stack(pg_url)
+    yield built
+    built.close()
+    print(f"\ncanvas property figures: {FIGURES}")
+
+
+def _violations(stack: Stack, workflow_ids: list[str]) -> dict[str, list]:
+    """Committed tasks that ran again, and rows written through current_step().connection twice."""
+    reran = stack.q(
+        "SELECT e.tag FROM {s}.executions e JOIN {s}.checkpoint c"
+        " ON e.tag = c.workflow_id || ':' || c.path"
+        " WHERE c.workflow_id = ANY(%s) AND e.at > c.finished_at", workflow_ids)
+    doubled = stack.q("SELECT key, count(*) FROM {s}.canvas_rows WHERE split_part(key, ':', 1) = ANY(%s)"
+                      " GROUP BY key HAVING count(*) > 1", workflow_ids)
+    return {"reran": reran, "doubled": doubled}
+
+
+@settings(_slow, max_examples=COMPARED)
+@given(canvas=canvases())
+def test_durable_canvas_gives_what_plain_celery_gives(stack, canvas):
+    expected = stack.plain_result(canvas)
+    wf = durable(to_celery(canvas, stack.ours)).apply_async()
+    assert wf.get(timeout=120) == expected
+    found = _violations(stack, [wf.workflow_id])
+    assert found == {"reran": [], "doubled": []}
+    rows = stack.q("SELECT count(*) FROM {s}.canvas_rows WHERE split_part(key, ':', 1) = %s", wf.workflow_id)
+    assert rows == [(canvas.count(),)]
+    FIGURES["compared"] += 1
+
+
+@settings(_slow, max_examples=BATCHES, phases=[Phase.explicit, Phase.reuse, Phase.generate])  # no shrinking: kills
+@given(batch=st.lists(canvases(), min_size=PER_BATCH, max_size=PER_BATCH).filter(
+           lambda b: sum(c.count() for c in b) >= 8 * PER_BATCH),  # not the tiny first example
+       pauses=st.lists(st.sampled_from([0.02, 0.05, 0.1, 0.2]), min_size=PER_BATCH, max_size=PER_BATCH))
+def test_durable_canvases_survive_killed_workers(stack, batch, pauses):
+    """Several canvases at once while a durable worker is SIGKILLed (and replaced) every one to three seconds."""
+    expected = [stack.plain_result(canvas) for canvas in batch]
+    results = [durable(to_celery(canvas, stack.ours, pause=pause)).apply_async()
+               for canvas, pause in zip(batch, pauses)]
+    ids = [wf.workflow_id for wf in results]
+    deadline = time.monotonic() + (600 if LONG else 180)
+    next_kill = time.monotonic() + random.uniform(0.5, 1.5)
+    while True:
+        done = stack.q("SELECT count(*) FROM {s}.workflow WHERE id = ANY(%s) AND status = 'succeeded'", ids)[0][0]
+        if done == len(ids):
+            break
+        assert time.monotonic() < deadline, f"only {done}/{len(ids)} canvases finished"
+        if time.monotonic() >= next_kill:
+            victim = random.randrange(len(stack.durable_workers))
+            stack.durable_workers[victim].kill()
+            stack.durable_workers[victim] = start_worker(APP, env=stack.env)
+            FIGURES["kills"] += 1
+            next_kill = time.monotonic() + random.uniform(1, 3)
+        time.sleep(0.1)
+    found = _violations(stack, ids)
+    FIGURES["violations"] += len(found["reran"]) + len(found["doubled"])
+    FIGURES["killed_canvases"] += len(batch)
+    FIGURES["tasks"] += sum(c.count() for c in batch)
+    assert [wf.get(timeout=60) for wf in results] == expected
+    assert found == {"reran": [], "doubled": []}
+    rows = stack.q("SELECT count(*) FROM {s}.canvas_rows WHERE split_part(key, ':', 1) = ANY(%s)", ids)
+    assert rows == [(sum(c.count() for c in batch),)]
