@@ -36,8 +36,9 @@ def _queries(settings: Settings) -> dict[str, str]:
     return queries.load("celery_durable.workflow", "queries.sql", settings.schema)
 
 
-def _path_key(path: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in path.split("."))
+def _path_key(path: str) -> tuple[tuple[int, int], ...]:
+    """Paths in tree order: "2" < "2~0" (its link) < "10"."""
+    return tuple((int(a), int(b) if b else -1) for a, _, b in (part.partition("~") for part in path.split(".")))
 
 
 def list_workflows(app_or_url: Any, schema: str | None = None, status: str | None = None,
@@ -75,7 +76,7 @@ def get_workflow(app_or_url: Any, schema: str | None = None, workflow_id: str | 
     checkpoints = {}
     for path, task_id, task_name, content_type, blob, attempts, finished_at in marks:
         parts = _path_key(path)
-        entry = {"path": path, "step": parts[0], "member": parts[1] if len(parts) > 1 else -1,
+        entry = {"path": path, "step": parts[0][0], "member": parts[1][0] if len(parts) > 1 else -1,
                  "task_id": task_id, "task": task_name, "attempts": attempts, "finished_at": finished_at}
         if app is not None:
             entry["result"] = decode(app, content_type, blob)
@@ -104,11 +105,15 @@ def get_workflow(app_or_url: Any, schema: str | None = None, workflow_id: str | 
 def _describe(node: Node, task_states: dict[str, str], checkpoints: dict[str, dict]) -> dict:
     """One node of ``get_workflow``'s tree: path, kind, name, state (and its task's checkpoint)."""
     entry: dict[str, Any] = {"path": node.path, "kind": "chord" if node.chord else node.kind, "task": node.name}
+    if node.owner is not None:
+        entry["link_of"] = node.owner.path
     if node.kind == "task":
         entry["state"] = task_states[node.path]
         mark = checkpoints.get(node.path)
         if mark is not None:
             entry.update({k: mark[k] for k in ("task_id", "attempts", "result") if k in mark})
+        if node.links:
+            entry["links"] = [_describe(link, task_states, checkpoints) for link in node.links]
         return entry
     entry["children"] = [_describe(child, task_states, checkpoints) for child in node.children]
     below = {task_states[t.path] for t in node.tasks()}

@@ -105,8 +105,10 @@ def _tree_rows(nodes: list[dict[str, Any]], depth: int, rows: list[list[Any]]) -
     """One row per node, its name indented by depth: the canvas drawn as a tree."""
     for node in nodes:
         label = node["task"] if node["kind"] == "task" else f"{node['kind']} ({len(node['children'])})"
+        if "link_of" in node:
+            label = f"link: {label}"
         rows.append([node["path"], "  " * depth + label, node["state"], node.get("attempts", "")])
-        _tree_rows(node.get("children", []), depth + 1, rows)
+        _tree_rows(node.get("children", []) + node.get("links", []), depth + 1, rows)
 
 
 @workflows_group.command("cancel")

@@ -34,27 +34,64 @@ def build(signatures: tuple | list, app: Any, *, chain: bool = True) -> Tree:
     if chain:
         root = _chain_node(list(signatures), app)
     else:
-        node = _node(signatures[0], app)
+        node = node_of(signatures[0], app)
         root = node if node.kind == "chain" else Node("chain", [node])
     return Tree(root)
 
 
-def _node(sig: Any, app: Any) -> Node:
+def node_of(sig: Any, app: Any) -> Node:
+    """The tree node of one signature or canvas (paths are given when its Tree is built)."""
     sig = maybe_signature(sig, app=app)
+    return _callbacks(_shape(sig, app), sig, app)
+
+
+def _shape(sig: Any, app: Any) -> Node:
     if isinstance(sig, _chord):
         header = Node("group", _group_children(sig.tasks, app))
         if sig.body is None:
             return header
-        return Node("chain", [header, _node(sig.body, app)], chord=True)
+        return Node("chain", [header, node_of(sig.body, app)], chord=True)
     if isinstance(sig, _chain):
         return _chain_node(list(sig.tasks), app)
     if isinstance(sig, group):
         return Node("group", _group_children(sig.tasks, app))
     if isinstance(sig, chunks):
-        return _node(sig.group(), app)
+        return node_of(sig.group(), app)
     if isinstance(sig, Signature):
-        return Node("task", sig=_plain(sig, app))
+        return Node("task", sig=_plain(sig, app), links=[node_of(link, app) for link in listed(sig.options.get("link"))])
     raise WorkflowError(f"not a signature: {sig!r}")
+
+
+def listed(value: Any) -> list:
+    """A callback option as a list (Celery keeps one signature or several)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _callbacks(node: Node, sig: Any, app: Any) -> Node:
+    """A chain's, group's or chord's own ``link_error`` goes to each of its tasks, as Celery applies it;
+    its ``link`` to a chain's last task (anything else has no single result to call back with)."""
+    if node.kind == "task":
+        return node
+    errbacks = listed(sig.options.get("link_error"))
+    if errbacks:
+        add_errbacks(node, errbacks)
+    links = listed(sig.options.get("link"))
+    if links:
+        last = node.children[-1] if node.kind == "chain" else None
+        if last is None or last.kind != "task":
+            raise WorkflowError(f"link on a {'chord' if node.chord else node.kind} has no single task to call "
+                                "back from in a durable workflow: link the task whose result it needs")
+        last.links += [node_of(link, app) for link in links]
+    return node
+
+
+def add_errbacks(node: Node, errbacks: list) -> None:
+    """Give every task under ``node`` these ``link_error`` callbacks too (Celery calls them on its failure)."""
+    for task in node.tasks():
+        known = listed(task.sig["options"].get("link_error"))
+        task.sig["options"]["link_error"] = known + [e for e in errbacks if e not in known]
 
 
 def _chain_node(elements: list, app: Any) -> Node:
@@ -63,7 +100,7 @@ def _chain_node(elements: list, app: Any) -> Node:
         element = maybe_signature(element, app=app)
         if isinstance(element, group) and not isinstance(element, _chord) and len(element.tasks) == 1:
             element = element.tasks[0]  # Celery runs a one-member group in a chain as that member
-        child = _node(element, app)
+        child = node_of(element, app)
         if child.kind == "chain":
             children.extend(child.children)
         else:
@@ -76,7 +113,7 @@ def _chain_node(elements: list, app: Any) -> Node:
 def _group_children(tasks: Any, app: Any) -> list[Node]:
     children: list[Node] = []
     for task in list(tasks):
-        child = _node(task, app)
+        child = node_of(task, app)
         if child.kind == "group":
             children.extend(child.children)  # as Celery, a group in a group is flattened
         else:
@@ -90,7 +127,8 @@ def _plain(sig: Signature, app: Any) -> dict:
     name = sig.task
     if _surely_unknown(app, name):
         raise WorkflowError(f"unknown task {name!r} in a durable workflow (not registered with app {app.main!r})")
-    options = {k: v for k, v in dict(sig.options).items() if k not in _PER_SEND}
+    # A link becomes a side branch of the tree (started with the task's checkpoint), not a Celery callback.
+    options = {k: v for k, v in dict(sig.options).items() if k not in _PER_SEND and k != "link"}
     kwargs = dict(sig.kwargs)
     if name in ("celery.map", "celery.starmap") and "it" in kwargs:
         kwargs["it"] = list(kwargs["it"])  # a lazy regen: store the items themselves

@@ -9,7 +9,8 @@ from celery import current_app
 from celery.result import AsyncResult
 
 from ..tracing import carrier
-from .canvas import build, encode_tree
+from ..exceptions import WorkflowError
+from .canvas import add_errbacks, build, encode_tree, listed, node_of
 from .dispatch import plan, send, stage
 from .runner import instrument
 from .store import Store
@@ -63,6 +64,17 @@ class DurableWorkflow:
         instrument(app)
         store = Store.for_app(app)
         tree = self.tree()
+        errbacks = options.pop("link_error", None)
+        if errbacks:  # an error callback on the whole: on each task, so it fires for the failure that decides
+            add_errbacks(tree.root, listed(errbacks))
+        links = options.pop("link", None)
+        if links:
+            last = tree.root.children[-1]
+            if last.kind != "task":
+                raise WorkflowError("link= on a durable workflow calls back from its last task, and this one ends "
+                                    f"with a {last.kind}: link a task, or wait on the result")
+            last.links += [node_of(link, app) for link in listed(links)]
+            tree = Tree(tree.root)
         trace = carrier()
         for task in tree.tasks():
             sig = task.sig

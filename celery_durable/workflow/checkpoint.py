@@ -29,12 +29,12 @@ from celery import states
 from celery.exceptions import TaskRevokedError
 from kombu.serialization import dumps, loads
 
-from ..exceptions import LeaseLost
-from .canvas import decode_tree
+from ..exceptions import LeaseLost, WorkflowError
+from .canvas import add_errbacks, decode_tree, encode_tree, listed, node_of
 from .context import StepContext
 from .dispatch import Message, plan, send, stage
 from .store import Store
-from .tree import Node, Tree
+from .tree import NOTHING, Node, Tree, feeder, top_of
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,12 @@ class StepRef:
     @property
     def top(self) -> int:
         """The root element the task belongs to."""
-        return int(self.path.partition(".")[0])
+        return top_of(self.path)
+
+    @property
+    def side(self) -> bool:
+        """A link callback's task (or inside one): it may still run after the workflow succeeded."""
+        return "~" in self.path
 
     @classmethod
     def from_headers(cls, header: dict, lease: str | None) -> "StepRef":
@@ -108,7 +113,7 @@ class Before:
     value: Any = None
     status: str | None = None
     current_step: int | None = None
-    steps: Any = None
+    tree: Tree | None = None
     result_id: str | None = None
 
 
@@ -120,7 +125,8 @@ def before_run(store: Store, ref: StepRef) -> Before:
     """
     with store.connection() as conn:
         row = conn.execute(store.queries["step_state"], {"id": ref.workflow_id, "path": ref.path}).fetchone()
-        if row is None or row[1] != ref.generation or row[0] in ("cancelled", "succeeded"):
+        if (row is None or row[1] != ref.generation or row[0] == "cancelled"
+                or (row[0] == "succeeded" and not ref.side)):
             with conn.transaction():
                 release(store, conn, ref)
             return Before(STOPPED)
@@ -128,7 +134,13 @@ def before_run(store: Store, ref: StepRef) -> Before:
             with conn.transaction():
                 release(store, conn, ref)
             return Before(FINISHED, decode(store.app, row[2], row[3]))
-    return Before(None, None, row[0], row[4], row[5], row[6])
+        tree = decode_tree(row[5])
+        node = tree.nodes.get(ref.path)
+        if node is None or node.kind != "task":  # replaced (Task.replace) since this message was sent
+            with conn.transaction():
+                release(store, conn, ref)
+            return Before(STOPPED)
+    return Before(None, None, row[0], row[4], tree, row[6])
 
 
 def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, result: Any,
@@ -168,6 +180,8 @@ def _known_moves(tree: Tree, node: Node, result: Any) -> Moves | None:
     value = result
     while True:
         parent = node.parent
+        if parent is None:
+            return Moves([])  # the end of a link's branch: nothing waits for it
         if parent.kind == "group":
             return None
         if node.index + 1 < len(parent.children):
@@ -190,10 +204,11 @@ def _commit(store: Store, conn: psycopg.Connection, ref: StepRef, task: Any, res
         "content_type": content_type, "result": data, "attempts": (task.request.retries or 0) + 1,
     }
     if before is not None and before.status == "running" and before.current_step == ref.top:
-        tree = decode_tree(before.steps)
+        tree = before.tree
         node = tree.nodes.get(ref.path)
         moves = _known_moves(tree, node, result) if node is not None and node.kind == "task" else None
         if moves is not None:
+            moves.entries += _links(tree, node, result)
             staged = _commit_pipelined(store, conn, ref, before, checkpoint_params, moves)
             if staged is not None:
                 return staged
@@ -225,11 +240,13 @@ def _commit(store: Store, conn: psycopg.Connection, ref: StepRef, task: Any, res
         conn.execute("ROLLBACK")
         raise LeaseLost(f"lost the lease of step {ref.path} of workflow {ref.workflow_id}: rolled back")
     revive = status == "failed" and failed_path == ref.path
-    if status != "running" and not revive:
+    if status != "running" and not revive and not (status == "succeeded" and ref.side):
         conn.execute("COMMIT")  # the checkpoint stands; a resume goes on from it
         return []
     tree = decode_tree(steps_json)
-    moves = _moves(store, conn, tree, tree[ref.path], result, ref.workflow_id)
+    node = tree[ref.path]
+    moves = _moves(store, conn, tree, node, result, ref.workflow_id)
+    moves.entries += _links(tree, node, result)
     next_send: list[Message] = []
     # The rest goes out in one more round trip, COMMIT included; a failing statement
     # aborts the transaction and surfaces when the pipeline syncs (rolled back by the caller).
@@ -249,6 +266,8 @@ def _moves(store: Store, conn: psycopg.Connection, tree: Tree, node: Node, resul
     values = {node.path: result}
     while True:
         parent = node.parent
+        if parent is None:
+            return Moves([])  # the end of a link's branch: nothing waits for it
         if parent.kind == "group":
             terminals = [t.path for t in parent.terminals()]
             done = conn.execute(store.queries["checkpoint_count"], {"id": workflow_id, "paths": terminals}).fetchone()[0]
@@ -262,6 +281,11 @@ def _moves(store: Store, conn: psycopg.Connection, tree: Tree, node: Node, resul
         elif parent is tree.root:
             return Moves([], None, True, node.value(values))
         node = parent
+
+
+def _links(tree: Tree, node: Node, result: Any) -> list[tuple[Node, Any]]:
+    """The link callbacks of a finished task: they start with its commit, with its result."""
+    return [entry for link in node.links for entry in tree.enter(link, result)]
 
 
 def _apply(store: Store, conn: psycopg.Connection, ref: StepRef, moves: Moves, result_id: str) -> list[Message]:
@@ -357,6 +381,59 @@ def record_failure(store: Store, ref: StepRef, exc: BaseException, traceback: st
     return True
 
 
+def commit_replacement(store: Store, ref: StepRef, before: Before, sig: Any) -> None:
+    """``Task.replace(sig)``: the task's place in the tree becomes ``sig`` (a chain around it), started now.
+
+    One transaction, fenced like a checkpoint: the tree is rewritten, the
+    replacement's first tasks are sent (atomic mode) and the task's own
+    message goes. What ``sig`` returns is the replaced task's result; the
+    task's link callbacks and errbacks pass to it, as Celery passes them.
+    Raises WorkflowError for links that have no single task to move to.
+    """
+    q = store.queries
+    app = store.app
+    staged: list[Message] = []
+    with store.connection() as conn, conn.transaction():
+        with conn.pipeline():
+            locked = conn.execute(q["workflow_lock"], {"id": ref.workflow_id})
+            finished = conn.execute(q["checkpoint_exists"], {"id": ref.workflow_id, "path": ref.path})
+            releasing = _release_cursor(store, conn, ref)
+        wf = locked.fetchone()
+        if releasing is not None and releasing.fetchone() is None:
+            logger.warning("durable step %s of workflow %s replaced itself after losing its lease: ignored",
+                           ref.path, ref.workflow_id)
+            return
+        if finished.fetchone() is not None or wf is None or wf[2] != ref.generation or wf[0] == "cancelled":
+            return
+        tree = decode_tree(wf[3])
+        old = tree[ref.path]
+        new = node_of(sig, app)
+        if old.links:
+            last = new if new.kind == "task" else (new.children[-1] if new.kind == "chain" else None)
+            if last is None or last.kind != "task":
+                raise WorkflowError(f"step {ref.path} has link callbacks and replaced itself with a "
+                                    f"{new.kind}: they need a single task to call back from")
+            last.links += old.links
+        errbacks = listed(old.sig["options"].get("link_error"))
+        if errbacks:
+            add_errbacks(new, errbacks)
+        grafted = new if new.kind == "chain" and not new.chord else Node("chain", [new])
+        grafted.replaced = True
+        if old.owner is not None:
+            old.owner.links[old.index] = grafted
+        else:
+            old.parent.children[old.index] = grafted
+        tree = Tree(tree.root)
+        grafted = tree[ref.path]
+        conn.execute(q["workflow_steps"], {"id": ref.workflow_id, "steps": encode_tree(tree, app)})
+        if not store.atomic:
+            conn.execute(q["sent_step_done"], {"id": ref.workflow_id, "path": ref.path})
+        staged = stage(store, conn, ref.workflow_id, ref.generation,
+                       plan(app, ref.workflow_id, ref.generation, tree.enter(grafted, NOTHING)))
+    send(app, staged)
+    logger.info("durable step %s of workflow %s replaced by %s", ref.path, ref.workflow_id, grafted.name)
+
+
 def release_only(store: Store, ref: StepRef, retry_when: Any = None) -> None:
     """Delete the task's message without a checkpoint (the task is being retried, or ignored).
 
@@ -390,12 +467,8 @@ def ready_tasks(store: Store, conn: psycopg.Connection, workflow_id: str, tree: 
 
 def _input_paths(tree: Tree, task: Node) -> list[str]:
     """The tasks whose results make up ``task``'s input."""
-    node, parent = task, task.parent
-    while parent is not None:
-        if parent.kind == "chain" and node.index > 0:
-            return [t.path for t in parent.children[node.index - 1].terminals()]
-        node, parent = parent, parent.parent
-    return []
+    source = feeder(task)
+    return [] if source is None else [t.path for t in source.terminals()]
 
 
 def cancelled_error(workflow_id: str) -> TaskRevokedError:

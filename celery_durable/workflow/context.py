@@ -30,13 +30,13 @@ class StepContext:
     @property
     def index(self) -> int:
         """The element of the workflow's root chain this task belongs to (a durable_chain's step)."""
-        return int(self.path.partition(".")[0])
+        return int(self.path.partition(".")[0].partition("~")[0])
 
     @property
     def member(self) -> int:
         """Its place in that element (a group step's member), -1 when the element is the task itself."""
         parts = self.path.split(".")
-        return int(parts[1]) if len(parts) > 1 else -1
+        return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
 
     @property
     def idempotency_key(self) -> str:

@@ -50,6 +50,10 @@ SET status = 'running', current_step = %(step)s, generation = generation + %(bum
 WHERE id = %(id)s
 RETURNING generation
 
+-- workflow_steps --
+-- Task.replace() inside a durable task: the tree with the replacement grafted in its place.
+UPDATE {schema}.workflow SET steps = %(steps)s, updated_at = now() WHERE id = %(id)s
+
 -- workflow_revive --
 -- A late success of the task a duplicate attempt failed: its checkpoint wins, the workflow runs on.
 UPDATE {schema}.workflow SET status = 'running', error = NULL, failed_path = NULL, finished_at = NULL,

@@ -22,7 +22,7 @@ from celery.exceptions import Ignore, NotRegistered, Reject, Retry
 from ..exceptions import LeaseLost
 from ..headers import LEASE_HEADER, STEP_HEADER
 from . import checkpoint
-from .context import StepContext, _enter, _leave
+from .context import StepContext, _enter, _leave, current_step
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,25 @@ def _wrap(task: Any) -> None:
 
     setattr(run, _MARK, True)
     task.run = run
+    original_replace = task.replace
+
+    @functools.wraps(original_replace)
+    def replace(sig: Any) -> Any:
+        if current_step() is None:
+            return original_replace(sig)
+        raise Replaced(sig)  # grafted into the workflow by _run_step, in the task's transaction
+
+    task.replace = replace
     if getattr(task, "__trace__", None) is not None:
         task.__trace__ = None  # rebuilt on next call, with the wrapper
+
+
+class Replaced(Ignore):
+    """``Task.replace(sig)`` inside a durable task: the workflow runs ``sig`` in the task's place."""
+
+    def __init__(self, sig: Any) -> None:
+        super().__init__("Replaced by a durable canvas")
+        self.sig = sig
 
 
 def _run_step(task: Any, header: dict, original: Any, args: tuple, kwargs: dict) -> Any:
@@ -77,6 +94,10 @@ def _run_step(task: Any, header: dict, original: Any, args: tuple, kwargs: dict)
             result = original(*args, **kwargs)
         finally:
             _leave(token)
+    except Replaced as replaced:
+        _rollback(store, step)
+        checkpoint.commit_replacement(store, ref, before, replaced.sig)
+        raise Ignore() from None
     except Retry as retry:
         _rollback(store, step)
         # Celery already sent the retry (with our headers); this attempt's message goes.

@@ -10,6 +10,10 @@ results. A chord is the chain of its header group and its body. As Celery
 does, nested chains flatten into their chain, groups directly inside a group
 flatten into it, and a one-member group inside a chain is that member.
 
+A task's ``link`` callbacks hang on it as side branches (paths ``"2.1~0"``,
+``"2.1~1.0"``…): each receives the task's result when it finishes, nothing
+waits for them, and the workflow's result does not include theirs.
+
 Stored in ``workflow.steps`` as the root chain's elements (a JSON array),
 with Kombu's JSON; an older version's steps (``{"kind": "task"|"group",
 "signatures": [...]}``) read as the same tree.
@@ -34,8 +38,13 @@ class Node:
     children: list["Node"] = field(default_factory=list)
     sig: dict | None = None
     chord: bool = False
+    #: Put in a task's place by Task.replace(): it starts from nothing, not from what preceded the task.
+    replaced: bool = False
+    links: list["Node"] = field(default_factory=list)
     path: str = ""
     parent: "Node | None" = field(default=None, repr=False)
+    #: The task a link callback hangs on (set on the link's own node).
+    owner: "Node | None" = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -51,13 +60,16 @@ class Node:
 
     @property
     def index(self) -> int:
-        """The node's place in its parent."""
-        return int(self.path.rpartition(".")[2])
+        """The node's place in its parent (a link's place among its task's links)."""
+        last = self.path.rpartition(".")[2]
+        return int(last.partition("~")[2] if self.owner is not None else last)
 
     def tasks(self) -> Iterator["Node"]:
-        """Every task under this node (itself for a task), in path order."""
+        """Every task under this node (itself for a task) and its link callbacks, in path order."""
         if self.kind == "task":
             yield self
+            for link in self.links:
+                yield from link.tasks()
         for child in self.children:
             yield from child.tasks()
 
@@ -100,9 +112,6 @@ class Tree:
     def tasks(self) -> list[Node]:
         return list(self.root.tasks())
 
-    def top(self, path: str) -> int:
-        """The index of the root element holding ``path``."""
-        return int(path.partition(".")[0])
 
     # -- data flow -------------------------------------------------------------------------
 
@@ -116,12 +125,8 @@ class Tree:
 
     def input_of(self, node: Node, values: dict[str, Any]) -> Any:
         """What ``node`` receives, from the results of what precedes it (NOTHING for the first)."""
-        parent = node.parent
-        while parent is not None:
-            if parent.kind == "chain" and node.index > 0:
-                return parent.children[node.index - 1].value(values)
-            node, parent = parent, parent.parent
-        return NOTHING
+        source = feeder(node)
+        return NOTHING if source is None else source.value(values)
 
     def frontier(self, done: set[str]) -> list[Node]:
         """Tasks whose input is ready and that have no checkpoint: what must be running now."""
@@ -147,22 +152,48 @@ class Tree:
         return len(self.root.children) - 1
 
 
+def top_of(path: str) -> int:
+    """The index of the root element holding ``path`` (a link's owner's)."""
+    return int(path.partition(".")[0].partition("~")[0])
+
+
+def feeder(node: Node) -> Node | None:
+    """The node whose result ``node`` receives: what precedes it in a chain, or a link's task; None: nothing."""
+    while True:
+        if node.replaced:
+            return None
+        if node.owner is not None:
+            return node.owner
+        parent = node.parent
+        if parent is None:
+            return None
+        if parent.kind == "chain" and node.index > 0:
+            return parent.children[node.index - 1]
+        node = parent
+
+
 def _number(node: Node, path: str, parent: Node | None, nodes: dict[str, Node]) -> None:
     node.path, node.parent = path, parent
     if path:
         nodes[path] = node
     for i, child in enumerate(node.children):
         _number(child, f"{path}.{i}" if path else str(i), node, nodes)
+    for i, link in enumerate(node.links):
+        link.owner = node
+        _number(link, f"{path}~{i}", None, nodes)
 
 
 def _pending(node: Node, done: set[str]) -> Iterator[Node]:
     if node.kind == "task":
         if node.path not in done:
             yield node
+        else:
+            for link in node.links:
+                yield from _pending(link, done)
     elif node.kind == "chain":
         for child in node.children:
+            yield from _pending(child, done)  # of a complete element: the links still due
             if not child.complete(done):
-                yield from _pending(child, done)
                 return
     else:
         for child in node.children:
@@ -177,10 +208,15 @@ def to_json(tree: Tree) -> list[dict]:
 
 def _node_json(node: Node) -> dict:
     if node.kind == "task":
-        return {"kind": "task", "task": node.name, "signatures": [node.sig]}
+        data = {"kind": "task", "task": node.name, "signatures": [node.sig]}
+        if node.links:
+            data["links"] = [_node_json(link) for link in node.links]
+        return data
     data = {"kind": node.kind, "task": node.name, "children": [_node_json(c) for c in node.children]}
     if node.chord:
         data["chord"] = True
+    if node.replaced:
+        data["replaced"] = True
     return data
 
 
@@ -191,8 +227,9 @@ def from_json(elements: list[dict]) -> Tree:
 def _node_from(data: dict) -> Node:
     kind = data["kind"]
     if kind == "task":
-        return Node("task", sig=dict(data["signatures"][0]))
+        return Node("task", sig=dict(data["signatures"][0]), links=[_node_from(l) for l in data.get("links", ())])
     if "children" in data:
-        return Node(kind, [_node_from(c) for c in data["children"]], chord=bool(data.get("chord")))
+        return Node(kind, [_node_from(c) for c in data["children"]], chord=bool(data.get("chord")),
+                    replaced=bool(data.get("replaced")))
     # An older version's group step: its members are plain signatures.
     return Node(kind, [Node("task", sig=dict(s)) for s in data["signatures"]])

@@ -15,6 +15,8 @@ import time
 import psycopg
 from psycopg import sql
 
+from celery import group
+
 from celery_durable import current_step
 
 from .basic import SCHEMA, URL, app
@@ -237,3 +239,36 @@ def digest(*args, name="?", pause=0.0):
     if pause:
         time.sleep(pause)
     return f"{name}:" + hashlib.sha1(json.dumps([name, list(args)], sort_keys=True).encode()).hexdigest()[:8]
+
+
+@app.task
+def callback(value, tag):
+    """A link callback: records its run, writes a row through its transaction, returns [tag, value]."""
+    _record(tag)
+    ctx = current_step()
+    if ctx is not None:
+        ctx.connection.execute(sql.SQL("INSERT INTO {}.ledger (key, amount) VALUES (%s, 1)").format(_S), (tag,))
+    _maybe_block(tag)
+    return [tag, value]
+
+
+@app.task
+def on_error(task_id):
+    """An old-style error callback (Celery passes the failed task's id)."""
+    _record("errback")
+    return task_id
+
+
+@app.task
+def fail_with(*args, tag="fail"):
+    _record(tag)
+    raise ValueError(f"{tag} failed")
+
+
+@app.task(bind=True)
+def replacer(self, value, how):
+    """Replace itself (Task.replace) with a chain or a group, as a Celery task may."""
+    _record(f"replacer:{how}")
+    if how == "chain":
+        return self.replace(step.s(["r"], "x") | step.s("y"))
+    return self.replace(group(member.s(None, "g1"), member.s(None, "g2")))

@@ -8,6 +8,7 @@ on random canvases).
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 from celery import Celery, chain, chord, group
@@ -135,3 +136,59 @@ def test_workflow_stored_by_an_older_version_resumes(client, db, workers, env):
     assert len(workflows.resume_workflow(client, wid)) == 1
     assert client.AsyncResult(wid).get(timeout=60) == ["m1", "m2"]
     assert (db.runs("a"), db.runs("m1"), db.runs("m2")) == (0, 0, 1)
+
+
+def test_link_callbacks_are_durable_tasks(client, db, workers, env):
+    """A task's link runs with its result, once its task committed; a crash in the callback re-runs only it."""
+    db.set("block:cb2", "block")
+    first = workers(APP, concurrency=3, env=env)
+    linked = sig(client, "step", "b", link=client.signature(T + "callback", args=("cb1",)))
+    header = sig(client, "member", "m", link=client.signature(T + "callback", args=("cb2",)))
+    wf = durable(chain(sig(client, "start", "a"), linked, chord([header, sig(client, "member", "n")],
+                                                               sig(client, "collect", "end")))).apply_async()
+    db.wait_runs("cb2")
+    first.kill()  # cb2 ran but did not commit
+    db.set("block:cb2", None)
+    workers(APP, concurrency=3, env=env)
+    assert wf.get(timeout=60) == ["m", "n"]
+    wait_for(lambda: db.q("SELECT 1 FROM {s}.checkpoint WHERE workflow_id = %s AND path = '2.0~0'", wf.workflow_id))
+    assert (db.runs("a"), db.runs("b"), db.runs("cb1"), db.runs("cb2")) == (1, 1, 1, 2)
+    assert db.q("SELECT key, count(*) FROM {s}.ledger GROUP BY key ORDER BY key") == [("cb1", 1), ("cb2", 1)]
+    shown = workflows.get_workflow(client, workflow_id=wf.workflow_id)
+    marks = {c["path"]: c["result"] for c in shown["checkpoints"]}
+    assert marks["1~0"] == ["cb1", ["a", "b"]] and marks["2.0~0"] == ["cb2", "m"]
+    assert shown["tree"][1]["links"][0]["link_of"] == "1"
+
+
+def test_error_callbacks_fire_once(client, db, workers, env):
+    """A task's link_error, and an error callback on the whole workflow when two of its tasks fail."""
+    workers(APP, concurrency=3, env=env)
+    on_error = client.signature(T + "on_error")
+    whole = durable(group(client.signature(T + "fail_with", kwargs={"tag": "x"}),
+                          client.signature(T + "fail_with", kwargs={"tag": "y"}),
+                          sig(client, "start", "ok"))).apply_async(link_error=on_error)
+    with pytest.raises(ValueError, match="failed"):
+        whole.get(timeout=60)
+    db.wait_runs("x")
+    db.wait_runs("y")
+    db.wait_runs("errback")
+    # Bounded: the second failure, fenced out, would have called its errback by now.
+    time.sleep(1.0)
+    assert db.runs("errback") == 1
+    single = durable_chain(sig(client, "start", "a"),
+                           client.signature(T + "fail_with", kwargs={"tag": "z"}, link_error=on_error)).apply_async()
+    with pytest.raises(ValueError, match="z failed"):
+        single.get(timeout=60)
+    db.wait_runs("errback", 2)
+
+
+@pytest.mark.parametrize("how,expected", [("chain", ["r", "x", "y", "c"]), ("group", ["g1", "g2", "c"])])
+def test_task_replace_inside_a_durable_workflow(client, db, workers, env, how, expected):
+    """Task.replace() puts the new canvas in the task's place in the tree; its result flows on."""
+    workers(APP, concurrency=2, env=env)
+    wf = durable_chain(sig(client, "start", "a"), sig(client, "replacer", how), sig(client, "step", "c")).apply_async()
+    assert wf.get(timeout=60) == expected
+    assert db.runs(f"replacer:{how}") == 1
+    shown = workflows.get_workflow(client, workflow_id=wf.workflow_id)
+    assert shown["tree"][1]["kind"] == "chain" and shown["tree"][1]["state"] == "succeeded"
+    assert [c["path"] for c in shown["checkpoints"]][0] == "0" and "1" not in {c["path"] for c in shown["checkpoints"]}
