@@ -1,15 +1,16 @@
 """Group commit for confirmed publishes: threads publishing at the same time share one commit.
 
-A thread that finds no commit in progress commits its message at once, alone,
-exactly as it would without this module. Threads that arrive while a commit is
-in flight queue up; when it returns, the first of them commits the whole queue
-in one transaction (one round trip, one WAL flush) and wakes the others.
-Consumers' wake-ups (the NOTIFYs of the message trigger) go in a second, quick
+A thread that finds no commit in progress commits its message at once, alone.
+Threads that arrive while a commit is in flight queue up; when it returns, the
+first of them commits the whole queue in one transaction (one round trip, one
+WAL flush) and wakes the others. Every ``publish`` still returns only once its
+own message is committed. When a statement fails, its group is rolled back and
+each member is committed alone, so only the faulty publish raises.
+
+The consumers' wake-ups (the message trigger's NOTIFYs) go in a second, quick
 transaction in the same round trip: a transaction that NOTIFYs holds a
-cluster-wide lock until its commit is flushed, so commits of concurrent
-publishers that NOTIFY inside could never share a flush. Every ``publish`` still returns only once its own message is
-committed. When a statement fails, its group is rolled back and each member is
-committed alone, so only the faulty publish raises.
+cluster-wide lock until its commit is flushed, so the commits of publishers in
+several processes that NOTIFY inside them could never share a flush.
 
 One committer per database URL, commit mode and process, shared by every
 transport (Kombu gives each pooled producer its own connection and transport).
