@@ -153,6 +153,14 @@ _committers: dict[tuple[str, bool, int], Committer] = {}
 _lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread of the parent may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def committer(conninfo: str, settings: Settings) -> Committer:
     """The committer for this URL and commit mode in this process (a forked child gets its own)."""
     relaxed = not settings.synchronous_commit

@@ -341,6 +341,14 @@ _live: set[Pipeline] = set()
 _live_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    global _live_lock
+    _live_lock = threading.Lock()  # another thread of the parent may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 _exit_hooked: set[int] = set()
 
 
