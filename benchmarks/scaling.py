@@ -15,8 +15,9 @@ its processes spend is ours: PostgreSQL CPU seconds per 1,000 tasks is the
 cluster's CPU time over the run (the postmaster, its live children, and the
 children that exited, which the postmaster reaped) per 1,000 tasks.
 
-Writes ``<png>.json`` with every figure and, unless ``--no-plot``, the PNG
-(matplotlib: ``pip install 'celery-durable[bench]'``).
+Writes every figure to ``benchmarks/results/scaling-<time>.json`` and, unless
+``--no-plot``, the PNG (matplotlib: ``pip install 'celery-durable[bench]'``);
+``--replot JSON`` redraws the PNG from such a file.
 """
 
 from __future__ import annotations
@@ -140,7 +141,11 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=180)
     ap.add_argument("--png", default=str(ROOT / "benchmarks" / "scaling.png"))
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--replot", metavar="JSON", help="draw the PNG from an earlier run's JSON and exit")
     args = ap.parse_args(argv)
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text()), Path(args.png))
+        return 0
     configs = [c.strip() for c in args.only.split(",") if c.strip()]
     producers = [int(x) for x in args.producers.split(",")]
     concurrencies = [int(x) for x in args.concurrency.split(",")]
@@ -170,11 +175,12 @@ def main(argv=None) -> int:
         if cluster is not None:
             cluster.destroy()
     results["machine"]["loadavg_end"] = os.getloadavg()
-    png = Path(args.png)
-    png.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    out = ROOT / "benchmarks" / "results" / f"scaling-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
     if not args.no_plot:
-        plot(results, png)
-    print(f"results: {png.with_suffix('.json')}" + ("" if args.no_plot else f", plot: {png}"))
+        plot(results, Path(args.png))
+    print(f"results: {out}" + ("" if args.no_plot else f", plot: {args.png}"))
     return 0
 
 
@@ -196,13 +202,15 @@ def plot(results: dict, png: Path) -> None:
     tps, cpu = medians(results, "tps"), medians(results, "pg_cpu_s_per_1000")
     concurrencies = sorted({c for _, c in tps})
     configs = list(dict.fromkeys(c for c, _ in tps))
+    colors = {name: f"C{i}" for i, name in enumerate(configs)}
+    styles = {c: s for c, s in zip(concurrencies, ["-", "--", ":", "-."])}
     fig, axes = plt.subplots(1, len(concurrencies) + 1, figsize=(4.2 * (len(concurrencies) + 1), 4), squeeze=False)
     axes = axes[0]
     for ax, concurrency in zip(axes, concurrencies):
         for name in configs:
             points = tps.get((name, concurrency))
             if points:
-                ax.plot([p for p, _ in points], [v for _, v in points], marker="o", label=name)
+                ax.plot([p for p, _ in points], [v for _, v in points], marker="o", label=name, color=colors[name])
         ax.set_title(f"worker -c {concurrency}")
         ax.set_xlabel("producer processes")
         ax.set_ylabel("tasks/s end to end")
@@ -212,7 +220,8 @@ def plot(results: dict, png: Path) -> None:
     axes[0].legend()
     ax = axes[-1]
     for (name, concurrency), points in sorted(cpu.items()):
-        ax.plot([p for p, _ in points], [v for _, v in points], marker="o", label=f"{name} -c {concurrency}")
+        ax.plot([p for p, _ in points], [v for _, v in points], marker="o", label=f"{name} -c {concurrency}",
+                color=colors[name], linestyle=styles.get(concurrency, "-"))
     ax.set_title("PostgreSQL CPU per 1,000 tasks")
     ax.set_xlabel("producer processes")
     ax.set_xticks(sorted({p for pts in cpu.values() for p, _ in pts}))
@@ -221,8 +230,9 @@ def plot(results: dict, png: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     load = results["machine"]
-    fig.suptitle(f"{load['cpus']} CPUs, load average {load['loadavg_start'][0]:.1f} at the start, "
-                 f"{load['loadavg_end'][0]:.1f} at the end")
+    rounds = results["params"].get("rounds", 1)
+    fig.suptitle(f"medians of {rounds} round(s), {results['params']['n']:,} tasks each; {load['cpus']} CPUs, "
+                 f"load average {load['loadavg_start'][0]:.1f} at the start, {load['loadavg_end'][0]:.1f} at the end")
     fig.tight_layout()
     fig.savefig(png, dpi=90)
 
