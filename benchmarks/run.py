@@ -176,7 +176,7 @@ def applicable(cfg, wl: str) -> str | None:
 def params_for(mode: dict, cfg, wl: str) -> dict:
     p = dict(mode[wl])
     p["timeout"] = mode["timeout"]
-    if wl == "chain":
+    if wl in ("chain", "chord"):
         p["durable"] = bool(cfg.ours_backend)
     return p
 
@@ -333,12 +333,16 @@ def machine() -> dict:
 
 # --------------------------------------------------------------------------- report
 
+#: A durable workload's ratio is to Redis's plain run of the same canvas.
+PLAIN_OF = {"durable_chain10_ms": "chain10_ms", "durable_chord100_ms": "chord100_ms"}
+
+
 def aggregate(run: dict) -> dict:
     """cfg -> metric -> {median, min, max, n, by_round, ratio}
 
     ``ratio`` is the median over rounds of (this config / Redis in the same round), which
     cancels load that drifts between rounds better than a ratio of medians; for
-    ``durable_chain10_ms`` the reference is Redis's plain ``chain10_ms``.
+    ``durable_chain10_ms`` and ``durable_chord100_ms`` the reference is Redis's plain canvas.
     """
     agg: dict = {}
     for cfg, wls in run["results"].items():
@@ -355,7 +359,7 @@ def aggregate(run: dict) -> dict:
         for k, m in ms.items():
             vs = m["values"]
             m.update(median=statistics.median(vs), min=min(vs), max=max(vs), n=len(vs))
-            base = ref.get("chain10_ms" if k == "durable_chain10_ms" else k)
+            base = ref.get(PLAIN_OF.get(k, k))
             if base and cfg != "redis":
                 ratios = [v / base["by_round"][r] for r, v in m["by_round"].items()
                           if base["by_round"].get(r)]

@@ -1,0 +1,33 @@
+"""examples/order_fanout_demo.py runs as its docstring says: a killed worker, only the killed task again."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from celery_durable.testing.embedded import create_database
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+@pytest.fixture
+def own_database(pg_url):
+    """The demo creates tables in the default schema: give it a database of its own."""
+    name = f"cd_orders_{uuid.uuid4().hex[:8]}"
+    yield create_database(pg_url, name)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_order_fanout_demo_survives_a_killed_worker(own_database):
+    done = subprocess.run([sys.executable, str(EXAMPLES / "order_fanout_demo.py")], capture_output=True, text=True,
+                          env={**os.environ, "CELERY_DURABLE_URL": own_database}, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "reserve sku-3  2" in done.stdout and "shipments: 1" in done.stdout
