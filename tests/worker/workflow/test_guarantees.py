@@ -14,7 +14,7 @@ import sys
 import pytest
 from celery import Celery, group
 
-from celery_durable import durable_chain, workflows
+from celery_durable import durable, durable_chain, workflows
 from celery_durable.headers import STEP_HEADER
 from tests.apps import basic
 
@@ -196,3 +196,24 @@ def test_step_message_of_an_older_version_still_runs(client, db, workers, env):
     client.send_task(T + "start", args=("a",), headers={STEP_HEADER: {"w": wf.workflow_id, "s": 0, "m": -1, "g": 0}})
     workers(APP, env=env)
     assert wf.get(timeout=60) == ["a", "b"]
+
+
+def test_redis_broker_chord_member_lost_with_its_worker(client, db, workers, redis_env, schema):
+    """Behind Redis, a chord member acked early dies with its worker: the sweep re-sends that member only."""
+    from celery import chord
+
+    queue = f"durable-{schema}"
+    rclient = _client(redis_env)
+    db.set("block:k2", "block")
+    first = workers(APP, "-Q", queue, concurrency=4, env=redis_env)
+    members = [sig(rclient, "write_once", f"k{i}") for i in range(4)]
+    wf = durable(chord(members, sig(rclient, "collect", "body"))).apply_async(queue=queue)
+    db.wait_runs("k2")
+    wait_for(lambda: db.q("SELECT count(*) FROM {s}.checkpoint WHERE workflow_id = %s", wf.workflow_id) == [(3,)],
+             what="the other members' checkpoints")
+    first.kill()
+    db.set("block:k2", None)
+    workers(APP, "-Q", queue, env=redis_env)
+    assert wf.get(timeout=60) == [["k0"], ["k1"], ["k2"], ["k3"]]
+    assert (db.runs("k0"), db.runs("k1"), db.runs("k2"), db.runs("k3"), db.runs("body")) == (1, 1, 2, 1, 1)
+    assert db.q("SELECT key, count(*) FROM {s}.ledger GROUP BY key ORDER BY key") == [(f"k{i}", 1) for i in range(4)]
