@@ -212,8 +212,11 @@ def _commit(store: Store, conn: psycopg.Connection, ref: StepRef, task: Any, res
             staged = _commit_pipelined(store, conn, ref, before, checkpoint_params, moves)
             if staged is not None:
                 return staged
-    # One round trip: lock, checkpoint and fenced delete go out together; if the answers
-    # say this attempt must not count, the whole transaction is rolled back below.
+    # One round trip: lock, checkpoint and fenced delete go out together, with the count of the
+    # finished members of the group this task may complete (known from the read before it ran);
+    # if the answers say this attempt must not count, the whole transaction is rolled back below.
+    group = _first_group(before.tree.nodes.get(ref.path)) if before is not None and before.tree else None
+    group_terminals = [t.path for t in group.terminals()] if group is not None else []
     try:
         with conn.pipeline():
             if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
@@ -223,6 +226,8 @@ def _commit(store: Store, conn: psycopg.Connection, ref: StepRef, task: Any, res
             releasing = _release_cursor(store, conn, ref)
             if not store.atomic:
                 conn.execute(q["sent_step_done"], {"id": ref.workflow_id, "path": ref.path})
+            counting = (conn.execute(q["checkpoint_count"], {"id": ref.workflow_id, "paths": group_terminals})
+                        if group_terminals else None)
     except psycopg.errors.ForeignKeyViolation:
         _abandon(store, conn, ref, "has no workflow row any more (deleted?): not checkpointed")
         return []
@@ -245,7 +250,8 @@ def _commit(store: Store, conn: psycopg.Connection, ref: StepRef, task: Any, res
         return []
     tree = decode_tree(steps_json)
     node = tree[ref.path]
-    moves = _moves(store, conn, tree, node, result, ref.workflow_id)
+    counted = {group.path: (group_terminals, counting.fetchone()[0])} if counting is not None else {}
+    moves = _moves(store, conn, tree, node, result, ref.workflow_id, counted)
     moves.entries += _links(tree, node, result)
     next_send: list[Message] = []
     # The rest goes out in one more round trip, COMMIT included; a failing statement
@@ -261,8 +267,24 @@ def _commit(store: Store, conn: psycopg.Connection, ref: StepRef, task: Any, res
     return next_send
 
 
-def _moves(store: Store, conn: psycopg.Connection, tree: Tree, node: Node, result: Any, workflow_id: str) -> Moves:
-    """What the task at ``node`` finishing sets off, counting finished members of the groups on the way."""
+def _first_group(node: Node | None) -> Node | None:
+    """The group ``node`` finishing may complete (None when what follows it is known without counting)."""
+    while node is not None and node.parent is not None:
+        parent = node.parent
+        if parent.kind == "group":
+            return parent
+        if node.index + 1 < len(parent.children):
+            return None
+        node = parent
+    return None
+
+
+def _moves(store: Store, conn: psycopg.Connection, tree: Tree, node: Node, result: Any, workflow_id: str,
+           counted: dict[str, tuple[list[str], int]]) -> Moves:
+    """What the task at ``node`` finishing sets off, counting finished members of the groups on the way.
+
+    ``counted``: group path -> (its terminal tasks, how many finished), already read in this transaction.
+    """
     values = {node.path: result}
     while True:
         parent = node.parent
@@ -270,7 +292,12 @@ def _moves(store: Store, conn: psycopg.Connection, tree: Tree, node: Node, resul
             return Moves([])  # the end of a link's branch: nothing waits for it
         if parent.kind == "group":
             terminals = [t.path for t in parent.terminals()]
-            done = conn.execute(store.queries["checkpoint_count"], {"id": workflow_id, "paths": terminals}).fetchone()[0]
+            known = counted.get(parent.path)
+            if known is not None and known[0] == terminals:
+                done = known[1]
+            else:
+                done = conn.execute(store.queries["checkpoint_count"],
+                                    {"id": workflow_id, "paths": terminals}).fetchone()[0]
             if done < len(terminals):
                 return Moves([], None)
             values.update(values_of(store, conn, workflow_id, [p for p in terminals if p not in values]))

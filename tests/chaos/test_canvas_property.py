@@ -32,7 +32,7 @@ pytestmark = pytest.mark.chaos
 
 LONG = os.environ.get("CELERY_DURABLE_CHAOS_LONG") == "1"
 COMPARED = 150 if LONG else 12          # canvases compared one by one
-BATCHES, PER_BATCH = (8, 15) if LONG else (1, 8)  # canvases run together while workers are killed
+BATCHES, PER_BATCH = (20, 15) if LONG else (1, 8)  # canvases run together while workers are killed
 APP = "tests.apps.durable_app"
 REDIS = "redis://127.0.0.1:6379"
 FIGURES = {"compared": 0, "killed_canvases": 0, "tasks": 0, "kills": 0, "violations": 0}
