@@ -322,8 +322,7 @@ def _apply(store: Store, conn: psycopg.Connection, ref: StepRef, moves: Moves, r
         conn.execute(q["workflow_finish"], {"id": ref.workflow_id, "status": "succeeded", "error": None,
                                             "step": ref.top, "failed_path": None})
         store.backend.store_result_in(conn, result_id, moves.value, states.SUCCESS)
-        return []
-    if moves.current_step is not None:
+    elif moves.current_step is not None:
         conn.execute(q["workflow_advance"], {"id": ref.workflow_id, "step": moves.current_step})
     else:
         conn.execute(q["workflow_touch"], {"id": ref.workflow_id})

@@ -166,12 +166,14 @@ FROM unnest(%(ids)s::text[], %(paths)s::text[]) AS held (workflow_id, path)
 WHERE s.workflow_id = held.workflow_id AND s.path = held.path
 
 -- sent_step_lost --
--- Sent tasks of running workflows with no sign of life for `after` seconds past their due time:
--- their message was lost (a worker died with it after an early ack, or it was never sent).
+-- Sent tasks of running workflows (or link callbacks, paths with '~', of succeeded ones) with no sign
+-- of life for `after` seconds past their due time: their message was lost (a worker died with it after
+-- an early ack, or it was never sent).
 SELECT s.workflow_id, s.path
 FROM {schema}.sent_step s
 JOIN {schema}.workflow w ON w.id = s.workflow_id
-WHERE w.status = 'running' AND s.generation = w.generation
+WHERE (w.status = 'running' OR (w.status = 'succeeded' AND strpos(s.path, '~') > 0))
+  AND s.generation = w.generation
   AND s.seen_at < now() - %(after)s * interval '1 second'
   AND s.due_at < now() - %(after)s * interval '1 second'
 ORDER BY s.seen_at

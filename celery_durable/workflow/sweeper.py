@@ -58,8 +58,10 @@ def resend_lost(store: Store) -> int:
 def _resend(store: Store, conn: Any, workflow_id: str, paths: list[str]) -> list[Message]:
     q = store.queries
     row = conn.execute(q["workflow_lock"], {"id": workflow_id}).fetchone()
-    if row is None or row[0] != "running":
+    if row is None or row[0] not in ("running", "succeeded"):
         return []
+    if row[0] == "succeeded":  # only link callbacks may still be due
+        paths = [p for p in paths if "~" in p]
     generation, tree = row[2], decode_tree(row[3])
     entries, done = ready_tasks(store, conn, workflow_id, tree, only=set(paths))
     for path in paths:

@@ -217,3 +217,21 @@ def test_redis_broker_chord_member_lost_with_its_worker(client, db, workers, red
     assert wf.get(timeout=60) == [["k0"], ["k1"], ["k2"], ["k3"]]
     assert (db.runs("k0"), db.runs("k1"), db.runs("k2"), db.runs("k3"), db.runs("body")) == (1, 1, 2, 1, 1)
     assert db.q("SELECT key, count(*) FROM {s}.ledger GROUP BY key ORDER BY key") == [(f"k{i}", 1) for i in range(4)]
+
+
+def test_redis_broker_link_lost_after_the_workflow_succeeded(client, db, workers, redis_env, schema):
+    """A link callback still due when its workflow has succeeded is re-sent by the sweep if its worker dies."""
+    queue = f"durable-{schema}"
+    rclient = _client(redis_env)
+    db.set("block:cb", "block")
+    first = workers(APP, "-Q", queue, env=redis_env)
+    linked = sig(rclient, "start", "a", link=rclient.signature(T + "callback", args=("cb",)))
+    wf = durable_chain(linked).apply_async(queue=queue)
+    assert wf.get(timeout=60) == ["a"]
+    db.wait_runs("cb")
+    first.kill()
+    db.set("block:cb", None)
+    workers(APP, "-Q", queue, env=redis_env)
+    wait_for(lambda: db.q("SELECT 1 FROM {s}.checkpoint WHERE workflow_id = %s AND path = '0~0'", wf.workflow_id),
+             what="the link's checkpoint")
+    assert db.runs("cb") == 2 and db.q("SELECT key, count(*) FROM {s}.ledger GROUP BY key") == [("cb", 1)]
