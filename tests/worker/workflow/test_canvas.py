@@ -147,6 +147,8 @@ def test_link_callbacks_are_durable_tasks(client, db, workers, env):
     wf = durable(chain(sig(client, "start", "a"), linked, chord([header, sig(client, "member", "n")],
                                                                sig(client, "collect", "end")))).apply_async()
     db.wait_runs("cb2")
+    # cb1 runs beside cb2 (concurrency 3): kill only once it committed, so only cb2 is cut off.
+    wait_for(lambda: db.q("SELECT 1 FROM {s}.checkpoint WHERE workflow_id = %s AND path = '1~0'", wf.workflow_id))
     first.kill()  # cb2 ran but did not commit
     db.set("block:cb2", None)
     workers(APP, concurrency=3, env=env)
