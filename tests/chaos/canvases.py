@@ -5,6 +5,9 @@ Celery canvas for the plain run on Redis and the durable run on ours. Every
 task is ``durable_app.digest``, whose result is a digest of its name and of
 the inputs it received: two runs agree only if every value flowed the same way.
 
+Some tasks carry a ``link`` callback (a digest too): it runs beside the
+canvas, so it is not in the result, but a durable run checkpoints it.
+
 Left out, because plain Celery 5.7 gets them wrong (so there is nothing to
 compare with): a group directly inside a group (Celery flattens it but
 reverses its members inside chains and chords), and a group that directly
@@ -28,9 +31,14 @@ DIGEST = "tests.apps.durable_app.digest"
 class Leaf:
     name: str
     immutable: bool
+    linked: bool = False  # a link callback (digest too) hangs on it
 
     def count(self) -> int:
         return 1
+
+    def rows(self) -> int:
+        """Tasks a durable run checkpoints: this one and its link."""
+        return 1 + self.linked
 
 
 @dataclass
@@ -40,6 +48,9 @@ class Chain:
     def count(self) -> int:
         return sum(i.count() for i in self.items)
 
+    def rows(self) -> int:
+        return sum(i.rows() for i in self.items)
+
 
 @dataclass
 class Group:
@@ -47,6 +58,9 @@ class Group:
 
     def count(self) -> int:
         return sum(i.count() for i in self.items)
+
+    def rows(self) -> int:
+        return sum(i.rows() for i in self.items)
 
 
 @dataclass
@@ -56,6 +70,9 @@ class Chord:
 
     def count(self) -> int:
         return sum(i.count() for i in self.header) + self.body.count()
+
+    def rows(self) -> int:
+        return sum(i.rows() for i in self.header) + self.body.rows()
 
 
 def _ends_with_group(c: Any) -> bool:
@@ -71,7 +88,8 @@ def _starts_with_group(c: Any) -> bool:
 
 
 _LEAF = st.builds(Leaf, name=st.text("abcdefgh", min_size=1, max_size=3),
-                  immutable=st.sampled_from([False, False, False, True]))
+                  immutable=st.sampled_from([False, False, False, True]),
+                  linked=st.sampled_from([False] * 7 + [True]))
 
 
 @st.composite
@@ -107,6 +125,8 @@ def to_celery(c: Any, app: Any, **options: Any) -> Any:
     if isinstance(c, Leaf):
         kwargs = {"name": c.name, "pause": options.get("pause", 0.0)}
         sig_options = {k: v for k, v in options.items() if k != "pause"}
+        if c.linked:
+            sig_options["link"] = app.signature(DIGEST, kwargs={**kwargs, "name": c.name + "!"}, **sig_options)
         return app.signature(DIGEST, kwargs=kwargs, immutable=c.immutable, **sig_options)
     if isinstance(c, Chain):
         return chain(*[to_celery(i, app, **options) for i in c.items])
