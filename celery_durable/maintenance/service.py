@@ -97,9 +97,6 @@ class Maintenance:
             if not self._owners:
                 self._wake.set()
 
-    def owned(self) -> bool:
-        return bool(self._owners)
-
     def expiries(self) -> list[Expiry]:
         """Every owner's expiries, each name once."""
         with self._owners_lock:
