@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import psycopg
 
+from .tree import top_of
+
 _current: ContextVar["StepContext | None"] = ContextVar("celery_durable_step", default=None)
 
 
@@ -30,7 +32,7 @@ class StepContext:
     @property
     def index(self) -> int:
         """The element of the workflow's root chain this task belongs to (a durable_chain's step)."""
-        return int(self.path.partition(".")[0].partition("~")[0])
+        return top_of(self.path)
 
     @property
     def member(self) -> int:
