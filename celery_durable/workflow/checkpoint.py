@@ -407,7 +407,7 @@ def record_failure(store: Store, ref: StepRef, exc: BaseException, traceback: st
     return True
 
 
-def commit_replacement(store: Store, ref: StepRef, before: Before, sig: Any) -> None:
+def commit_replacement(store: Store, ref: StepRef, sig: Any) -> None:
     """``Task.replace(sig)``: the task's place in the tree becomes ``sig`` (a chain around it), started now.
 
     One transaction, fenced like a checkpoint: the tree is rewritten, the

@@ -96,7 +96,7 @@ def _run_step(task: Any, header: dict, original: Any, args: tuple, kwargs: dict)
             _leave(token)
     except Replaced as replaced:
         _rollback(store, step)
-        checkpoint.commit_replacement(store, ref, before, replaced.sig)
+        checkpoint.commit_replacement(store, ref, replaced.sig)
         raise Ignore() from None
     except Retry as retry:
         _rollback(store, step)
