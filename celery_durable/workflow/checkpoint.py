@@ -175,24 +175,6 @@ class Moves:
     value: Any = None
 
 
-def _known_moves(tree: Tree, node: Node, result: Any) -> Moves | None:
-    """The moves of ``node`` finishing, when no group stands between it and them (None otherwise)."""
-    value = result
-    while True:
-        parent = node.parent
-        if parent is None:
-            return Moves([])  # the end of a link's branch: nothing waits for it
-        if parent.kind == "group":
-            return None
-        if node.index + 1 < len(parent.children):
-            following = parent.children[node.index + 1]
-            current = following.index if parent is tree.root else None
-            return Moves(tree.enter(following, value), current)
-        if parent is tree.root:
-            return Moves([], None, True, value)
-        node = parent
-
-
 def _commit(store: Store, conn: psycopg.Connection, ref: StepRef, task: Any, result: Any,
             before: Before | None) -> list[Message]:
     """The task's transaction from its checkpoint to COMMIT (or rollback); return the messages to send after it."""
@@ -203,19 +185,19 @@ def _commit(store: Store, conn: psycopg.Connection, ref: StepRef, task: Any, res
         "id": ref.workflow_id, "path": ref.path, "task_id": task.request.id, "task_name": task.name,
         "content_type": content_type, "result": data, "attempts": (task.request.retries or 0) + 1,
     }
-    if before is not None and before.status == "running" and before.current_step == ref.top:
-        tree = before.tree
-        node = tree.nodes.get(ref.path)
-        moves = _known_moves(tree, node, result) if node is not None and node.kind == "task" else None
-        if moves is not None:
-            moves.entries += _links(tree, node, result)
-            staged = _commit_pipelined(store, conn, ref, before, checkpoint_params, moves)
-            if staged is not None:
-                return staged
+    known = before.tree.nodes.get(ref.path) if before is not None and before.tree else None
+    group = _first_group(known)
+    if (group is None and known is not None and known.kind == "task"
+            and before.status == "running" and before.current_step == ref.top):
+        # No group to count: what the task starts is known from the read before it ran.
+        moves = _moves(store, conn, before.tree, known, result, ref.workflow_id, {})
+        moves.entries += _links(before.tree, known, result)
+        staged = _commit_pipelined(store, conn, ref, before, checkpoint_params, moves)
+        if staged is not None:
+            return staged
     # One round trip: lock, checkpoint and fenced delete go out together, with the count of the
     # finished members of the group this task may complete (known from the read before it ran);
     # if the answers say this attempt must not count, the whole transaction is rolled back below.
-    group = _first_group(before.tree.nodes.get(ref.path)) if before is not None and before.tree else None
     group_terminals = [t.path for t in group.terminals()] if group is not None else []
     try:
         with conn.pipeline():
@@ -284,6 +266,7 @@ def _moves(store: Store, conn: psycopg.Connection, tree: Tree, node: Node, resul
     """What the task at ``node`` finishing sets off, counting finished members of the groups on the way.
 
     ``counted``: group path -> (its terminal tasks, how many finished), already read in this transaction.
+    With no group on the way (``_first_group`` is None) it reads nothing.
     """
     values = {node.path: result}
     while True:
