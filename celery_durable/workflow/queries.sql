@@ -165,6 +165,11 @@ UPDATE {schema}.sent_step AS s SET seen_at = now()
 FROM unnest(%(ids)s::text[], %(paths)s::text[]) AS held (workflow_id, path)
 WHERE s.workflow_id = held.workflow_id AND s.path = held.path
 
+-- sweep_try_lock --
+-- One worker at a time re-sends lost steps: a transaction-scoped try-lock (it works through PgBouncer's
+-- transaction mode); false: another worker sweeps now, so skip.
+SELECT pg_try_advisory_xact_lock(hashtext(%(key)s))
+
 -- sent_step_lost --
 -- Sent tasks of running workflows (or link callbacks, paths with '~', of succeeded ones) with no sign
 -- of life for `after` seconds past their due time: their message was lost (a worker died with it after

@@ -33,18 +33,14 @@ logger = logging.getLogger(__name__)
 _running: dict[int, list[Any]] = {}
 
 
-def _try_lock(conn: Any, store: Store, job: str) -> bool:
-    return conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))",
-                        (f"celery_durable:{store.settings.schema}:{job}",)).fetchone()[0]
-
-
 def resend_lost(store: Store) -> int:
     """Send again the steps whose message is lost (no sign of life past ``recovery_after``); return how many."""
     q = store.queries
     staged: list[Message] = []
     with store.connection() as conn:
         with conn.transaction():
-            if not _try_lock(conn, store, "sweeper"):
+            key = f"celery_durable:{store.settings.schema}:sweeper"
+            if not conn.execute(q["sweep_try_lock"], {"key": key}).fetchone()[0]:
                 return 0
             lost: dict[str, list[str]] = {}
             for workflow_id, path in conn.execute(q["sent_step_lost"], {"after": store.settings.recovery_after}):
