@@ -11,9 +11,10 @@ processes publish N messages in all through Kombu and this transport (no
 Celery, so the database side shows), confirmed (each publish one commit) and
 pipelined (``confirm_publish: False``, commits shared), with the trigger
 enabled and disabled (``ALTER TABLE … DISABLE TRIGGER``; nothing consumes, so
-nobody misses a wake-up). Rounds interleave the variants. (Confirmed publishes
-send their wake-ups after the commit, in a quick transaction of their own; see
-transport/committer.py.)
+nobody misses a wake-up). Confirmed publishes run twice: with the wake-up
+inside the commit (the default) and with ``wake_after_commit`` (the wake-up in
+a quick transaction of its own after the commit; transport/committer.py).
+Rounds interleave the variants.
 """
 
 from __future__ import annotations
@@ -31,15 +32,21 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
 SCHEMA = "notify_cost"
+#: Transport options of each way to publish, in the order of the report.
+VARIANTS = {
+    "confirmed": {"confirm_publish": True},
+    "confirmed, wake_after_commit": {"confirm_publish": True, "wake_after_commit": True},
+    "pipelined": {"confirm_publish": False},
+}
 CLUSTER_CONF = ["fsync = on", "synchronous_commit = on", "shared_buffers = 128MB"]
 
 
-def _producer(url: str, confirm: bool, n: int, ready, go, out) -> None:
+def _producer(url: str, variant: str, n: int, ready, go, out) -> None:
     import kombu
 
     import celery_durable  # noqa: F401  (registers postgresql://)
 
-    with kombu.Connection(url, transport_options={"schema": SCHEMA, "confirm_publish": confirm}) as conn:
+    with kombu.Connection(url, transport_options={"schema": SCHEMA, **VARIANTS[variant]}) as conn:
         producer = conn.Producer()
         body = {"task": "bench.noop", "args": [], "kwargs": {}, "pad": "x" * 300}
         producer.publish(body, routing_key="bench", declare=[kombu.Queue("bench")])
@@ -54,12 +61,12 @@ def _producer(url: str, confirm: bool, n: int, ready, go, out) -> None:
         out.put(time.perf_counter() - t0)
 
 
-def run(url: str, producers: int, confirm: bool, n: int) -> float:
+def run(url: str, producers: int, variant: str, n: int) -> float:
     """Messages/s of ``producers`` processes publishing n messages in all, started together."""
     ctx = mp.get_context("fork")
     ready, go, out = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
     each = n // producers
-    procs = [ctx.Process(target=_producer, args=(url, confirm, each, ready, go, out)) for _ in range(producers)]
+    procs = [ctx.Process(target=_producer, args=(url, variant, each, ready, go, out)) for _ in range(producers)]
     for proc in procs:
         proc.start()
     for _ in procs:
@@ -87,7 +94,7 @@ def main(argv=None) -> int:
         res: dict = {}
         for _ in range(args.rounds):
             for producers in [int(p) for p in args.producers.split(",")]:
-                for confirm in (True, False):
+                for variant in VARIANTS:
                     for trigger in (True, False):
                         with psycopg.connect(url, autocommit=True) as conn:
                             exists = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.message",)).fetchone()[0]
@@ -97,15 +104,16 @@ def main(argv=None) -> int:
                                              " TRIGGER message_notify")
                         if not exists and not trigger:
                             continue  # the first run creates the schema (trigger on)
-                        res.setdefault((producers, confirm, trigger), []).append(run(url, producers, confirm, args.n))
+                        res.setdefault((producers, variant, trigger), []).append(run(url, producers, variant, args.n))
         print("| producers | publish | NOTIFY trigger on | off | on / off |")
         print("|---|---|---|---|---|")
-        for (producers, confirm, trigger), values in sorted(res.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
+        order = list(VARIANTS)
+        for (producers, variant, trigger), values in sorted(res.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
             if not trigger:
                 continue
-            off = res.get((producers, confirm, False), [])
+            off = res.get((producers, variant, False), [])
             ratio = statistics.median([a / b for a, b in zip(values[-len(off):], off)]) if off else float("nan")
-            print(f"| {producers} | {'confirmed' if confirm else 'pipelined'} | {statistics.median(values):,.0f}/s"
+            print(f"| {producers} | {variant} | {statistics.median(values):,.0f}/s"
                   f" | {statistics.median(off):,.0f}/s | {ratio:.2f} |")
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     finally:

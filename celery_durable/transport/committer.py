@@ -7,10 +7,12 @@ WAL flush) and wakes the others. Every ``publish`` still returns only once its
 own message is committed. When a statement fails, its group is rolled back and
 each member is committed alone, so only the faulty publish raises.
 
-The consumers' wake-ups (the message trigger's NOTIFYs) go in a second, quick
-transaction in the same round trip: a transaction that NOTIFYs holds a
-cluster-wide lock until its commit is flushed, so the commits of publishers in
-several processes that NOTIFY inside them could never share a flush.
+The consumers' wake-ups are the message trigger's NOTIFYs, inside the commit.
+With ``wake_after_commit`` they go in a second, quick transaction in the same
+round trip instead: a transaction that NOTIFYs holds a cluster-wide lock until
+its commit is flushed, so the commits of publishers in several processes that
+NOTIFY inside them cannot share a flush. The second transaction costs each
+publish time of its own, which only many producer processes win back.
 
 One committer per database URL, commit mode and process, shared by every
 transport (Kombu gives each pooled producer its own connection and transport).
@@ -38,9 +40,9 @@ _IDLE = psycopg.pq.TransactionStatus.IDLE
 class _Publish:
     query: str
     params: dict[str, Any]
-    #: The schema's queries that defer the wake-up to after the commit, and send it.
-    after_commit: str
-    wake: str
+    #: The schema's queries that defer the wake-up to after the commit, and send it (``wake_after_commit``).
+    after_commit: str | None = None
+    wake: str | None = None
     #: Made only for a publish that has to wait (a thread that commits at once needs none).
     done: threading.Event | None = None
     error: BaseException | None = None
@@ -57,10 +59,12 @@ class Committer:
         self._busy = False
         self._queue: list[_Publish] = []
 
-    def publish(self, query: str, params: dict[str, Any], after_commit: str, wake: str) -> None:
+    def publish(self, query: str, params: dict[str, Any], after_commit: str | None = None,
+                wake: str | None = None) -> None:
         """Commit one statement, alone or with those of other threads; raises its own error only.
 
-        ``after_commit`` and ``wake`` are the schema's ``message_wake_after_commit`` and ``message_wake``.
+        ``after_commit`` and ``wake`` are the schema's ``message_wake_after_commit`` and ``message_wake``
+        (setting ``wake_after_commit``); without them the trigger NOTIFYs inside the commit.
         """
         mine = _Publish(query, params, after_commit, wake)
         with self._lock:
@@ -118,26 +122,32 @@ class Committer:
                     member.error = exc
 
     def _transaction(self, conn: psycopg.Connection, members: list[_Publish]) -> None:
-        """Commit ``members`` in one transaction, then send their wake-ups in another: one round trip.
+        """Commit ``members`` in one transaction, their wake-ups (``wake_after_commit``) in a second: one round trip.
 
         The wake-ups (the trigger's NOTIFYs) leave the durable commit, whose flush would otherwise
         hold PostgreSQL's NOTIFY lock. Behind a pooler the second transaction may run on another
         server session, which has not the stash: there the trigger notifies inside the commit.
         """
-        wake = members[0].wake if conn.prepare_threshold is not None else None
+        asking = next((m for m in members if m.wake), None) if conn.prepare_threshold is not None else None
+        if asking is None and len(members) == 1:  # one autocommit statement: the least client work
+            if self.relaxed:
+                pool.execute_relaxed(conn, members[0].query, members[0].params)
+            else:
+                conn.execute(members[0].query, members[0].params)
+            return
         committed = None
         try:
             with conn.pipeline():
                 conn.execute("BEGIN")
-                if wake is not None:
-                    conn.execute(members[0].after_commit)
+                if asking is not None:
+                    conn.execute(asking.after_commit)
                 if self.relaxed:
                     conn.execute(pool.NO_FLUSH_WAIT)
                 for member in members:
                     conn.execute(member.query, member.params)
                 committed = conn.execute("COMMIT")
-                if wake is not None:
-                    conn.execute(wake)
+                if asking is not None:
+                    conn.execute(asking.wake)
         except psycopg.Error as exc:
             result = committed.pgresult if committed is not None else None
             if result is not None and result.status == psycopg.pq.ExecStatus.COMMAND_OK:

@@ -63,8 +63,11 @@ class Publisher:
             self._pipelined().send(self.db.queries[query], params, str(task_id))
             return
         q = self.db.queries
-        committer(self.db.conninfo, settings).publish(q[query], params, q["message_wake_after_commit"],
-                                                      q["message_wake"])
+        if settings.wake_after_commit:
+            committer(self.db.conninfo, settings).publish(q[query], params, q["message_wake_after_commit"],
+                                                          q["message_wake"])
+        else:
+            committer(self.db.conninfo, settings).publish(q[query], params)
 
     def flush(self) -> None:
         """Wait until every pipelined publish is answered; raises PublishFailed for refused ones."""

@@ -84,7 +84,7 @@ def test_a_refused_publish_in_a_shared_commit_fails_alone(h):
 
 @pytest.mark.own_servers
 def test_a_publish_commits_while_another_transaction_holds_the_notify_lock(pg_cluster):
-    """The wake-up NOTIFY leaves the durable commit, so that commit does not wait for PostgreSQL's NOTIFY lock.
+    """With ``wake_after_commit`` the wake-up NOTIFY leaves the durable commit, which then does not wait for the NOTIFY lock.
 
     A transaction that NOTIFYs holds a cluster-wide lock until its commit is done. Here one is
     stuck in its commit (it waits for a synchronous standby that does not exist). Our publish
@@ -93,7 +93,7 @@ def test_a_publish_commits_while_another_transaction_holds_the_notify_lock(pg_cl
     """
     cluster = pg_cluster(conf=["synchronous_standby_names = 'nobody'"])
     local = cluster.url() + "?options=-c%20synchronous_commit%3Dlocal"
-    env = {"CELERY_DURABLE_URL": local, "CELERY_DURABLE_SCHEMA": "wake"}
+    env = {"CELERY_DURABLE_URL": local, "CELERY_DURABLE_SCHEMA": "wake", "CELERY_DURABLE_WAKE_AFTER_COMMIT": "true"}
     h = Harness(local, "wake", env, None)
     listener = psycopg.connect(local, autocommit=True)
     stuck = psycopg.connect(cluster.url())

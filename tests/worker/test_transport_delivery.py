@@ -18,9 +18,10 @@ REDIS_BACKEND = "redis://127.0.0.1:6379/5"
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("backend", ["redis", "postgresql", "postgresql-nosync", "postgresql-pipelined"])
+@pytest.mark.parametrize("backend", ["redis", "postgresql", "postgresql-nosync", "postgresql-pipelined",
+                                     "postgresql-wake-after-commit"])
 def test_tasks_round_trip(pg_url, schema, worker_env, workers, backend):
-    """Tasks and results round-trip; also with ``synchronous_commit`` off on both sides, and pipelined publishes."""
+    """Tasks and results round-trip; also with ``synchronous_commit`` off, pipelined, and woken after the commit."""
     env = dict(worker_env)
     if backend == "redis":
         url = REDIS_BACKEND
@@ -37,6 +38,8 @@ def test_tasks_round_trip(pg_url, schema, worker_env, workers, backend):
             env["CELERY_DURABLE_SYNCHRONOUS_COMMIT"] = "false"
         if backend.endswith("pipelined"):
             env["CELERY_DURABLE_CONFIRM_PUBLISH"] = "false"
+        if backend.endswith("wake-after-commit"):
+            env["CELERY_DURABLE_WAKE_AFTER_COMMIT"] = "true"
     h = Harness(pg_url, schema, {**env, "CELERY_DURABLE_BACKEND": url}, workers)
     try:
         h.start()
