@@ -86,8 +86,8 @@ def purge(app, queues):
 def settle(m) -> None:
     """Ours: VACUUM the message table, as autovacuum would have after the throughput workload's churn.
 
-    This server runs with autovacuum off, and the throughput workload before leaves some 13,000
-    dead rows behind; the worker's own maintenance VACUUM comes only every 30 s.
+    The benchmark server runs with autovacuum off, the throughput workload before leaves its acked
+    rows dead, and the worker's own maintenance VACUUM may not have come yet (benchmarks/README).
     """
     if not m._is_ours(m.BROKER):
         return
