@@ -9,6 +9,8 @@ BENCH_QUEUE     queue the worker consumes (default ``bench``)
 BENCH_SYNCHRONOUS_COMMIT  "0": our transport and backend with synchronous_commit off
 BENCH_CONFIRM_PUBLISH     "0": our transport pipelines publishes (confirm_publish off);
                           "1" with an amqp:// broker: RabbitMQ publisher confirms on
+BENCH_TRACE_DIR           a directory: each worker process writes there when it received, started and
+                          finished each task (``benchmarks.breakdown``)
 
 Importing ``celery_durable`` (when it is importable) registers the postgresql:// broker scheme.
 """
@@ -107,3 +109,22 @@ def _announce_ready(**_):
     # The worker runs at WARNING level (INFO logging costs per task); this line is what
     # celery_durable.testing.workers.WorkerProcess.wait_ready looks for (" ready.").
     print("bench worker ready.", file=sys.stderr, flush=True)
+
+
+TRACE_DIR = os.environ.get("BENCH_TRACE_DIR")
+if TRACE_DIR:
+    import time
+
+    _trace = {}
+
+    def _stamp(label: str, task_id) -> None:
+        """One line per event, in this process's own file (no lock between processes)."""
+        pid = os.getpid()
+        f = _trace.get(pid)
+        if f is None:
+            f = _trace[pid] = open(os.path.join(TRACE_DIR, str(pid)), "a", buffering=1)
+        f.write(f"{label} {task_id} {time.monotonic_ns()}\n")
+
+    signals.task_received.connect(lambda request=None, **_: _stamp("received", request.id), weak=False)
+    signals.task_prerun.connect(lambda task_id=None, **_: _stamp("prerun", task_id), weak=False)
+    signals.task_postrun.connect(lambda task_id=None, **_: _stamp("postrun", task_id), weak=False)
