@@ -21,14 +21,9 @@ sys.path.insert(0, str(HERE))
 
 
 def main() -> int:
-    url = os.environ.get("CELERY_DURABLE_URL")
-    if not url:
-        from celery_durable.testing import embedded
+    from celery_durable.testing import embedded
 
-        print("No CELERY_DURABLE_URL: starting the embedded PostgreSQL server…")
-        url = embedded.create_database(embedded.start(), "celery_durable_demo")
-        os.environ["CELERY_DURABLE_URL"] = url
-    print(f"Database: {url}")
+    url = embedded.demo_url()
 
     import psycopg
 

@@ -89,3 +89,17 @@ def create_database(url: str, name: str, *, template: str | None = None, drop: b
             query += psycopg.sql.SQL(" TEMPLATE {}").format(psycopg.sql.Identifier(template))
         conn.execute(query)
     return f"{base}/{name}"
+
+
+def demo_url(name: str = "celery_durable_demo") -> str:
+    """``CELERY_DURABLE_URL`` when set, else a fresh database ``name`` on the embedded server (started).
+
+    The examples' set-up: the URL is also put in ``CELERY_DURABLE_URL`` so the
+    workers they start find the same database.
+    """
+    url = os.environ.get("CELERY_DURABLE_URL")
+    if not url:
+        print("No CELERY_DURABLE_URL: starting the embedded PostgreSQL server…")
+        url = os.environ["CELERY_DURABLE_URL"] = create_database(start(), name)
+    print(f"Database: {url}")
+    return url

@@ -1,4 +1,7 @@
-"""examples/order_fanout_demo.py runs as its docstring says: a killed worker, only the killed task again."""
+"""The demos run as their docstrings (and the README) say: a killed worker, only the killed task again.
+
+examples/checkout_demo.py is the README's quick-start demo; examples/order_fanout_demo.py the fan-out one.
+"""
 
 from __future__ import annotations
 
@@ -31,3 +34,13 @@ def test_order_fanout_demo_survives_a_killed_worker(own_database):
                           env={**os.environ, "CELERY_DURABLE_URL": own_database}, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "reserve sku-3  2" in done.stdout and "shipments: 1" in done.stdout
+
+
+def test_checkout_demo_runs_the_killed_step_again_and_nothing_else(own_database):
+    done = subprocess.run([sys.executable, str(EXAMPLES / "checkout_demo.py")], capture_output=True, text=True,
+                          env={**os.environ, "CELERY_DURABLE_URL": own_database}, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"Database: {own_database}" in done.stdout
+    assert "Result: order 42: charged ch_42, reserved book-1" in done.stdout
+    counts = [line.split() for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert counts == [["charge", "1"], ["reserve", "2"], ["notify", "1"], ["reservation", "rows:", "1"]]
