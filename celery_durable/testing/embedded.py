@@ -17,6 +17,8 @@ from urllib.parse import quote
 
 import psycopg
 
+from ..db.dsn import describe
+
 DATA_DIR_DEFAULT = Path(tempfile.gettempdir()) / "celery_durable_pg"
 START_TIMEOUT = 180.0
 
@@ -95,11 +97,14 @@ def demo_url(name: str = "celery_durable_demo") -> str:
     """``CELERY_DURABLE_URL`` when set, else a fresh database ``name`` on the embedded server (started).
 
     The examples' set-up: the URL is also put in ``CELERY_DURABLE_URL`` so the
-    workers they start find the same database.
+    workers they start find the same database. The embedded server's URL is
+    printed whole (for psql; it has no password), a given one without its password.
     """
     url = os.environ.get("CELERY_DURABLE_URL")
-    if not url:
-        print("No CELERY_DURABLE_URL: starting the embedded PostgreSQL server…")
-        url = os.environ["CELERY_DURABLE_URL"] = create_database(start(), name)
+    if url:
+        print(f"Database: {describe(url)}")
+        return url
+    print("No CELERY_DURABLE_URL: starting the embedded PostgreSQL server…")
+    url = os.environ["CELERY_DURABLE_URL"] = create_database(start(), name)
     print(f"Database: {url}")
     return url

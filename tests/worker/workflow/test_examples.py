@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from celery_durable.db.dsn import describe
 from celery_durable.testing.embedded import create_database
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -40,7 +41,7 @@ def test_checkout_demo_runs_the_killed_step_again_and_nothing_else(own_database)
     done = subprocess.run([sys.executable, str(EXAMPLES / "checkout_demo.py")], capture_output=True, text=True,
                           env={**os.environ, "CELERY_DURABLE_URL": own_database}, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert f"Database: {own_database}" in done.stdout
+    assert f"Database: {describe(own_database)}" in done.stdout
     assert "Result: order 42: charged ch_42, reserved book-1" in done.stdout
     counts = [line.split() for line in done.stdout.splitlines() if line.startswith("  ")]
     assert counts == [["charge", "1"], ["reserve", "2"], ["notify", "1"], ["reservation", "rows:", "1"]]
