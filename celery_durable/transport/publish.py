@@ -63,11 +63,8 @@ class Publisher:
             self._pipelined().send(self.db.queries[query], params, str(task_id))
             return
         q = self.db.queries
-        if settings.wake_after_commit:
-            committer(self.db.conninfo, settings).publish(q[query], params, q["message_wake_after_commit"],
-                                                          q["message_wake"])
-        else:
-            committer(self.db.conninfo, settings).publish(q[query], params)
+        wake = (q["message_wake_after_commit"], q["message_wake"]) if settings.wake_after_commit else ()
+        committer(self.db.conninfo, settings).publish(q[query], params, *wake)
 
     def flush(self) -> None:
         """Wait until every pipelined publish is answered; raises PublishFailed for refused ones."""
