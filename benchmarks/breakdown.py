@@ -39,9 +39,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.configs import CONFIGS  # noqa: E402
+from benchmarks.processes import cpu_seconds, processes, start_worker  # noqa: E402
 
 DEFAULT_CONFIGS = ["pg", "pg-pipelined", "pg-nosync", "redis", "rabbitmq-confirm", "rabbitmq"]
-TICK = os.sysconf("SC_CLK_TCK")
 #: Process names (``/proc/<pid>/comm``) counted as each server.
 SERVERS = {"postgres": ("postgres",), "redis": ("redis-server",), "rabbitmq": ("beam.smp",)}
 #: The hop's stamps in time order, and the phase that ends at each.
@@ -55,40 +55,15 @@ STAMPS = [
 ]
 
 
-# --------------------------------------------------------------------------- /proc
-
-def _cpu_of(pid: int) -> float:
-    """CPU seconds (user + system) of one process, 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def _processes() -> list[tuple[int, int, str]]:
-    """(pid, ppid, comm) of every process."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                head, rest = f.read().rsplit(")", 1)
-        except OSError:
-            continue
-        found.append((int(entry), int(rest.split()[1]), head.split("(", 1)[1]))
-    return found
-
+# --------------------------------------------------------------------------- CPU
 
 def cpu_snapshot(worker_pid: int) -> dict[str, float]:
     """CPU seconds so far of the worker's main process, its pool children and each server."""
-    procs = _processes()
-    snap = {"worker main": _cpu_of(worker_pid),
-            "pool children": sum(_cpu_of(pid) for pid, ppid, _ in procs if ppid == worker_pid)}
+    procs = processes()
+    snap = {"worker main": cpu_seconds(worker_pid),
+            "pool children": sum(cpu_seconds(pid) for pid, ppid, _ in procs if ppid == worker_pid)}
     for server, names in SERVERS.items():
-        snap[server] = sum(_cpu_of(pid) for pid, _, comm in procs if comm in names)
+        snap[server] = sum(cpu_seconds(pid) for pid, _, comm in procs if comm in names)
     return snap
 
 
@@ -166,12 +141,9 @@ def _self_cpu() -> float:
 # --------------------------------------------------------------------------- the parent
 
 def run_config(cfg, hops: int, n: int, timeout: float) -> dict:
-    from celery_durable.testing.workers import start_worker
-
     trace_dir = tempfile.mkdtemp(prefix="bench-trace-")
     env = cfg.env(BENCH_TRACE_DIR=trace_dir)
-    worker = start_worker("benchmarks.app", "-Q", "bench", "--without-gossip", "--without-heartbeat",
-                          env=env, concurrency=2, pool="prefork", loglevel="WARNING", wait=False, cwd=str(ROOT))
+    worker = start_worker(env)
     try:
         worker.wait_ready(60)
         out = {}

@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # ``python benchmarks/run.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.configs import CONFIGS, ORDER, PG_IDLE_DB, PG_IDLE_URL, PG_URL, check  # noqa: E402
+from benchmarks.processes import start_worker  # noqa: E402
 from benchmarks.workloads import METRICS, PG_ONLY  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,8 +78,6 @@ def log(msg: str) -> None:
 
 class Worker:
     def __init__(self, cfg, spec: str):
-        from celery_durable.testing.workers import start_worker
-
         env = cfg.env()
         if spec == "idle":
             if cfg.ours_broker:
@@ -86,10 +85,7 @@ class Worker:
             if cfg.ours_backend:
                 env["BENCH_BACKEND"] = PG_IDLE_URL
         pool = "threads" if spec == "threads" else "prefork"
-        self.w = start_worker(
-            "benchmarks.app", "-Q", "bench", "--without-gossip", "--without-heartbeat",
-            env=env, concurrency=2, pool=pool, loglevel="WARNING", wait=False, cwd=str(ROOT),
-        )
+        self.w = start_worker(env, pool=pool)
 
     def wait_ready(self, timeout: float = 60) -> None:
         self.w.wait_ready(timeout)

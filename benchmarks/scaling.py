@@ -38,10 +38,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.configs import CONFIGS  # noqa: E402
+from benchmarks.processes import cpu_seconds, processes, start_worker  # noqa: E402
 
 DEFAULT_CONFIGS = ["pg", "pg-pipelined", "redis", "rabbitmq"]
 CLUSTER_CONF = ["fsync = on", "synchronous_commit = on", "shared_buffers = 128MB", "max_connections = 200"]
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- the client side
@@ -88,16 +88,8 @@ def client(producers: int, n: int, timeout: float) -> dict:
 def cluster_cpu_seconds(data_dir: Path) -> float:
     """CPU seconds of a cluster's processes so far: the postmaster, its live children, its reaped ones."""
     pid = int((data_dir / "postmaster.pid").read_text().split()[0])
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    for child in children.split():
-        try:
-            cf = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile: the postmaster's cutime has it once reaped
-        ticks += int(cf[11]) + int(cf[12])
-    return ticks / TICK
+    # A child that exited meanwhile counts 0 here: the postmaster's reaped time has it once reaped.
+    return cpu_seconds(pid, reaped=True) + sum(cpu_seconds(child) for child, ppid, _ in processes() if ppid == pid)
 
 
 # --------------------------------------------------------------------------- the run
@@ -105,11 +97,8 @@ def cluster_cpu_seconds(data_dir: Path) -> float:
 def measure(cfg, url: str | None, data_dir: Path | None, concurrency: int, producers_list: list[int],
             n: int, timeout: float) -> dict:
     """One worker with ``-c concurrency``; a measurement per producer count."""
-    from celery_durable.testing.workers import start_worker
-
     env = cfg.env(**({"BENCH_BROKER": url, "BENCH_BACKEND": url} if url else {}))
-    worker = start_worker("benchmarks.app", "-Q", "bench", "--without-gossip", "--without-heartbeat",
-                          env=env, concurrency=concurrency, pool="prefork", loglevel="WARNING", wait=False, cwd=str(ROOT))
+    worker = start_worker(env, concurrency)
     out = {}
     try:
         worker.wait_ready(60)
