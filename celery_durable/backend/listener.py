@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -35,7 +34,7 @@ import psycopg
 from psycopg import ClientCursor
 
 from ..config import Settings
-from ..db import dsn, listen, pool
+from ..db import dsn, listen, pool, waiting
 from ..exceptions import DatabaseUnavailable
 from . import notify
 
@@ -176,7 +175,7 @@ class Listener:
         pgconn = conn.pgconn
         while self._unread:
             while pgconn.is_busy():
-                select.select([pgconn.socket], [], [], self.settings.connect_timeout)
+                waiting.readable(pgconn.socket, self.settings.connect_timeout)
                 pgconn.consume_input()
             if pgconn.get_result() is None:
                 self._unread -= 1
@@ -313,14 +312,15 @@ class Listener:
             # In commit order: a later state of the same task replaces an earlier one.
             ids = dict(notify.parse(n.payload) for n in conn.notifies(timeout=0))
             if not ids and timeout > 0:
-                ready, _, _ = select.select([conn.pgconn.socket, self._wake_r], [], [], timeout)
-                if self._wake_r in ready:  # another thread wants the connection
+                sock, wake = conn.pgconn.socket, self._wake_r.fileno()
+                ready, _ = waiting.ready((sock, wake), (), timeout)
+                if wake in ready:  # another thread wants the connection
                     try:
                         while self._wake_r.recv(64):
                             pass
                     except OSError:
                         pass
-                if conn.pgconn.socket in ready:
+                if sock in ready:
                     ids = dict(notify.parse(n.payload) for n in conn.notifies(timeout=0))
             return ids
         except (psycopg.Error, OSError, ValueError) as exc:

@@ -12,7 +12,6 @@ when it does not. A direct connection skips the check.
 
 from __future__ import annotations
 
-import select
 import time
 import uuid
 
@@ -21,7 +20,7 @@ from psycopg import sql
 
 from ..config import Settings
 from ..exceptions import ListenUnavailable
-from . import pool
+from . import pool, waiting
 from .dsn import describe
 
 PROBE_PAYLOAD = "probe"
@@ -58,7 +57,7 @@ def _probe_arrives(conn: psycopg.Connection, conninfo: str, settings: Settings) 
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        select.select([conn.pgconn.socket], [], [], left)
+        waiting.readable(conn.pgconn.socket, left)
         arrived = any(n.channel == channel for n in conn.notifies(timeout=0))
     conn.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
     return arrived

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -29,7 +28,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..config import Settings
 from ..exceptions import DatabaseUnavailable
-from . import appname
+from . import appname, waiting
 from .dsn import describe
 from .migrate import ensure_schema
 
@@ -98,7 +97,7 @@ def _alive(conn: psycopg.Connection) -> None:
     session) or sent its last words (``FATAL: terminating connection``).
     """
     pgconn = conn.pgconn
-    readable = pgconn.status == psycopg.pq.ConnStatus.OK and select.select([pgconn.socket], [], [], 0)[0]
+    readable = pgconn.status == psycopg.pq.ConnStatus.OK and waiting.readable(pgconn.socket, 0)
     if pgconn.status != psycopg.pq.ConnStatus.OK or readable:
         conn.close()
         raise psycopg.OperationalError("the server closed the connection")

@@ -13,14 +13,13 @@ carry LISTEN; :mod:`celery_durable.db.listen` refuses such a URL).
 from __future__ import annotations
 
 import logging
-import select
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
 from ..config import Settings
-from ..db import listen
+from ..db import listen, waiting
 from ..db.pool import unavailable
 
 logger = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ class Notifier:
         """Block up to ``timeout`` seconds for notifications (synchronous drain_events)."""
         if timeout > 0:
             try:
-                select.select([self.fileno()], [], [], timeout)
+                waiting.readable(self.fileno(), timeout)
             except (OSError, ValueError) as exc:
                 raise unavailable(self.conninfo, exc) from exc
         return self.drain()

@@ -36,7 +36,6 @@ import logging
 import multiprocessing.util
 import os
 import re
-import select
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
 
 from ..config import Settings
-from ..db import pool
+from ..db import pool, waiting
 from ..exceptions import PublishFailed
 
 logger = logging.getLogger(__name__)
@@ -226,7 +225,7 @@ class Pipeline:
         """Push libpq's output buffer into the socket, reading answers meanwhile (the server may wait on us)."""
         pg, deadline = self._pg, monotonic() + self.timeout
         while pg.flush() == 1:
-            readable, _, _ = select.select([pg.socket], [pg.socket], [], self._left(deadline))
+            readable, _ = waiting.ready((pg.socket,), (pg.socket,), self._left(deadline))
             if readable:
                 self._collect()
 
@@ -241,7 +240,7 @@ class Pipeline:
                 return
             if self._unanswered < unanswered:
                 deadline = monotonic() + self.timeout
-            select.select([pg.socket], [], [], self._left(deadline))
+            waiting.readable(pg.socket, self._left(deadline))
 
     def _left(self, deadline: float) -> float:
         left = deadline - monotonic()
@@ -322,7 +321,7 @@ class Pipeline:
                     return
                 sock = self._pg.socket
             try:
-                select.select([sock], [], [], CLOSER_POLL)
+                waiting.readable(sock, CLOSER_POLL)
             except (OSError, ValueError):
                 return  # closed meanwhile
             with self._lock:
