@@ -12,6 +12,7 @@ or ``celery_durable``. Components:
 - ``listener``: a worker's LISTEN connection (message wake-ups)
 - ``result-listener``: the LISTEN connection of a process waiting for results
 - ``client``, ``beat``, ``cli``: any other process, celery beat, the ``celery durable`` commands
+- ``exporter``: ``celery durable exporter`` (one connection, its reads of the metrics view)
 """
 
 from __future__ import annotations

@@ -1,0 +1,19 @@
+"""The figures the metrics view holds: each metric's label name and help text."""
+
+from __future__ import annotations
+
+PREFIX = "celery_durable"
+
+#: metric (as the view names it) -> (label names, help text). Order is the exposition's.
+FIGURES: dict[str, tuple[list[str], str]] = {
+    "queue_depth": (["queue"], "Messages in the queue (ready, delayed and leased)."),
+    "queue_ready": (["queue"], "Messages a worker may claim now."),
+    "queue_delayed": (["queue"], "Messages waiting for their ETA or countdown in the table."),
+    "queue_leased": (["queue"], "Messages held by a live lease (prefetched, running, or waiting for an ETA in a worker)."),
+    "queue_lease_expired": (["queue"], "Messages whose lease expired (their worker died or stalled); the next claim redelivers them."),
+    "queue_redeliveries": (["queue"], "Deliveries beyond the first of the messages now in the queue (expired leases, requeues)."),
+    "queue_oldest_age_seconds": (["queue"], "Age of the oldest message in the queue (0 when empty)."),
+    "dead_letters": (["queue"], "Dead letters kept, by the queue they came from."),
+    "workflows": (["status"], "Durable workflows by status (finished ones until workflow_retention)."),
+    "workflows_stalled": ([], "Running workflows with no progress for five minutes."),
+}
