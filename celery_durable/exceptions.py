@@ -44,3 +44,14 @@ class WorkflowError(DurableError):
 
 class ListenUnavailable(DurableError):
     """LISTEN over this URL receives no notifications (a transaction pooler sits in between): set ``listen_url``."""
+
+
+class Undecodable(WorkflowError):
+    """A stored value's content type is one this process does not accept (or its data is corrupt): not decoded.
+
+    ``path`` names the workflow task whose arguments or result it is, when known.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path

@@ -9,15 +9,16 @@ the workflow's tree (``"2.1.0"``; a durable_chain's steps are ``"0"``, ``"1"``â€
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from celery import states
 
+from . import content
 from .config import Settings
 from .db import dsn, pool, queries
 from .exceptions import WorkflowError
 from .workflow.canvas import call_args, decode_tree, encode_tree, with_args
-from .workflow.checkpoint import cancelled_error, decode, ready_tasks, values_of
+from .workflow.checkpoint import cancelled_error, ready_tasks, values_of
 from .workflow.dispatch import plan, send, stage
 from .workflow.store import Store
 from .workflow.tree import Node, Tree
@@ -52,10 +53,13 @@ def list_workflows(app_or_url: Any, schema: str | None = None, status: str | Non
 
 
 def get_workflow(app_or_url: Any, schema: str | None = None, workflow_id: str | None = None,
-                 app: Any = None) -> dict | None:
-    """One workflow: its tree with each task's state, its checkpoints (results decoded when ``app`` is given), or None.
+                 app: Any = None, accept: Iterable[str] | None = None) -> dict | None:
+    """One workflow: its tree with each task's state, its checkpoints with their results, or None.
 
-    A task's state is ``succeeded`` (checkpointed), ``failed``, ``sent`` (its
+    Results are decoded with the content types in ``accept`` (default: the
+    app's ``result_accept_content``; JSON only without an app); any other
+    shows as an :class:`~celery_durable.content.Opaque` (content type and
+    size), never decoded. A task's state is ``succeeded`` (checkpointed), ``failed``, ``sent`` (its
     input is ready and the workflow runs: queued or running), ``stopped`` (the
     same in a failed or cancelled workflow) or ``waiting`` (its input is not ready).
     """
@@ -73,13 +77,16 @@ def get_workflow(app_or_url: Any, schema: str | None = None, workflow_id: str | 
     (wid, name, status, current, generation, steps_json, result_id, error, created, updated, finished, atomic,
      failed_path) = row
     tree = decode_tree(steps_json)
+    if accept is not None:
+        shown = content.accept_types(accept)
+    else:
+        shown = content.JSON_ONLY if app is None else content.result_types(app)
     checkpoints = {}
     for path, task_id, task_name, content_type, blob, attempts, finished_at in marks:
         parts = _path_key(path)
         entry = {"path": path, "step": parts[0][0], "member": parts[1][0] if len(parts) > 1 else -1,
                  "task_id": task_id, "task": task_name, "attempts": attempts, "finished_at": finished_at}
-        if app is not None:
-            entry["result"] = decode(app, content_type, blob)
+        entry["result"] = content.show(bytes(blob), content_type, "binary", shown)
         checkpoints[path] = entry
     sent = {t.path for t in tree.frontier(set(checkpoints))}
     states_by_path = {}

@@ -5,7 +5,9 @@ Any nesting of signatures, chains, groups and chords becomes a ``Tree``;
 a group of ``celery.starmap`` tasks, as when Celery applies them. A task's
 arguments are stored with its task serializer: JSON stays readable in SQL,
 any other serializer (pickle, msgpack, yaml) is stored encoded, so a resumed
-task receives exactly what the first send would have.
+task receives exactly what the first send would have. They are decoded only
+with a content type the reading app accepts (:mod:`celery_durable.content`),
+and a serializer the sending app does not accept is refused at send.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Any
 
 from celery import Signature, group, maybe_signature
 from celery.canvas import _chain, _chord, chunks
+from kombu.exceptions import SerializerNotInstalled
 from kombu.serialization import dumps as encode_value
-from kombu.serialization import loads as decode_value
+from kombu.serialization import prepare_accept_content
 from kombu.utils.json import dumps, loads
 
+from .. import content
 from ..exceptions import WorkflowError
 from .tree import Node, Tree, from_json, to_json
 
@@ -168,14 +172,17 @@ def decode_tree(data: Any) -> Tree:
     return from_json(raw)
 
 
-def call_args(sig: dict, app: Any) -> tuple[list, dict]:
-    """A stored signature's args and kwargs, decoded with the serializer that stored them."""
+def call_args(sig: dict, app: Any, path: str | None = None) -> tuple[list, dict]:
+    """A stored signature's args and kwargs, decoded with the serializer that stored them.
+
+    Raises Undecodable when that serializer's content type is not in the app's ``accept_content``.
+    """
     encoded = sig.get("encoded")
     if encoded is None:
         return list(sig["args"]), dict(sig["kwargs"])
-    accept = set(app.conf.accept_content or []) | {encoded["content_type"]}
-    args, kwargs = decode_value(base64.b64decode(encoded["data"]), encoded["content_type"],
-                                encoded["content_encoding"], accept=accept)
+    what = f"the arguments of {sig.get('task')}" + (f" (task {path})" if path else "")
+    args, kwargs = content.load(base64.b64decode(encoded["data"]), encoded["content_type"],
+                                encoded["content_encoding"], content.argument_types(app), what, path)
     return list(args), dict(kwargs)
 
 
@@ -190,6 +197,7 @@ def _encoded(sig: dict, app: Any) -> dict:
     if "encoded" in sig:
         return sig
     serializer = sig["options"].get("serializer") or app.conf.task_serializer
+    _accepted(serializer, sig["task"], app)
     if serializer == "json":
         try:
             dumps([sig["args"], sig["kwargs"]])
@@ -206,3 +214,14 @@ def _encoded(sig: dict, app: Any) -> dict:
     stored["encoded"] = {"content_type": content_type, "content_encoding": content_encoding or "binary",
                          "data": base64.b64encode(data).decode("ascii")}
     return stored
+
+
+def _accepted(serializer: str, task: str, app: Any) -> None:
+    """Refuse a serializer the app itself would not decode: its workers would refuse the step's arguments."""
+    try:
+        content_type = next(iter(prepare_accept_content([serializer])))
+    except SerializerNotInstalled:
+        raise WorkflowError(f"{task}: serializer {serializer!r} is not installed") from None
+    if content_type not in content.argument_types(app):
+        raise WorkflowError(f"{task}: serializer {serializer!r} ({content_type}) is not in the app's accept_content "
+                            f"{list(app.conf.accept_content)}: its workers would refuse the step")

@@ -27,9 +27,10 @@ from typing import Any
 import psycopg
 from celery import states
 from celery.exceptions import TaskRevokedError
-from kombu.serialization import dumps, loads
+from kombu.serialization import dumps
 
-from ..exceptions import LeaseLost, WorkflowError
+from .. import content
+from ..exceptions import LeaseLost, Undecodable, WorkflowError
 from .canvas import add_errbacks, decode_tree, encode_tree, listed, node_of
 from .context import StepContext
 from .dispatch import Message, plan, send, stage
@@ -77,15 +78,16 @@ def encode(app: Any, value: Any) -> tuple[str, bytes]:
     return content_type, data.encode() if isinstance(data, str) else bytes(data)
 
 
-def decode(app: Any, content_type: str, data: bytes) -> Any:
-    accept = set(app.conf.result_accept_content or app.conf.accept_content or []) | {content_type}
-    return loads(bytes(data), content_type, "binary", accept=accept)
+def decode(app: Any, content_type: str, data: bytes, path: str | None = None) -> Any:
+    """A checkpoint's result; raises Undecodable when its content type is not in the app's result_accept_content."""
+    what = "the result of task " + path if path else "a checkpoint"
+    return content.load(bytes(data), content_type, "binary", content.result_types(app), what, path)
 
 
 def values_of(store: Store, conn: psycopg.Connection, workflow_id: str, paths: list[str]) -> dict[str, Any]:
     """The decoded results of these tasks, by path (the ones that finished)."""
     rows = conn.execute(store.queries["checkpoint_values"], {"id": workflow_id, "paths": paths}).fetchall()
-    return {path: decode(store.app, ct, blob) for path, ct, blob in rows}
+    return {path: decode(store.app, ct, blob, path) for path, ct, blob in rows}
 
 
 def _release_cursor(store: Store, conn: psycopg.Connection, ref: StepRef) -> psycopg.Cursor | None:
@@ -133,7 +135,7 @@ def before_run(store: Store, ref: StepRef) -> Before:
         if row[2] is not None:
             with conn.transaction():
                 release(store, conn, ref)
-            return Before(FINISHED, decode(store.app, row[2], row[3]))
+            return Before(FINISHED, decode(store.app, row[2], row[3], ref.path))
         tree = decode_tree(row[5])
         node = tree.nodes.get(ref.path)
         if node is None or node.kind != "task":  # replaced (Task.replace) since this message was sent
@@ -301,6 +303,11 @@ def _links(tree: Tree, node: Node, result: Any) -> list[tuple[Node, Any]]:
 def _apply(store: Store, conn: psycopg.Connection, ref: StepRef, moves: Moves, result_id: str) -> list[Message]:
     """Send (or stage) what ``moves`` starts, and record the workflow's progress or end, in ``conn``'s transaction."""
     q = store.queries
+    try:
+        messages = plan(store.app, ref.workflow_id, ref.generation, moves.entries)
+    except Undecodable as exc:
+        fail_undecodable(store, conn, ref.workflow_id, exc.path or ref.path, result_id, exc)
+        return []
     if moves.finished:
         conn.execute(q["workflow_finish"], {"id": ref.workflow_id, "status": "succeeded", "error": None,
                                             "step": ref.top, "failed_path": None})
@@ -309,8 +316,17 @@ def _apply(store: Store, conn: psycopg.Connection, ref: StepRef, moves: Moves, r
         conn.execute(q["workflow_advance"], {"id": ref.workflow_id, "step": moves.current_step})
     else:
         conn.execute(q["workflow_touch"], {"id": ref.workflow_id})
-    return stage(store, conn, ref.workflow_id, ref.generation,
-                 plan(store.app, ref.workflow_id, ref.generation, moves.entries))
+    return stage(store, conn, ref.workflow_id, ref.generation, messages)
+
+
+def fail_undecodable(store: Store, conn: psycopg.Connection, workflow_id: str, path: str, result_id: str,
+                     exc: Undecodable) -> None:
+    """Fail the workflow at ``path``, whose stored arguments this process will not decode, in ``conn``'s transaction."""
+    logger.error("durable workflow %s failed at task %s: %s", workflow_id, path, exc)
+    conn.execute(store.queries["workflow_finish"], {"id": workflow_id, "status": "failed",
+                                                   "error": f"{type(exc).__name__}: {exc}"[:2000],
+                                                   "step": top_of(path), "failed_path": path})
+    store.backend.store_result_in(conn, result_id, exc, states.FAILURE)
 
 
 _SAVEPOINT = "celery_durable_step"

@@ -53,11 +53,12 @@ def plan(app: Any, workflow_id: str, generation: int, entries: list[tuple[Node, 
 
     An input (the result of what precedes the task) is prepended to a
     non-immutable task's args, as Celery's canvas does; NOTHING adds nothing.
+    Raises Undecodable (naming the task's path) for stored arguments the app does not accept.
     """
     messages = []
     for node, given in entries:
         sig = node.sig
-        args, kwargs = call_args(sig, app)
+        args, kwargs = call_args(sig, app, node.path)
         if given is not NOTHING and not sig["immutable"]:
             args = [given] + args
         options = dict(sig["options"])

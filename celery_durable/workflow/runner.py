@@ -19,7 +19,7 @@ import psycopg
 from celery import signals
 from celery.exceptions import Ignore, NotRegistered, Reject, Retry
 
-from ..exceptions import LeaseLost
+from ..exceptions import LeaseLost, Undecodable
 from ..headers import LEASE_HEADER, STEP_HEADER
 from . import checkpoint
 from .context import StepContext, _enter, _leave, current_step
@@ -121,6 +121,12 @@ def _run_step(task: Any, header: dict, original: Any, args: tuple, kwargs: dict)
     except LeaseLost as exc:
         logger.warning("%s", exc)
         raise Ignore() from None
+    except Undecodable as exc:
+        # What this task's result starts needs a stored value this worker does not decode: it cannot
+        # move the workflow on, so it fails (rolled back) with that error, as if it had raised it.
+        if not checkpoint.record_failure(store, ref, exc):
+            raise Ignore() from None
+        raise
     finally:
         if step._conn is not None:
             store.give_back(step._conn)

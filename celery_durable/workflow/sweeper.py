@@ -21,9 +21,9 @@ from typing import Any
 
 from celery import signals
 
-from ..exceptions import WorkflowError
+from ..exceptions import Undecodable, WorkflowError
 from .canvas import decode_tree
-from .checkpoint import ready_tasks
+from .checkpoint import fail_undecodable, ready_tasks
 from .dispatch import Message, plan, send, stage
 from .held import Pulse
 from .store import Store
@@ -59,14 +59,19 @@ def _resend(store: Store, conn: Any, workflow_id: str, paths: list[str]) -> list
     if row[0] == "succeeded":  # only link callbacks may still be due
         paths = [p for p in paths if "~" in p]
     generation, tree = row[2], decode_tree(row[3])
-    entries, done = ready_tasks(store, conn, workflow_id, tree, only=set(paths))
+    try:
+        entries, done = ready_tasks(store, conn, workflow_id, tree, only=set(paths))
+        messages = plan(store.app, workflow_id, generation, entries)
+    except Undecodable as exc:  # one workflow's stored values must not stop the others' recovery
+        fail_undecodable(store, conn, workflow_id, exc.path if exc.path in paths else paths[0], row[4], exc)
+        return []
     for path in paths:
         if path in done:
             conn.execute(q["sent_step_done"], {"id": workflow_id, "path": path})
     for task, _given in entries:
         logger.warning("re-sending step %s of workflow %s: its message is lost (no sign of life for %ss)",
                        task.path, workflow_id, int(store.settings.recovery_after))
-    return stage(store, conn, workflow_id, generation, plan(store.app, workflow_id, generation, entries))
+    return stage(store, conn, workflow_id, generation, messages)
 
 
 def interval(store: Store) -> float:

@@ -2,7 +2,8 @@
 
 CELERY_DURABLE_URL and CELERY_DURABLE_SCHEMA point it at the test's database
 and schema; CELERY_DURABLE_BROKER / CELERY_DURABLE_BACKEND override either side
-(e.g. redis://) for mixed setups. Executions are counted in a table of the
+(e.g. redis://) for mixed setups; CELERY_DURABLE_ACCEPT (comma-separated, default every
+serializer) is both ``accept_content`` and ``result_accept_content``. Executions are counted in a table of the
 test's schema through a separate connection, outside the broker under test.
 """
 
@@ -24,6 +25,7 @@ def config(env=os.environ) -> dict:
     """The app configuration for an environment; test processes build client apps from it."""
     url = env.get("CELERY_DURABLE_URL", "")
     schema = env.get("CELERY_DURABLE_SCHEMA", "celery_durable")
+    accept = env.get("CELERY_DURABLE_ACCEPT", "json,pickle,msgpack,yaml").split(",")
     return dict(
         broker_url=env.get("CELERY_DURABLE_BROKER", url),
         result_backend=env.get("CELERY_DURABLE_BACKEND", url),
@@ -42,8 +44,8 @@ def config(env=os.environ) -> dict:
         worker_prefetch_multiplier=int(env.get("CELERY_DURABLE_PREFETCH", "4")),
         task_serializer=env.get("CELERY_DURABLE_SERIALIZER", "json"),
         result_serializer=env.get("CELERY_DURABLE_SERIALIZER", "json"),
-        accept_content=["json", "pickle", "msgpack", "yaml"],
-        result_accept_content=["json", "pickle", "msgpack", "yaml"],
+        accept_content=accept,
+        result_accept_content=accept,
     )
 
 

@@ -9,7 +9,9 @@ is what ``pg_stat_activity`` shows.
 
 from __future__ import annotations
 
+import base64
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from collections import Counter
 import psycopg
 import pytest
 from celery import chord
+from psycopg.types.json import Jsonb
 from click.testing import CliRunner
 
 from celery_durable import durable_chain
@@ -120,3 +123,48 @@ def _count(cluster, where: str) -> int:
         return cluster.execute(f"SELECT count(*) FROM {SCHEMA}.executions WHERE {where}", dbname=DB)[0][0]
     except psycopg.errors.UndefinedTable:
         return 0
+
+
+class _Touch:
+    """Unpickling this runs ``open(path, "x")``: the file is the proof that code ran."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "x"))
+
+
+def test_a_step_rewritten_by_the_application_role_runs_no_code(cluster, workers, tmp_path):
+    """The DML-only role the README recommends can rewrite a stored step's arguments to pickle;
+    a worker with ``accept_content = ["json"]`` must fail that step, never unpickle it."""
+    owner_url, app_url = cluster.url(DB, "owner"), cluster.url(DB, "app")
+    assert _cli(owner_url, "migrate").exit_code == 0
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        create_tables(conn, SCHEMA)
+        conn.execute(_cli(owner_url, "sql", "--grants", "app").output)
+    env = {"CELERY_DURABLE_URL": app_url, "CELERY_DURABLE_SCHEMA": SCHEMA, "CELERY_DURABLE_LISTEN_URL": "",
+           "CELERY_DURABLE_AUTO_MIGRATE": "false"}
+    app = make_app(env)
+    marker = tmp_path / "unpickled"
+    wf = durable_chain(app.signature("topo.charge", (4,)), app.signature("topo.reserve"),
+                       app.signature("topo.notify"), app=app).apply_async()
+    with psycopg.connect(app_url, autocommit=True) as attacker:  # before any worker runs it
+        steps = attacker.execute(f"SELECT steps FROM {SCHEMA}.workflow WHERE id = %s", (wf.id,)).fetchone()[0]
+        sig = steps[2]["signatures"][0]
+        sig.pop("args"), sig.pop("kwargs")
+        sig["encoded"] = {"content_type": "application/x-python-serialize", "content_encoding": "binary",
+                          "data": base64.b64encode(pickle.dumps(([_Touch(marker)], {}))).decode()}
+        attacker.execute(f"UPDATE {SCHEMA}.workflow SET steps = %s WHERE id = %s", (Jsonb(steps), wf.id))
+    workers("tests.apps.topology_app", env=env)
+    wait_for(lambda: marker.exists() or _status(cluster, wf.id) != "running", 60,
+             "the workflow to fail (or the payload to run)")
+    assert not marker.exists(), "the worker unpickled arguments the application role wrote"
+    assert _status(cluster, wf.id) == "failed"
+    with pytest.raises(Exception, match="application/x-python-serialize"):
+        wf.get(timeout=30)
+    app.close()
+
+
+def _status(cluster, workflow_id: str) -> str:
+    return cluster.execute(f"SELECT status FROM {SCHEMA}.workflow WHERE id = %s", (workflow_id,), dbname=DB)[0][0]

@@ -21,7 +21,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from ... import workflows
+from ... import content, workflows
 from ...exceptions import DurableError
 from . import conf
 from .models import DeadLetter, Queue, Workflow
@@ -57,7 +57,9 @@ class WorkflowAdmin(ReadOnlyAdmin):
 
     @admin.display(description="steps, checkpoints and results")
     def steps(self, obj: Workflow) -> str:
-        found = workflows.get_workflow(conf.celery_app(), workflow_id=obj.id)
+        app = conf.celery_app()
+        # A page never unpickles, whatever the app accepts: what it does not decode shows as type and size.
+        found = workflows.get_workflow(app, workflow_id=obj.id, accept=content.shown_types(app))
         if found is None:
             return "-"
         done = {}

@@ -140,3 +140,32 @@ def test_viewers_see_but_cannot_act(client, django_user_model, django_project):
     assert wf.id in page and 'name="action"' not in page
     assert client.get(reverse("admin:celery_durable_workflow_restart", args=[wf.id])).status_code == 403
     assert 'name="action"' not in client.get(reverse("admin:celery_durable_deadletter_changelist")).content.decode()
+
+
+class _Touch:
+    """Unpickling this runs ``open(path, "x")``: the file is the proof that code ran."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "x"))
+
+
+def test_a_pickled_checkpoint_is_shown_by_type_and_size(admin_client, django_project, broker, worker, tmp_path):
+    """A checkpoint rewritten to pickle (anyone with DML on the schema can): the page never unpickles it."""
+    import pickle
+
+    app = django_project
+    wf = durable_chain(add.s(1, 2), add.s(10)).apply_async()
+    assert wf.get(timeout=60) == 13
+    marker = tmp_path / "unpickled"
+    payload = pickle.dumps(_Touch(marker))
+    broker.q("UPDATE {s}.checkpoint SET content_type = 'application/x-python-serialize', result = %s "
+             "WHERE workflow_id = %s AND path = '0'", payload, wf.id)
+    page = admin_client.get(reverse("admin:celery_durable_workflow_change", args=[wf.id]))
+    assert not marker.exists(), "the admin page unpickled a stored checkpoint"
+    assert page.status_code == 200
+    assert f"application/x-python-serialize, {len(payload)} bytes" in page.content.decode()
+    assert "<code>13</code>" in page.content.decode()  # the step it can read is shown as before
+    assert status(app, wf.id) == "succeeded"
