@@ -50,6 +50,7 @@ def _checked(conn: psycopg.Connection, target: Target) -> None:
 
 
 QUEUE_COLUMNS = ("queue", "depth", "ready", "delayed", "leased", "oldest_age")
+QUEUE_EXTRA = ("oldest", "estimated")
 
 
 @durable.command("queues")
@@ -57,11 +58,21 @@ QUEUE_COLUMNS = ("queue", "depth", "ready", "delayed", "leased", "oldest_age")
 @with_target
 def queues_cmd(target: Target, as_json: bool) -> None:
     """Every declared queue: depth, ready, delayed, leased and the age of its oldest message."""
-    query = schema_sql(f"SELECT {', '.join(QUEUE_COLUMNS)}, oldest FROM {{schema}}.queues ORDER BY queue",
+    query = schema_sql(f"SELECT {', '.join(QUEUE_COLUMNS + QUEUE_EXTRA)} FROM {{schema}}.queues ORDER BY queue",
                        target.schema)
     with target.connect() as conn:
         _checked(conn, target)
         rows = conn.execute(query).fetchall()
-    data = [dict(zip(QUEUE_COLUMNS + ("oldest",), row)) for row in rows]
-    emit(as_json, data, lambda: table(QUEUE_COLUMNS, [row[:-1] for row in rows]) if rows
-         else f"no queues in schema {target.schema!r}")
+    data = [dict(zip(QUEUE_COLUMNS + QUEUE_EXTRA, row)) for row in rows]
+    emit(as_json, data, lambda: _queue_table(rows, target.schema))
+
+
+def _queue_table(rows: list[tuple], schema: str) -> str:
+    if not rows:
+        return f"no queues in schema {schema!r}"
+    text = table(QUEUE_COLUMNS, [row[:len(QUEUE_COLUMNS)] for row in rows])
+    estimated = [row[0] for row in rows if row[-1]]
+    if estimated:
+        text += ("\nestimated from a sample of the message table (more than 10,000 messages): "
+                 + ", ".join(estimated))
+    return text

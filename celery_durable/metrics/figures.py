@@ -13,7 +13,11 @@ FIGURES: dict[str, tuple[list[str], str]] = {
     "queue_lease_expired": (["queue"], "Messages whose lease expired (their worker died or stalled); the next claim redelivers them."),
     "queue_redeliveries": (["queue"], "Deliveries beyond the first of the messages now in the queue (expired leases, requeues)."),
     "queue_oldest_age_seconds": (["queue"], "Age of the oldest message in the queue (0 when empty)."),
+    "queue_estimated": (["queue"], "1: the queue holds more than 10,000 messages and its figures are estimated "
+                                   "from a sample of the table; 0: they are exact."),
     "dead_letters": (["queue"], "Dead letters kept, by the queue they came from."),
     "workflows": (["status"], "Durable workflows by status (finished ones until workflow_retention)."),
     "workflows_stalled": ([], "Running workflows with no progress for five minutes."),
+    "message_dead_rows": ([], "Dead rows in the message table (acked messages VACUUM has not removed yet)."),
+    "message_last_vacuum_timestamp_seconds": ([], "When the message table was last vacuumed (by autovacuum or not)."),
 }
