@@ -176,7 +176,7 @@ class PgCluster:
         """initdb with trust authentication, then write our configuration."""
         self._own(self.root)
         self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8",
-                  "--no-sync", "--no-instructions")
+                  "--no-sync")  # no --no-instructions: PostgreSQL 13's initdb lacks it
         self.configure()
         return self
 
