@@ -22,13 +22,14 @@ from typing import Any, Iterator
 import psycopg
 from celery import states
 from celery.backends.asynchronous import AsyncBackendMixin
-from celery.backends.base import Backend, decompress_payload
+from celery.backends.base import Backend
 from celery.exceptions import ImproperlyConfigured
 from celery.result import result_from_tuple
 from kombu.serialization import loads
 from kombu.utils.encoding import bytes_to_str
 
 from .. import maintenance
+from ..compat import decompress_payload
 from ..config import BACKEND_OPTIONS, Settings
 from ..exceptions import DatabaseUnavailable, ResultTooLarge, SchemaError
 from ..db import dsn, pool

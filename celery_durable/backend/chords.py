@@ -23,10 +23,11 @@ from uuid import uuid4
 
 import psycopg
 from celery import maybe_signature, states
-from celery.backends.base import _create_chord_error_with_cause
 from celery.exceptions import ChordError
 from celery.result import GroupResult, allow_join_result
 from celery.utils.functional import _regen
+
+from ..compat import publish_callback
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class ChordMixin:
                 logger.warning("Chord callback for %r not published: another worker took the claim over", gid)
                 return None
             try:
-                app.amqp._retry_publish(callback.delay, resl)
+                publish_callback(app, callback.delay, resl)
             except Exception as exc:  # noqa: BLE001 - as Redis: the body fails, the worker goes on
                 logger.exception("Chord callback for %r raised: %r", gid, exc)
                 return self.chord_error_from_stack(callback, ChordError(f"Callback error: {exc!r}"))
@@ -173,8 +174,10 @@ class ChordMixin:
             meta = self._decode_meta(content_type, content_encoding, payload)
             value = meta["result"]
             if meta["status"] in states.PROPAGATE_STATES:
-                raise _create_chord_error_with_cause(
-                    message=f"Dependency {meta.get('task_id')} raised {value!r}", original_exc=value)
+                error = ChordError(f"Dependency {meta.get('task_id')} raised {value!r}")
+                if isinstance(value, Exception):
+                    error.__cause__ = value  # as Celery 5.6+ does; the private helper is not in older lines
+                raise error
             results.append(value)
         return results
 

@@ -95,11 +95,10 @@ def _broker_conninfo(app: Any) -> str | None:
 def install() -> None:
     """Register the finder and make ``delay_on_commit``/``apply_async_on_commit`` transactional."""
     from ... import enqueue
+    from ...compat import DjangoTask
 
     enqueue.add_finder(find_connection)
-    try:
-        from celery.contrib.django.task import DjangoTask
-    except ImportError:  # Celery before 5.4 has no delay_on_commit
+    if DjangoTask is None:  # Celery 5.3 has no delay_on_commit
         return
     for name in ("delay_on_commit", "apply_async_on_commit"):
         method = getattr(DjangoTask, name, None)

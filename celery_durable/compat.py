@@ -1,0 +1,55 @@
+"""Every difference between the Celery and Kombu lines we support, in one place.
+
+The rest of the package imports from here whatever one of those lines lacks or spells
+differently, and checks no version itself. Supported: Celery 5.3 to 5.7, each with the Kombu of
+its own line (the README's support table; ``python -m tests.support.matrix`` tests each line).
+
+What differs, per line:
+
+- ``decompress_payload`` (``celery.backends.base``): Celery 5.7 added ``result_compression``,
+  which prefixes a stored result with a marker and the compression's name. Before 5.7 Celery
+  compresses no result; our copy below still reads one a 5.7 worker wrote (a rolling upgrade).
+- ``AMQP._retry_publish`` (the chord body's publish): Celery 5.7 retries each callback message on
+  its own under its retry policy; before 5.7 the body is published directly, as Celery's own
+  backends of those lines do (:func:`publish_callback`).
+- ``celery.contrib.django.task.DjangoTask`` (``delay_on_commit``, ``apply_async_on_commit``): from
+  Celery 5.4. On 5.3 it is None: our Django app still makes publishes inside ``atomic()`` join the
+  transaction; those two methods do not exist (:data:`DjangoTask`, :data:`DJANGO_TASK_CLS`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from kombu.compression import decompress
+
+#: Celery 5.7's marker in front of a compressed result (``celery.backends.base``).
+COMPRESSED_PAYLOAD_MAGIC = b"\x00celery-compressed\x00"
+
+try:
+    from celery.backends.base import decompress_payload
+except ImportError:  # Celery before 5.7
+
+    def decompress_payload(payload: Any) -> Any:
+        """Undo Celery 5.7's ``result_compression``; any other payload is returned as it is."""
+        if isinstance(payload, memoryview):
+            payload = payload.tobytes()
+        if not isinstance(payload, (bytes, bytearray)) or not payload.startswith(COMPRESSED_PAYLOAD_MAGIC):
+            return payload
+        content_type, _, body = payload[len(COMPRESSED_PAYLOAD_MAGIC):].partition(b"\x00")
+        return decompress(body, content_type.decode("utf-8"))
+
+
+def publish_callback(app: Any, publish: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Publish a chord body (``publish`` is its ``delay``) as this Celery line's own backends do."""
+    retry = getattr(app.amqp, "_retry_publish", None)  # Celery 5.7+
+    return publish(*args, **kwargs) if retry is None else retry(publish, *args, **kwargs)
+
+
+try:
+    from celery.contrib.django.task import DjangoTask
+except ImportError:  # Celery 5.3
+    DjangoTask = None
+
+#: The task class a Django project's app names: Celery's DjangoTask where the line has it.
+DJANGO_TASK_CLS = "celery.app.task:Task" if DjangoTask is None else "celery.contrib.django.task:DjangoTask"
