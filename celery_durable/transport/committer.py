@@ -2,10 +2,23 @@
 
 A thread that finds no commit in progress commits its message at once, alone.
 Threads that arrive while a commit is in flight queue up; when it returns, the
-first of them commits the whole queue in one transaction (one round trip, one
-WAL flush) and wakes the others. Every ``publish`` still returns only once its
-own message is committed. When a statement fails, its group is rolled back and
-each member is committed alone, so only the faulty publish raises.
+committer's own thread commits the whole queue in one transaction (one round
+trip, one WAL flush) and wakes them. Every ``publish`` still returns only once
+its own message is committed. When a statement fails, its group is rolled back
+and each member is committed alone, so only the faulty publish raises.
+
+A queued publisher may be interrupted while it waits (``KeyboardInterrupt``, an
+exception from a signal handler, a gevent ``Timeout``, a request deadline). The
+interruption is raised at once, and the message's fate is settled by where it
+stood: still queued, it is withdrawn (never stored), so the caller's view, "not
+sent", is true; already taken into a commit in flight, it cannot be taken back,
+so that commit goes on and stores it once, and its outcome is logged with the
+task id (a note on the exception says so). A group's commit never runs in a
+publisher's thread, so one publisher's interruption never cuts the commit of
+others, and nothing is left for a publisher that is gone. A publisher
+interrupted during its own lone commit is like any interrupted database call:
+psycopg cancels the statement on ``KeyboardInterrupt``, and a statement the
+server had already committed stays committed.
 
 The consumers' wake-ups are the message trigger's NOTIFYs, inside the commit.
 With ``wake_after_commit`` they go in a second, quick transaction in the same
@@ -43,11 +56,12 @@ class _Publish:
     #: The schema's queries that defer the wake-up to after the commit, and send it (``wake_after_commit``).
     after_commit: str | None = None
     wake: str | None = None
+    task_id: str = "?"
     #: Made only for a publish that has to wait (a thread that commits at once needs none).
     done: threading.Event | None = None
     error: BaseException | None = None
-    #: Set when this publish's thread is to commit a queued group (it heads it).
-    group: list["_Publish"] | None = None
+    #: Its thread was interrupted after a commit took it: the committer logs the outcome.
+    abandoned: bool = False
 
 
 class Committer:
@@ -56,48 +70,97 @@ class Committer:
         self.settings = settings
         self.relaxed = relaxed
         self._lock = threading.Lock()
+        #: A commit is in flight (a publisher's own, or the committer thread's of a queue).
         self._busy = False
         self._queue: list[_Publish] = []
+        #: The queue has been handed to the committer thread.
+        self._handed = False
+        self._handed_cond = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
 
     def publish(self, query: str, params: dict[str, Any], after_commit: str | None = None,
-                wake: str | None = None) -> None:
+                wake: str | None = None, task_id: str = "?") -> None:
         """Commit one statement, alone or with those of other threads; raises its own error only.
 
         ``after_commit`` and ``wake`` are the schema's ``message_wake_after_commit`` and ``message_wake``
-        (setting ``wake_after_commit``); without them the trigger NOTIFYs inside the commit.
+        (setting ``wake_after_commit``); without them the trigger NOTIFYs inside the commit. Blocks
+        until the commit; an interruption of the wait is raised at once (see the module's docstring).
         """
-        mine = _Publish(query, params, after_commit, wake)
+        mine = _Publish(query, params, after_commit, wake, task_id)
         with self._lock:
             if self._busy:
                 mine.done = threading.Event()
                 self._queue.append(mine)
             else:
                 self._busy = True
-                mine.group = [mine]
-        if mine.group is None:
-            mine.done.wait()  # a leader commits it, or hands this thread a group to commit
-            if mine.group is None:
-                if mine.error is not None:
-                    raise mine.error
-                return
-        self._lead(mine.group)
+        if mine.done is None:
+            try:
+                self._commit([mine])
+            finally:
+                self._release()
+        else:
+            self._wait(mine)
         if mine.error is not None:
             raise mine.error
 
-    def _lead(self, group: list[_Publish]) -> None:
-        """Commit ``group``, wake its members, then hand the queue that formed meanwhile to its head."""
+    def _wait(self, mine: _Publish) -> None:
+        """Wait for the commit that takes ``mine``; on an interruption withdraw it, or leave it to that commit."""
         try:
-            self._commit(group)
-        finally:
-            for member in group[1:]:
-                member.done.set()
+            mine.done.wait()
+        except BaseException as exc:
             with self._lock:
-                queued, self._queue = self._queue, []
-                if queued:
-                    queued[0].group = queued
-                    queued[0].done.set()
+                if mine in self._queue:
+                    self._queue.remove(mine)
+                    note = "its message was withdrawn before any commit took it: it is not stored"
+                elif mine.done.is_set():
+                    note = ("its message was committed" if mine.error is None
+                            else f"its message was not stored: {mine.error}")
                 else:
-                    self._busy = False
+                    mine.abandoned = True
+                    note = "its message was already in a commit in flight: that commit's outcome is logged"
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"celery_durable: publish of task {mine.task_id} interrupted; {note}")
+            raise
+
+    def _release(self) -> None:
+        """After a lone commit: hand the queue that formed meanwhile to the committer thread, or go idle."""
+        with self._lock:
+            if not self._queue:
+                self._busy = False
+                return
+            self._handed = True
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="celery-durable-committer", daemon=True)
+                self._thread.start()
+            self._handed_cond.notify()
+
+    def _run(self) -> None:
+        """The committer thread: commit each queue handed to it in one transaction, until none forms."""
+        while True:
+            with self._lock:
+                while not self._handed:
+                    self._handed_cond.wait()
+                group, self._queue = self._queue, []
+                if not group:
+                    self._handed = self._busy = False
+                    continue
+            try:
+                self._commit(group)
+            finally:
+                self._finish(group)
+
+    def _finish(self, group: list[_Publish]) -> None:
+        """Wake the group's members; report the outcome of those whose threads were interrupted."""
+        with self._lock:
+            for member in group:
+                if member.abandoned:
+                    if member.error is None:
+                        logger.warning("publish of task %s was interrupted while its commit was in flight; "
+                                       "it is committed", member.task_id)
+                    else:
+                        logger.warning("publish of task %s was interrupted while its commit was in flight; "
+                                       "it is not stored: %s", member.task_id, member.error)
+                member.done.set()
 
     def _commit(self, group: list[_Publish]) -> None:
         try:

@@ -58,13 +58,13 @@ class Publisher:
         if outer is not None:
             enqueue.execute(outer, self.db.queries[query], params)
             return
+        task_id = str(headers.get("id") or props.get("correlation_id") or "?")
         if not settings.confirm_publish:
-            task_id = headers.get("id") or props.get("correlation_id") or "?"
-            self._pipelined().send(self.db.queries[query], params, str(task_id))
+            self._pipelined().send(self.db.queries[query], params, task_id)
             return
         q = self.db.queries
-        wake = (q["message_wake_after_commit"], q["message_wake"]) if settings.wake_after_commit else ()
-        committer(self.db.conninfo, settings).publish(q[query], params, *wake)
+        wake = (q["message_wake_after_commit"], q["message_wake"]) if settings.wake_after_commit else (None, None)
+        committer(self.db.conninfo, settings).publish(q[query], params, *wake, task_id=task_id)
 
     def flush(self) -> None:
         """Wait until every pipelined publish is answered; raises PublishFailed for refused ones."""
