@@ -27,7 +27,27 @@ class MessageTooLarge(DurableError, ValueError):
 
 
 class PublishFailed(DurableError):
-    """A pipelined publish (``confirm_publish: False``) was refused by the server; raised by the next publish or flush."""
+    """Pipelined publishes (``confirm_publish: False``) the server refused; raised by ``flush_publishes()``.
+
+    ``task_ids`` names them (``failures`` pairs each with the server's error; ``more`` counts those
+    refused beyond the ones kept). Their messages are not stored.
+    """
+
+    def __init__(self, message: str, failures: list[tuple[str, str]] | None = None, more: int = 0) -> None:
+        super().__init__(message)
+        self.failures = list(failures or [])
+        self.more = more
+
+    @property
+    def task_ids(self) -> list[str]:
+        return [task_id for task_id, _ in self.failures]
+
+    @classmethod
+    def of(cls, failures: list[tuple[str, str]], more: int = 0) -> "PublishFailed":
+        listed = "; ".join(f"task {task_id}: {error}" for task_id, error in failures[:5])
+        count = len(failures) + more
+        return cls(f"{count} pipelined publish(es) were refused by the server and not stored: {listed}"
+                   + (" …" if count > 5 else ""), failures, more)
 
 
 class ResultTooLarge(DurableError, EncodeError):

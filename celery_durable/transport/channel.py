@@ -172,11 +172,11 @@ class Channel(virtual.Channel):
         return self.db.fetchall("binding_list")
 
     def _size(self, queue):
-        self.connection.publisher.flush()  # this connection's pipelined publishes count
+        self.connection.publisher.settle()  # this connection's pipelined publishes count
         return self.db.fetchone("message_count", queue=queue)[0]
 
     def _purge(self, queue):
-        self.connection.publisher.flush()
+        self.connection.publisher.settle()
         return self.db.fetchone("message_purge", queue=queue)[0]
 
     # -- publishing -----------------------------------------------------------
@@ -204,7 +204,7 @@ class Channel(virtual.Channel):
             self.no_ack_queues.discard(queue)
 
     def basic_get(self, queue, no_ack=False, **kwargs):
-        self.connection.publisher.flush()
+        self.connection.publisher.settle()
         payloads = self.connection.delivery.claim([queue], 1)
         if not payloads:
             return None

@@ -22,11 +22,21 @@ on demand, and :func:`close_all` at interpreter exit, when a multiprocessing
 child ends and when a Celery pool process ends. Nothing waits in the process between publishes, so releasing a
 producer to Kombu's pool needs no flush.
 
-A statement the server refuses fails alone: it is logged with its task id,
-the others of its group are sent again, and the next publish or flush raises
-:class:`~celery_durable.exceptions.PublishFailed`. A lost connection raises
-DatabaseUnavailable (Celery reconnects and retries the publish at hand) and
-logs the task ids whose fate is unknown.
+A slow server is not a dead one: while it does not answer (a lock the
+inserts wait on, a synchronous standby that stalls, an I/O spike) the
+publishes wait for it, however long, and a warning says so once it has been
+silent for ``connect_timeout``. Only a lost connection gives up on them: the
+server hanging up, or the connection's TCP keepalives (the URL's
+``keepalives_*`` parameters) finding the peer dead.
+
+A statement the server refuses fails alone: it is logged (ERROR, with its task
+id) as soon as its answer is read, the others of its group are sent again, and
+:func:`flush_all` (``flush_publishes()``) raises
+:class:`~celery_durable.exceptions.PublishFailed` naming it. No other publish
+raises it: the caller of a later ``delay()`` did not make it, and its own
+message is sent. A lost connection raises DatabaseUnavailable (Celery
+reconnects and retries the publish at hand) and logs the task ids whose fate
+is unknown.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ from psycopg.adapt import PyFormat, Transformer
 
 from ..config import Settings
 from ..db import pool, waiting
-from ..exceptions import PublishFailed
+from ..exceptions import DatabaseUnavailable, PublishFailed
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +69,8 @@ DEPTH = 64
 GROUP_MAX = DEPTH // 2
 #: Seconds the closer thread waits for an answer before looking again (it wakes on any answer).
 CLOSER_POLL = 1.0
+#: Refused publishes kept (with their errors) for the next flush to name; more are only counted.
+FAILED_KEPT = 100
 
 #: Starts a relaxed group: that commit alone skips the WAL flush wait, on whatever server session runs
 #: it (PgBouncer included).
@@ -114,7 +126,8 @@ class Pipeline:
         self.conninfo = conninfo
         #: Commits skip the WAL flush wait (``synchronous_commit`` off).
         self.relaxed = not settings.synchronous_commit
-        self.timeout = settings.connect_timeout
+        #: Seconds of silence from the server after which a warning says the publishes wait for it.
+        self.patience = settings.connect_timeout
         self.pid = os.getpid()
         self.closed = False
         #: The connection loss the closer thread found, for the next publish to raise.
@@ -131,8 +144,11 @@ class Pipeline:
         self._in_flight = 0  # groups whose Sync is written and not yet answered
         self._unanswered = 0  # publishes not yet answered (open group included)
         self._resend: list[_Publish] = []
-        #: Refused publishes not yet raised: "task <id>: <error>".
-        self._failed: list[str] = []
+        #: Refused publishes not yet raised by a flush: (task id, error); ``_failed_more`` counts the rest.
+        self._failed: list[tuple[str, str]] = []
+        self._failed_more = 0
+        #: When the server last went silent while publishes waited for it (None: it answers).
+        self._silent_since: float | None = None
         self._closer: threading.Thread | None = None
         self._pg.enter_pipeline_mode()
         _register(self)
@@ -140,44 +156,53 @@ class Pipeline:
     def send(self, query: str, params: dict[str, Any], task_id: str) -> None:
         """Write one publish without waiting for its commit.
 
-        Raises PublishFailed (this message is then not sent) when an earlier
-        publish was refused, DatabaseUnavailable when the connection is lost.
+        Blocks while ``DEPTH`` publishes are unanswered (a slow server: for as
+        long as it is slow). Raises DatabaseUnavailable when the connection is
+        lost (this message is then not sent); never for another publish's refusal.
         """
         sql, names = self._positional(query)
         with self._lock:
             if self.closed:
                 error, self.error = self.error, None
-                raise error or PublishFailed("the publish pipeline is closed")
+                raise error or DatabaseUnavailable("the publish pipeline is closed")
             values = self._tx.dump_sequence([params[n] for n in names], [PyFormat.AUTO] * len(names))
             publish = _Publish(sql, values, self._tx.types, self._tx.formats, task_id)
             self._guard(lambda: self._wait(lambda: self._unanswered < DEPTH))
-            self._raise_failed()
             self._guard(lambda: self._write(publish))
             if self._closer is None:
                 self._closer = threading.Thread(target=self._run_closer, name="celery-durable-publish", daemon=True)
                 self._closer.start()
             self._wake.notify()
 
-    def flush(self) -> None:
-        """Commit the open group and wait for every answer; raise PublishFailed for refused publishes."""
+    def settle(self) -> None:
+        """Commit the open group and wait for every answer (refusals stay for :meth:`flush` to raise)."""
         with self._lock:
             if not self.closed and (self._unanswered or self._resend):  # nothing owed: no round trip
                 self._guard(lambda: self._wait(lambda: not self._unanswered, sync=True))
+
+    def flush(self) -> None:
+        """:meth:`settle`, then raise PublishFailed naming the publishes refused since the last flush."""
+        self.settle()
+        with self._lock:
             self._raise_failed()
 
     def close(self) -> None:
-        """Flush, then close the connection (only in the process that opened it)."""
+        """Wait for every answer, then close the connection (only in the process that opened it).
+
+        Refusals not raised yet are kept for the process's next ``flush_publishes()``.
+        """
         if os.getpid() != self.pid:
             return  # a forked child must not touch its parent's session
         try:
-            self.flush()
+            self.settle()
         finally:
             with self._lock:
                 if not self.closed:
                     self.closed = True
                     self._conn.close()
                 self._wake.notify_all()
-            _unregister(self)
+                failed, more, self._failed, self._failed_more = self._failed, self._failed_more, [], 0
+            _unregister(self, failed, more)
 
     # -- inside the lock ------------------------------------------------------------------------
 
@@ -188,10 +213,10 @@ class Pipeline:
         return found
 
     def _guard(self, step: Callable[[], None]) -> None:
-        """Run an I/O step; a driver error or timeout means the connection is lost."""
+        """Run an I/O step; a driver or socket error means the connection is lost."""
         try:
             step()
-        except (psycopg.Error, OSError, TimeoutError) as exc:
+        except (psycopg.Error, OSError) as exc:
             self._lose(exc)
 
     def _write(self, publish: _Publish) -> None:
@@ -223,30 +248,39 @@ class Pipeline:
 
     def _push(self) -> None:
         """Push libpq's output buffer into the socket, reading answers meanwhile (the server may wait on us)."""
-        pg, deadline = self._pg, monotonic() + self.timeout
+        pg = self._pg
         while pg.flush() == 1:
-            readable, _ = waiting.ready((pg.socket,), (pg.socket,), self._left(deadline))
-            if readable:
+            if self._await_server(write=True):
                 self._collect()
 
     def _wait(self, done: Callable[[], bool], sync: bool = False) -> None:
-        """Read answers until ``done()``; TimeoutError after ``timeout`` seconds without one."""
-        pg, deadline = self._pg, monotonic() + self.timeout
+        """Read answers until ``done()``, for as long as the server takes."""
         while True:
-            unanswered = self._unanswered
             self._collect()
             self._sync_open(force=sync)
             if done():
                 return
-            if self._unanswered < unanswered:
-                deadline = monotonic() + self.timeout
-            waiting.readable(pg.socket, self._left(deadline))
+            self._await_server(write=False)
 
-    def _left(self, deadline: float) -> float:
-        left = deadline - monotonic()
-        if left <= 0:
-            raise TimeoutError(f"no answer from the server for {self.timeout:.0f} s")
-        return left
+    def _await_server(self, write: bool) -> bool:
+        """Wait until the socket is readable (or writable, with ``write``); whether it is readable.
+
+        A server silent for ``patience`` seconds is logged as slow, once per silence, and waited for.
+        """
+        sock = self._pg.socket
+        readable, writable = waiting.ready((sock,), (sock,) if write else (), self.patience)
+        if readable or writable:
+            if self._silent_since is not None:
+                logger.warning("the server answers pipelined publishes again after %.0f s",
+                               monotonic() - self._silent_since)
+                self._silent_since = None
+            return bool(readable)
+        if self._silent_since is None:
+            self._silent_since = monotonic() - self.patience
+            logger.warning("the server has not answered %d pipelined publish(es) for %.0f s; waiting for it "
+                           "(they are not given up: only a lost connection loses them)",
+                           self._unanswered, self.patience)
+        return False
 
     def _collect(self) -> None:
         """Read every answer that has arrived, without blocking; resend the innocent of a failed group."""
@@ -278,17 +312,17 @@ class Pipeline:
         """One statement failed, so its group rolled back: log it, send the others again."""
         failed = [group.failed] if group.failed is not None else list(group.publishes)
         for publish in failed:
-            logger.error("publish of task %s failed: %s", publish.task_id, group.error)
-            self._failed.append(f"task {publish.task_id}: {group.error}")
+            logger.error("publish of task %s failed, its message is not stored: %s", publish.task_id, group.error)
+            if len(self._failed) < FAILED_KEPT:
+                self._failed.append((publish.task_id, group.error or "refused"))
+            else:
+                self._failed_more += 1
         self._resend.extend(p for p in group.publishes if p not in failed)
 
     def _raise_failed(self) -> None:
         if self._failed:
-            failed, self._failed = self._failed, []
-            raise PublishFailed(
-                f"{len(failed)} earlier publish(es) failed and were not stored (this message was not sent): "
-                + "; ".join(failed[:5])
-            )
+            failed, more, self._failed, self._failed_more = self._failed, self._failed_more, [], 0
+            raise PublishFailed.of(failed, more)
 
     def _lose(self, exc: BaseException):
         """The connection is gone: log what may be lost, close, raise DatabaseUnavailable."""
@@ -305,7 +339,8 @@ class Pipeline:
             self._conn.close()
         except Exception:  # closing a broken connection must not mask the cause
             pass
-        _unregister(self)
+        failed, more, self._failed, self._failed_more = self._failed, self._failed_more, [], 0
+        _unregister(self, failed, more)
         raise pool.unavailable(self.conninfo, exc) from exc
 
     # -- the closer thread ------------------------------------------------------------------------
@@ -338,11 +373,16 @@ class Pipeline:
 # never sends a Terminate on the parent's socket.
 _live: set[Pipeline] = set()
 _live_lock = threading.Lock()
+#: Refusals of this process's pipelines that closed before a flush raised them: (task id, error).
+_closed_failed: list[tuple[str, str]] = []
+_closed_more = 0
 
 
 def _after_fork_in_child() -> None:
-    global _live_lock
+    global _live_lock, _closed_more
     _live_lock = threading.Lock()  # another thread of the parent may have held it at the fork
+    _closed_failed.clear()  # the parent's to raise, not the child's
+    _closed_more = 0
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -360,9 +400,14 @@ def _register(pipeline: Pipeline) -> None:
             multiprocessing.util.Finalize(None, close_all, exitpriority=100)
 
 
-def _unregister(pipeline: Pipeline) -> None:
+def _unregister(pipeline: Pipeline, failed: list[tuple[str, str]] = (), more: int = 0) -> None:
+    """Forget a closed pipeline; its refusals not raised yet wait for the process's next flush_all()."""
+    global _closed_more
     with _live_lock:
         _live.discard(pipeline)
+        room = max(0, FAILED_KEPT - len(_closed_failed))
+        _closed_failed.extend(failed[:room])
+        _closed_more += more + max(0, len(failed) - room)
 
 
 def flush_all() -> None:
@@ -372,17 +417,26 @@ def flush_all() -> None:
     DatabaseUnavailable when a connection was lost (the unconfirmed task ids
     were logged).
     """
+    global _closed_more
     pid = os.getpid()
     with _live_lock:
         mine = [p for p in _live if p.pid == pid]
+        refused, more = list(_closed_failed), _closed_more
+        _closed_failed.clear()
+        _closed_more = 0
     failure: BaseException | None = None
     for pipeline in mine:
         try:
             pipeline.flush()
+        except PublishFailed as exc:
+            refused += exc.failures
+            more += exc.more
         except Exception as exc:
             failure = failure or exc
     if failure is not None:
         raise failure
+    if refused:
+        raise PublishFailed.of(refused, more)
 
 
 def close_all() -> None:

@@ -66,11 +66,11 @@ class Publisher:
         wake = (q["message_wake_after_commit"], q["message_wake"]) if settings.wake_after_commit else (None, None)
         committer(self.db.conninfo, settings).publish(q[query], params, *wake, task_id=task_id)
 
-    def flush(self) -> None:
-        """Wait until every pipelined publish is answered; raises PublishFailed for refused ones."""
+    def settle(self) -> None:
+        """Wait until every pipelined publish is answered (so counts include them); raises no refusal."""
         pipeline = self._pipeline
         if pipeline is not None and pipeline.pid == os.getpid():
-            pipeline.flush()
+            pipeline.settle()
 
     def close(self) -> None:
         """Flush and close the pipeline (the transport's connection closes)."""

@@ -42,7 +42,7 @@ from psycopg_pool import PoolTimeout
 from .. import maintenance
 from ..config import BROKER_OPTIONS, Settings
 from ..db import dsn, pool
-from ..exceptions import DatabaseUnavailable, PublishFailed, SchemaError
+from ..exceptions import DatabaseUnavailable, SchemaError
 from .channel import Channel
 from .database import Database
 from .delivery import Delivery
@@ -131,8 +131,8 @@ class Transport(virtual.Transport):
             logger.warning("could not send pending acks; their messages return after the lease")
         try:
             self.publisher.close()  # waits for the answers of pipelined publishes
-        except self.connection_errors + (PublishFailed,):
-            pass  # each failed or unconfirmed publish was logged with its task id
+        except self.connection_errors:
+            pass  # each unconfirmed publish was logged with its task id; refusals wait for flush_publishes()
         try:
             super().close_connection(connection)
         finally:

@@ -3,10 +3,12 @@
 Each test first shows that the publish did not wait: the message table is
 locked (``LOCK TABLE … IN SHARE MODE`` blocks every insert) while ``delay()``
 returns, and nothing is stored yet. Then it checks what the README promises:
-a refused publish is logged with its task id and raised by the next publish,
-an exiting client flushes, a SIGKILLed one loses at most the unanswered
-publishes (``pipeline.DEPTH``) and nothing it published before a flush, and
-a lost connection logs the task ids it may have lost while publishing goes on.
+a refused publish is logged with its task id and raised by ``flush_publishes()``
+(never by another caller's ``delay()``, whose message is sent), a server silent
+for longer than ``connect_timeout`` is waited for and loses nothing, an exiting
+client flushes, a SIGKILLed one loses at most the unanswered publishes
+(``pipeline.DEPTH``) and nothing it published before a flush, and a lost
+connection logs the task ids it may have lost while publishing goes on.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -80,25 +83,88 @@ class Client:
         self.proc.wait(WAIT)
 
 
-def test_delay_returns_before_the_commit_and_a_refused_publish_surfaces_on_the_next(h, caplog):
+def refuse_trigger(h: Harness) -> None:
+    """The server refuses a message whose payload says ``refuse me``."""
     h.q("CREATE FUNCTION {s}.refuse() RETURNS trigger LANGUAGE plpgsql AS $$"
         " BEGIN IF NEW.payload LIKE '%%refuse me%%' THEN RAISE EXCEPTION 'refused by a test trigger'; END IF;"
         " RETURN NEW; END $$")
     h.q("CREATE TRIGGER refuse BEFORE INSERT ON {s}.message FOR EACH ROW EXECUTE FUNCTION {s}.refuse()")
+
+
+def stored_ids(h: Harness) -> list[str]:
+    return [r[0] for r in h.q("SELECT payload::jsonb -> 'headers' ->> 'id' FROM {s}.message")]
+
+
+def test_delay_returns_before_the_commit(h):
     echo = h.task("echo")
     with table_locked(h):
         first = echo.delay(1)  # returns although no insert can run yet
         assert h.messages() == 0
-    caplog.set_level(logging.ERROR, logger="celery_durable.transport.pipeline")
-    refused = echo.delay("refuse me")  # returns: the server has not answered yet
-    with pytest.raises(PublishFailed, match=refused.id):
-        for _ in range(1000):  # the next publish raises once the answer has arrived
-            echo.delay(2)
-    assert refused.id in caplog.text and "refused by a test trigger" in caplog.text
-    last = echo.delay(3)  # the error was raised once; publishing goes on
     celery_durable.flush_publishes()  # waits for every answer
-    ids = {r[0] for r in h.q("SELECT payload::jsonb -> 'headers' ->> 'id' FROM {s}.message")}
-    assert first.id in ids and last.id in ids and refused.id not in ids
+    assert stored_ids(h) == [first.id]
+
+
+def test_a_refused_publish_is_logged_and_raised_by_flush_never_by_another_callers_publish(h, caplog):
+    """Other threads' publishes after a refusal return and are stored; flush_publishes() names the refused one."""
+    refuse_trigger(h)
+    caplog.set_level(logging.ERROR, logger="celery_durable.transport.pipeline")
+    echo = h.task("echo")
+    refused = echo.delay("refuse me")  # returns: the server has not answered yet
+    wait_for(lambda: refused.id in caplog.text, WAIT, "the refusal to be logged as soon as it is answered")
+    assert "refused by a test trigger" in caplog.text
+    returned, errors = [], []
+
+    def publish(i):
+        try:
+            returned.append(echo.delay(i))
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            errors.append(exc)
+
+    others = [threading.Thread(target=publish, args=(i,)) for i in range(8)]
+    for thread in others:
+        thread.start()
+    for thread in others:
+        thread.join(WAIT)
+    assert errors == [], "another caller's delay() raised for a publish it did not make"
+    with pytest.raises(PublishFailed, match=refused.id) as failed:
+        celery_durable.flush_publishes()
+    assert failed.value.task_ids == [refused.id]
+    celery_durable.flush_publishes()  # raised once
+    ids = stored_ids(h)
+    assert sorted(ids) == sorted(r.id for r in returned) and len(returned) == 8
+
+
+def test_a_refused_publish_in_a_busy_group_fails_alone(h, caplog):
+    """The publishes committed in the same group as a refused one are sent again and stored."""
+    refuse_trigger(h)
+    caplog.set_level(logging.ERROR, logger="celery_durable.transport.pipeline")
+    echo = h.task("echo")
+    with table_locked(h):  # everything written meanwhile waits: one group behind the first publish
+        sent = [echo.delay(i) for i in range(5)]
+        refused = echo.delay("refuse me")
+        sent += [echo.delay(i) for i in range(5, 10)]
+    with pytest.raises(PublishFailed, match=refused.id):
+        celery_durable.flush_publishes()
+    assert sorted(stored_ids(h)) == sorted(r.id for r in sent)
+
+
+def test_a_server_silent_for_longer_than_connect_timeout_loses_nothing(h, caplog):
+    """A stall (a lock, a synchronous standby, an I/O spike) is waited for, not taken for a dead server.
+
+    A trigger sleeps in the server for longer than ``connect_timeout`` on one message; the publishes
+    behind it pile up past ``pipeline.DEPTH``, so ``delay()`` itself waits for answers.
+    """
+    timeout = h.app.connection_for_write().transport.settings.connect_timeout
+    h.q("CREATE FUNCTION {s}.stall() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN IF NEW.payload LIKE '%%stall me%%' THEN PERFORM pg_sleep(" + str(int(timeout) + 2) + "); END IF;"
+        " RETURN NEW; END $$")
+    h.q("CREATE TRIGGER stall BEFORE INSERT ON {s}.message FOR EACH ROW EXECUTE FUNCTION {s}.stall()")
+    caplog.set_level(logging.WARNING, logger="celery_durable.transport.pipeline")
+    echo = h.task("echo")
+    sent = [echo.delay("stall me")] + [echo.delay(i) for i in range(2 * pipeline.DEPTH)]
+    celery_durable.flush_publishes()
+    assert sorted(stored_ids(h)) == sorted(r.id for r in sent), "publishes reported sent were lost"
+    assert "may be lost" not in caplog.text
 
 
 def test_an_exiting_client_flushes_its_publishes(h):
