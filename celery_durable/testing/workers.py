@@ -87,4 +87,10 @@ def start_worker(
     )
     log.close()
     worker = WorkerProcess(proc, Path(name), argv)
-    return worker.wait_ready() if wait else worker
+    if wait:
+        try:
+            worker.wait_ready()
+        except BaseException:
+            worker.kill()  # a worker that never got ready must not outlive the test, holding connections
+            raise
+    return worker
