@@ -9,6 +9,7 @@ the workflow's tree (``"2.1.0"``; a durable_chain's steps are ``"0"``, ``"1"``â€
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable
 
 from celery import states
@@ -17,6 +18,7 @@ from . import content
 from .config import Settings
 from .db import dsn, pool, queries
 from .exceptions import WorkflowError
+from .headers import STEP_HEADER
 from .workflow.canvas import call_args, decode_tree, encode_tree, with_args
 from .workflow.checkpoint import cancelled_error, ready_tasks, values_of
 from .workflow.dispatch import plan, send, stage
@@ -24,6 +26,8 @@ from .workflow.store import Store
 from .workflow.tree import Node, Tree
 
 __all__ = ["cancel_workflow", "get_workflow", "list_workflows", "restart_workflow", "resume_workflow"]
+
+logger = logging.getLogger(__name__)
 
 
 def _reader(app_or_url: Any, schema: str | None) -> tuple[str, Settings]:
@@ -160,11 +164,16 @@ def cancel_workflow(app_or_url: Any, workflow_id: str, schema: str | None = None
 
 
 def resume_workflow(app: Any, workflow_id: str) -> list[str]:
-    """Send again every task that should be running and has no checkpoint (a failed one, a lost one).
+    """Send again every task that should be running, has no checkpoint and no live attempt (a failed one, a lost one).
 
     For a failed, cancelled or stalled workflow of any shape: after fixing what
-    made a task fail. Returns the sent task ids. Raises WorkflowError for a
-    workflow that succeeded.
+    made a task fail. A task with a live attempt is left alone (logged): its
+    message still exists for this generation (queued, waiting for its
+    countdown, or held by a worker), or, behind another broker, its last sign
+    of life is younger than ``recovery_after``; it decides the task itself, and
+    the workflow runs again around it. Resumes of one workflow take turns on
+    its row, so two at once send each task once. Returns the sent task ids.
+    Raises WorkflowError for a workflow that succeeded.
     """
 
     def change(conn: Any, row: tuple, tree: Tree) -> int:
@@ -172,7 +181,7 @@ def resume_workflow(app: Any, workflow_id: str) -> list[str]:
             raise WorkflowError(f"workflow {workflow_id} already succeeded: use restart_workflow to run it again")
         return 0
 
-    return _resend(Store.for_app(app), workflow_id, change)
+    return _resend(Store.for_app(app), workflow_id, change, leave_live=True)
 
 
 def restart_workflow(app: Any, workflow_id: str, from_step: int | str, args: list | None = None) -> list[str]:
@@ -202,7 +211,7 @@ def restart_workflow(app: Any, workflow_id: str, from_step: int | str, args: lis
     return _resend(store, workflow_id, change)
 
 
-def _resend(store: Store, workflow_id: str, change) -> list[str]:
+def _resend(store: Store, workflow_id: str, change, leave_live: bool = False) -> list[str]:
     q = store.queries
     with store.connection() as conn:
         with conn.transaction():
@@ -212,6 +221,9 @@ def _resend(store: Store, workflow_id: str, change) -> list[str]:
             tree = decode_tree(row[3])
             bump = change(conn, row, tree)
             entries, done = ready_tasks(store, conn, workflow_id, tree)
+            if leave_live and entries:
+                live = _live(store, conn, workflow_id, row[2], [task for task, _ in entries])
+                entries = [(task, given) for task, given in entries if task.path not in live]
             generation = conn.execute(q["workflow_restart"], {
                 "id": workflow_id, "step": tree.current_step(done), "bump": bump, "steps": encode_tree(tree, store.app),
             }).fetchone()[0]
@@ -224,6 +236,24 @@ def _resend(store: Store, workflow_id: str, change) -> list[str]:
             staged = stage(store, conn, workflow_id, generation, messages)
     send(store.app, staged)
     return [m.task_id for m in messages]
+
+
+def _live(store: Store, conn: Any, workflow_id: str, generation: int, tasks: list[Node]) -> set[str]:
+    """The paths among ``tasks`` with a live attempt in ``generation``; each is logged."""
+    q = store.queries
+    paths = [t.path for t in tasks]
+    queued = conn.execute(q["message_step_live"], {
+        "header": STEP_HEADER, "tasks": sorted({t.name for t in tasks}), "id": workflow_id,
+        "generation": generation, "paths": paths,
+    }).fetchall()
+    seen = conn.execute(q["sent_step_live"], {
+        "id": workflow_id, "generation": generation, "paths": paths, "after": store.settings.recovery_after,
+    }).fetchall()
+    live = {r[0] for r in queued} | {r[0] for r in seen}
+    for path in sorted(live, key=_path_key):
+        logger.info("resume of workflow %s leaves task %s alone: it has a live attempt (its message is queued or "
+                    "held by a worker, or showed a sign of life within recovery_after)", workflow_id, path)
+    return live
 
 
 def _finish(store: Store, conn: Any, workflow_id: str, tree: Tree, result_id: str) -> None:

@@ -134,7 +134,7 @@ def workflows_cancel(target: Target, workflow_id: str, as_json: bool) -> None:
 @json_option
 @with_target
 def workflows_resume(target: Target, workflow_id: str, as_json: bool) -> None:
-    """Send the first unfinished step of a stalled, failed or cancelled workflow again."""
+    """Send again the unfinished tasks of a stalled, failed or cancelled workflow that have no live attempt."""
     _require_schema(target)
     result = _call("resume_workflow", target.celery_app(), workflow_id)
     _done(as_json, "resumed", workflow_id, result)

@@ -402,6 +402,8 @@ def record_failure(store: Store, ref: StepRef, exc: BaseException, traceback: st
         error = f"{type(exc).__name__}: {exc}"[:2000]
         conn.execute(q["workflow_finish"], {"id": ref.workflow_id, "status": "failed", "error": error,
                                             "step": ref.top, "failed_path": ref.path})
+        if not store.atomic:  # its attempt is over: a resume must not take it for a live one
+            conn.execute(q["sent_step_done"], {"id": ref.workflow_id, "path": ref.path})
         store.backend.store_result_in(conn, wf[4], exc, states.FAILURE, traceback=traceback)
     return True
 

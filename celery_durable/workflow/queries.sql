@@ -165,6 +165,27 @@ UPDATE {schema}.sent_step AS s SET seen_at = now()
 FROM unnest(%(ids)s::text[], %(paths)s::text[]) AS held (workflow_id, path)
 WHERE s.workflow_id = held.workflow_id AND s.path = held.path
 
+-- message_step_live --
+-- Resume: which of these tasks still have a message of this generation in the table (queued, waiting
+-- for its countdown, or held by a worker): a live attempt, not to be sent again. The task names narrow
+-- the scan before any payload is parsed.
+SELECT DISTINCT h.step ->> 'path'
+FROM {schema}.message m,
+     LATERAL (SELECT m.payload::jsonb -> 'headers' -> %(header)s AS step) h
+WHERE m.task = ANY(%(tasks)s)
+  AND h.step ->> 'workflow_id' = %(id)s
+  AND h.step ->> 'generation' = %(generation)s::text
+  AND h.step ->> 'path' = ANY(%(paths)s)
+
+-- sent_step_live --
+-- Resume behind another broker: which of these tasks were sent in this generation and show a sign of
+-- life (sent, held by a worker) within `after` seconds, or are not due yet: a live attempt (the sweep's
+-- sent_step_lost, turned round).
+SELECT path
+FROM {schema}.sent_step
+WHERE workflow_id = %(id)s AND generation = %(generation)s AND path = ANY(%(paths)s)
+  AND (seen_at >= now() - %(after)s * interval '1 second' OR due_at >= now() - %(after)s * interval '1 second')
+
 -- sweep_try_lock --
 -- One worker at a time re-sends lost steps: a transaction-scoped try-lock (it works through PgBouncer's
 -- transaction mode); false: another worker sweeps now, so skip.

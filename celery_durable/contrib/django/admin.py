@@ -83,7 +83,8 @@ class WorkflowAdmin(ReadOnlyAdmin):
         url = reverse("admin:celery_durable_workflow_restart", args=[obj.id])
         return format_html('<a class="button" href="{}">Restart from a step…</a>', url)
 
-    @admin.action(description="Resume selected workflows (re-send the current step)", permissions=["operate"])
+    @admin.action(description="Resume selected workflows (re-send unfinished steps not queued or running)",
+                  permissions=["operate"])
     def resume(self, request: HttpRequest, queryset: Any) -> None:
         self._each(request, queryset, "Resumed", lambda wid: workflows.resume_workflow(conf.celery_app(), wid))
 
