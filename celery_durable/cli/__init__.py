@@ -11,14 +11,15 @@ Two ways in, one set of commands:
 A ``--url``/``--schema`` typed on the command line beats the app; the app
 beats the environment. Every command prints an aligned table, or JSON with
 ``--json``. Errors are one line naming ``user@host:port/database`` (never the
-password) and exit with status 1; nothing but ``migrate`` changes the schema.
+password) and exit with status 1 (``doctor`` exits with status 2 when a finding
+is critical); nothing but ``migrate`` changes the schema.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from . import dead_letters, metrics, migrate_from, schema, workflows  # noqa: F401  (they register their commands)
+from . import dead_letters, doctor, metrics, migrate_from, schema, workflows  # noqa: F401  (they register their commands)
 from .group import durable
 from .target import conninfo_to_url
 

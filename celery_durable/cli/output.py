@@ -9,6 +9,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import click
 
+from ..health.findings import human_age
+
 
 def _plain(value: Any) -> Any:
     """A JSON-friendly value: ages as seconds, times as ISO 8601."""
@@ -40,21 +42,6 @@ def _cell(value: Any) -> str:
         return json.dumps(_plain(value), separators=(",", ":"), default=str)
     text = str(value)
     return text if len(text) <= 80 and "\n" not in text else text.splitlines()[0][:77] + "..."
-
-
-def human_age(seconds: float) -> str:
-    """``45s``, ``3m12s``, ``2h05m``, ``3d04h``."""
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

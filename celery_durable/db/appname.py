@@ -27,6 +27,10 @@ BASE_DEFAULT = "celery_durable"
 #: PostgreSQL keeps the first 63 bytes of an application_name.
 NAME_MAX = 63
 
+#: Every component a connection may name (the doctor counts ``<base>:<component>`` as ours).
+COMPONENTS = ("worker", "task", "fetcher", "keeper", "listener", "result-listener", "client", "beat", "cli",
+              "exporter")
+
 _process_role = "client"
 _worker_pid: int | None = None
 _thread = threading.local()

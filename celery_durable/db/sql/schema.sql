@@ -265,7 +265,7 @@ CREATE TABLE {schema}.sent_step (
 -- Views for people who monitor with SQL
 ------------------------------------------------------------------------------
 
--- The share of a table's pages (percent) that TABLESAMPLE SYSTEM reads to see about 1,000 of them:
+-- The share of a table's pages (percent) that TABLESAMPLE SYSTEM reads to see a fixed number of them:
 -- all of a smaller table, so the figures drawn from it are exact there.
 CREATE FUNCTION {schema}.sample_percent_v1(rel regclass) RETURNS float8
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
@@ -308,9 +308,9 @@ AS $$
 $$;
 
 -- Per queue: depth, ready, delayed, leased, oldest, and the figures the metrics add. It costs about the
--- same to read with a million messages queued as with ten: a queue's figures are exact while it holds at
--- most 10,000 messages (queue_head_v1, whatever else the table holds, dead rows included); past that
--- they are estimated from a sample of the table's pages (estimated = true).
+-- same to read with a million messages queued as with ten: a queue's figures are exact while it holds no
+-- more messages than the limit passed to queue_head_v1 (whatever else the table holds, dead rows
+-- included); past that they are estimated from a sample of the table's pages (estimated = true).
 CREATE VIEW {schema}.queues AS
 WITH head AS (
     SELECT q.name AS queue, h.*
@@ -355,9 +355,10 @@ SELECT w.id, w.name, w.status, w.current_step,
 FROM {schema}.workflow AS w;
 
 -- Every figure the Prometheus exporter publishes (metric, label, value): a scrape is one query, about as
--- cheap with a million rows in the tables as with ten. Queues as in the queues view; dead letters and
--- workflows are counted exactly while the dead_letter table is under 1,000 pages and while each status
--- (and the stalled) holds at most 10,000 workflows, and estimated from a sample of 1,000 pages beyond.
+-- cheap with a million rows in the tables as with ten. Queues as in the queues view; dead letters are
+-- counted exactly while their table is no bigger than sample_percent_v1's sample, workflows while each
+-- status (and the stalled) holds no more than the same limit as a queue; both are estimated from a
+-- sample of the table beyond.
 CREATE VIEW {schema}.metrics AS
 WITH workflow_counts AS (  -- (constants, not a join: the planner then knows which statuses are rare)
     SELECT 'running' AS status,
