@@ -65,8 +65,12 @@ def start_worker(
     loglevel: str = "INFO",
     wait: bool = True,
     cwd: str | None = None,
+    ready_timeout: float = 60.0,
 ) -> WorkerProcess:
-    """Start ``celery -A app worker`` in its own process group; wait for "ready" unless told not to."""
+    """Start ``celery -A app worker`` in its own process group; wait for "ready" unless told not to.
+
+    A worker not ready within ``ready_timeout`` seconds is killed, and TimeoutError raised.
+    """
     env = dict(os.environ if env is None else env)
     # Tests run as root in CI; Celery refuses root with pickle accepted unless told.
     env.setdefault("C_FORCE_ROOT", "1")
@@ -89,7 +93,7 @@ def start_worker(
     worker = WorkerProcess(proc, Path(name), argv)
     if wait:
         try:
-            worker.wait_ready()
+            worker.wait_ready(ready_timeout)
         except BaseException:
             worker.kill()  # a worker that never got ready must not outlive the test, holding connections
             raise
