@@ -238,6 +238,11 @@ def digest(*args, name="?", pause=0.0):
                                (ctx.idempotency_key,))
     if pause:
         time.sleep(pause)
+    return digest_of(name, args)
+
+
+def digest_of(name: str, args: tuple | list) -> str:
+    """What ``digest`` returns for this name and these inputs (tests compute expected results with it)."""
     return f"{name}:" + hashlib.sha1(json.dumps([name, list(args)], sort_keys=True).encode()).hexdigest()[:8]
 
 
