@@ -6,8 +6,8 @@ deep and 30 tasks). Both runs are held to what the canvas means (``meant``:
 Celery's documented value flow, computed in the test), so a difference names
 the side that is wrong; plain Celery is not run on the shapes it is known to
 get wrong (``plain_celery_errs``). Bounded in CI (about a minute);
-CELERY_DURABLE_CHAOS_LONG=1 runs many more and prints the figures (canvases,
-kills, violations).
+CELERY_DURABLE_CHAOS_LONG=1 runs many more (see ``modes``: each test's time
+limit per mode) and prints the figures (canvases, kills, violations).
 """
 
 from __future__ import annotations
@@ -31,15 +31,18 @@ from celery_durable.testing.workers import start_worker
 from tests.apps import basic
 
 from .canvases import Chain, Chord, Group, Leaf, canvases, meant, plain_celery_errs, to_celery
+from .modes import FIGURES as ALL_FIGURES
+from .modes import Budget, limit, per_mode
 
 pytestmark = pytest.mark.chaos
 
-LONG = os.environ.get("CELERY_DURABLE_CHAOS_LONG") == "1"
-COMPARED = 150 if LONG else 12          # canvases compared one by one
-BATCHES, PER_BATCH = (20, 15) if LONG else (1, 8)  # canvases run together while workers are killed
+COMPARED = per_mode(12, 150)                    # canvases compared one by one
+BATCHES, PER_BATCH = per_mode((1, 8), (20, 15))  # canvases run together while workers are killed
 APP = "tests.apps.durable_app"
 REDIS = "redis://127.0.0.1:6379"
-FIGURES = {"compared": 0, "killed_canvases": 0, "tasks": 0, "kills": 0, "violations": 0, "plain_not_run": 0}
+FIGURES = ALL_FIGURES.setdefault("canvas property", {
+    "compared": 0, "batches": 0, "killed_canvases": 0, "tasks": 0, "kills": 0, "violations": 0,
+    "plain_not_run": 0, "compare_s": 0, "kill_s": 0})
 
 _slow = settings(deadline=None, database=None, derandomize=False,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -72,13 +75,13 @@ class Stack:
             cur = conn.execute(sql.SQL(query).format(s=self.s), params)
             return cur.fetchall() if cur.description else []
 
-    def expected(self, canvas) -> object:
+    def expected(self, canvas, budget: Budget) -> object:
         """What the canvas means; plain Celery on Redis must give it too, unless it is known to get the shape wrong."""
         want = meant(canvas)
         if plain_celery_errs(canvas):
             FIGURES["plain_not_run"] += 1
             return want
-        plain = to_celery(canvas, self.plain, queue=self.plain_queue).apply_async().get(timeout=120)
+        plain = to_celery(canvas, self.plain, queue=self.plain_queue).apply_async().get(timeout=budget.timeout(120))
         assert plain == want, (f"plain Celery gives {plain!r}, the canvas means {want!r}: a shape plain Celery "
                                "gets wrong (name it in canvases.plain_celery_errs and the README) or a wrong meant()")
         return want
@@ -103,12 +106,11 @@ def stack(pg_url):
     built = Stack(pg_url)
     yield built
     built.close()
-    print(f"\ncanvas property figures: {FIGURES}")
 
 
-def _wait_rows(stack: Stack, workflow_ids: list[str], expected: int) -> None:
+def _wait_rows(stack: Stack, budget: Budget, workflow_ids: list[str], expected: int) -> None:
     """Every task, link callbacks included, wrote its row (once: more is a violation, seen by _violations)."""
-    deadline = time.monotonic() + 120
+    deadline = budget.deadline(120)
     while True:
         rows = stack.q("SELECT count(DISTINCT key) FROM {s}.canvas_rows WHERE split_part(key, ':', 1) = ANY(%s)",
                        workflow_ids)[0][0]
@@ -142,30 +144,33 @@ ISSUE_20 = Chain([
 ])
 
 
+@limit(bounded=300, long=600)
 @settings(_slow, max_examples=COMPARED)
 @given(canvas=canvases())
 @example(canvas=ISSUE_20)
-def test_durable_canvas_gives_what_plain_celery_gives(stack, canvas):
-    expected = stack.expected(canvas)
+def test_durable_canvas_gives_what_plain_celery_gives(stack, budget, canvas):
+    expected = stack.expected(canvas, budget)
     wf = durable(to_celery(canvas, stack.ours)).apply_async()
-    assert wf.get(timeout=120) == expected
-    _wait_rows(stack, [wf.workflow_id], canvas.rows())  # link callbacks may finish after the result
+    assert wf.get(timeout=budget.timeout(120)) == expected
+    _wait_rows(stack, budget, [wf.workflow_id], canvas.rows())  # link callbacks may finish after the result
     found = _violations(stack, [wf.workflow_id])
     assert found == {"reran": [], "doubled": []}
     FIGURES["compared"] += 1
+    FIGURES["compare_s"] = round(budget.elapsed())
 
 
+@limit(bounded=300, long=1800)
 @settings(_slow, max_examples=BATCHES, phases=[Phase.explicit, Phase.reuse, Phase.generate])  # no shrinking: kills
 @given(batch=st.lists(canvases(), min_size=PER_BATCH, max_size=PER_BATCH).filter(
            lambda b: sum(c.count() for c in b) >= 8 * PER_BATCH),  # not the tiny first example
        pauses=st.lists(st.sampled_from([0.02, 0.05, 0.1, 0.2]), min_size=PER_BATCH, max_size=PER_BATCH))
-def test_durable_canvases_survive_killed_workers(stack, batch, pauses):
+def test_durable_canvases_survive_killed_workers(stack, budget, batch, pauses):
     """Several canvases at once while a durable worker is SIGKILLed (and replaced) every one to three seconds."""
-    expected = [stack.expected(canvas) for canvas in batch]
+    expected = [stack.expected(canvas, budget) for canvas in batch]
     results = [durable(to_celery(canvas, stack.ours, pause=pause)).apply_async()
                for canvas, pause in zip(batch, pauses)]
     ids = [wf.workflow_id for wf in results]
-    deadline = time.monotonic() + (600 if LONG else 180)
+    deadline = budget.deadline(per_mode(180, 600))
     next_kill = time.monotonic() + random.uniform(0.5, 1.5)
     while True:
         done = stack.q("SELECT count(*) FROM {s}.workflow WHERE id = ANY(%s) AND status = 'succeeded'", ids)[0][0]
@@ -180,9 +185,11 @@ def test_durable_canvases_survive_killed_workers(stack, batch, pauses):
             next_kill = time.monotonic() + random.uniform(1, 3)
         time.sleep(0.1)
     assert [wf.get(timeout=60) for wf in results] == expected
-    _wait_rows(stack, ids, sum(c.rows() for c in batch))
+    _wait_rows(stack, budget, ids, sum(c.rows() for c in batch))
     found = _violations(stack, ids)
     FIGURES["violations"] += len(found["reran"]) + len(found["doubled"])
+    FIGURES["batches"] += 1
     FIGURES["killed_canvases"] += len(batch)
     FIGURES["tasks"] += sum(c.rows() for c in batch)
+    FIGURES["kill_s"] = round(budget.elapsed())
     assert found == {"reran": [], "doubled": []}

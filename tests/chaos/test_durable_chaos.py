@@ -1,14 +1,14 @@
 """Durable chains while workers are SIGKILLed and restarted every few seconds.
 
 Bounded in CI (a few dozen chains); CELERY_DURABLE_CHAOS_LONG=1 runs a few
-hundred for several minutes. Every chain must end with the right result, no
-step may run again after its checkpoint committed, and no row written
-through ``current_step().connection`` may exist twice.
+hundred for several minutes (see ``modes``: the time limit per mode). Every
+chain must end with the right result, no step may run again after its
+checkpoint committed, and no row written through ``current_step().connection``
+may exist twice.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import time
 
@@ -20,15 +20,17 @@ from psycopg import sql
 from celery_durable import durable_chain
 from tests.apps import basic
 
+from .modes import FIGURES, limit, per_mode
+
 pytestmark = pytest.mark.chaos
 
-LONG = os.environ.get("CELERY_DURABLE_CHAOS_LONG") == "1"
-CHAINS = 300 if LONG else 60
+CHAINS = per_mode(60, 300)
 STEPS = 5
 KILL_EVERY = 3.0
 
 
-def test_chains_survive_workers_killed_every_few_seconds(workers, worker_env, pg_url, schema):
+@limit(bounded=300, long=900)
+def test_chains_survive_workers_killed_every_few_seconds(workers, worker_env, pg_url, schema, budget):
     env = {**worker_env, "CELERY_DURABLE_LEASE": "2", "CELERY_DURABLE_PREFETCH": "1"}
     client = Celery("chaos-client")
     client.conf.update(basic.config(env))
@@ -50,7 +52,7 @@ def test_chains_survive_workers_killed_every_few_seconds(workers, worker_env, pg
         steps += [client.signature(name, args=(f"c{n}", i, random.choice((0, 0.1, 0.3)))) for i in range(1, STEPS)]
         results.append(durable_chain(*steps).apply_async(workflow_id=f"chaos-{n}"))
 
-    deadline = time.monotonic() + (900 if LONG else 240)
+    deadline = budget.deadline(float("inf"))
     next_kill = time.monotonic() + KILL_EVERY
     kills = 0
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -67,6 +69,8 @@ def test_chains_survive_workers_killed_every_few_seconds(workers, worker_env, pg
                 next_kill = time.monotonic() + KILL_EVERY
             time.sleep(0.2)
 
+        FIGURES["durable chains"] = {"chains": CHAINS, "steps": CHAINS * STEPS, "kills": kills,
+                                     "wall_s": round(budget.elapsed())}
         assert kills >= 2
         for n, wf in enumerate(results):
             assert wf.get(timeout=30) == list(range(STEPS)), f"chain {n}"
