@@ -13,6 +13,9 @@ TRANSPORT_ALIASES.setdefault("postgres", "celery_durable.transport:Transport")
 
 from .workflow import current_step, durable, durable_chain
 from .enqueue import in_transaction
+from . import behalf
+
+behalf.install()  # Celery's publishes on a task's behalf never join the caller's transaction
 from .transport.pipeline import flush_all as flush_publishes
 from . import maintenance  # noqa: F401  (connects the worker's maintenance to Celery's signals)
 

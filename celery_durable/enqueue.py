@@ -5,6 +5,12 @@ insert on ``conn``: invisible until the caller commits, gone if it rolls
 back. ``conn`` may be a psycopg 3 connection, a SQLAlchemy ``Connection`` or
 ``Session`` (any driver with a DB-API cursor). The database must be the one
 the broker URL points at.
+
+Only the caller's own publishes join. What Celery publishes on a task's
+behalf (``on_behalf()``: retry, replace, add_to_chord; see
+:mod:`celery_durable.behalf`) commits on its own: the exception that follows
+(Retry, Ignore) would roll the caller's transaction back and take the
+message with it, while the task's own message is acked.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from contextvars import ContextVar
 from typing import Any, Callable, Iterator
 
 _current: ContextVar[Any] = ContextVar("celery_durable_transaction", default=None)
+_behalf: ContextVar[bool] = ContextVar("celery_durable_on_behalf", default=False)
 #: Integrations that know of an open transaction elsewhere (Django's atomic()): called with the
 #: broker's conninfo when no in_transaction() block is active; the first connection returned wins.
 _finders: list[Callable[[str], Any]] = []
@@ -27,14 +34,28 @@ def in_transaction(conn: Any) -> Iterator[Any]:
     to other brokers are unaffected.
     """
     token = _current.set(_driver_connection(conn))
+    behalf = _behalf.set(False)  # the innermost block decides
     try:
         yield conn
     finally:
+        _behalf.reset(behalf)
         _current.reset(token)
+
+
+@contextmanager
+def on_behalf() -> Iterator[None]:
+    """Publishes in this block are Celery's on a task's behalf: each commits on its own, joining nothing."""
+    token = _behalf.set(True)
+    try:
+        yield
+    finally:
+        _behalf.reset(token)
 
 
 def current_connection(conninfo: str | None = None) -> Any:
     """The connection a publish to the broker at ``conninfo`` joins, or None (publish on its own)."""
+    if _behalf.get():
+        return None
     conn = _current.get()
     if conn is not None or conninfo is None:
         return conn

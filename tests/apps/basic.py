@@ -109,3 +109,13 @@ def fail(message="boom"):
 @app.task
 def noop():
     return None
+
+
+@app.task(bind=True, max_retries=1)
+def retry_in_transaction(self, tag):
+    """Retries from inside ``in_transaction()`` on a connection that then rolls back (the exception's way out)."""
+    _record(f"{tag}:{self.request.retries}")
+    if self.request.retries == 0:
+        with psycopg.connect(URL) as conn, celery_durable.in_transaction(conn):
+            raise self.retry(countdown=0)
+    return self.request.retries

@@ -109,3 +109,23 @@ def test_transactional_enqueue(h, pg_url, kind):
     wait_for(lambda: h.executions_of("committed") == 1, 60, "the committed task to run")
     wait_for(lambda: h.messages() == 0, 30, "the committed message to be acked")
     assert h.executions_of("committed") == 1
+
+
+def test_a_retry_inside_in_transaction_commits_on_its_own(workers, worker_env, pg_url, schema):
+    """Celery's retry message is not the task's own publish: it must survive the rollback its
+    Retry exception causes (issue 18 §1)."""
+    from celery import Celery
+
+    from tests.apps import basic
+
+    workers("tests.apps.basic", env=worker_env, concurrency=1)
+    client = Celery("retry-client", set_as_current=False)
+    client.conf.update(basic.config(worker_env))
+    try:
+        assert client.signature("tests.apps.basic.retry_in_transaction", ("tx",)).delay().get(timeout=30) == 1
+    finally:
+        client.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        tags = conn.execute(psycopg.sql.SQL("SELECT tag FROM {}.executions ORDER BY tag").format(
+            psycopg.sql.Identifier(schema))).fetchall()
+    assert [t for (t,) in tags] == ["tx:0", "tx:1"]

@@ -5,7 +5,9 @@ to our broker outside an explicit ``in_transaction()``, the finder looks for
 a Django connection that is inside an atomic block and reaches the same
 server and database as the broker, and hands its psycopg connection to the
 transport, which then inserts the message there (inside the current
-savepoint). Outside atomic blocks nothing changes.
+savepoint). Outside atomic blocks nothing changes. Only the publishes the
+user's code makes join: Celery's on a task's behalf (retry, replace,
+add_to_chord) are never offered a connection (:mod:`celery_durable.behalf`).
 """
 
 from __future__ import annotations
