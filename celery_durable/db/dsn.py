@@ -50,6 +50,43 @@ _CERT_REQS_NAMES = {"cert_required": _ssl.CERT_REQUIRED, "required": _ssl.CERT_R
                     "cert_optional": _ssl.CERT_OPTIONAL, "optional": _ssl.CERT_OPTIONAL,
                     "cert_none": _ssl.CERT_NONE, "none": _ssl.CERT_NONE}
 _PASSWORD_IN_URL = re.compile(r"(://[^:@/?#]*:)[^@/?#]*@")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ENCODE = ("write '/' as %2F, '@' as %40, '%' as %25, '?' as %3F and '#' as %23 in the user name, "
+           "password and database name")
+
+
+class AmbiguousURL(ValueError):
+    """A URL that parsers would split differently (an unencoded '/', '@' or '%'): refused, never shown."""
+
+
+def check_url(url: str) -> None:
+    """Raise AmbiguousURL for a URL libpq, Kombu and urllib could read differently; the message shows none of it.
+
+    An unencoded '/' or '@' in a password moves the host (libpq ends the user
+    part at the first '@' before a '/', urllib at the last '@' before it), so
+    the same URL would reach different servers as broker and backend, and
+    show a part of the password as a host, port or database name; a stray
+    '%' makes libpq's own error quote the password.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return
+    end = min([i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0], default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if authority.count("@") > 1:
+        raise AmbiguousURL(f"ambiguous {scheme}:// URL: more than one '@' before the host (an '@' in the user "
+                           f"name or password?), so libpq and Kombu would reach different hosts; {_ENCODE}")
+    if "@" not in authority:
+        at, equals = tail.find("@"), tail.find("=")
+        if at >= 0 and (equals < 0 or at < equals):
+            raise AmbiguousURL(f"ambiguous {scheme}:// URL: an '@' after the first '/', '?' or '#' (one of those "
+                               f"in the user name or password, or an '@' in the database name); {_ENCODE}")
+    bad = _BAD_PERCENT.search(rest)
+    if bad is not None:
+        where = "query" if "?" in rest[:bad.start()] else (
+            "user name or password" if bad.start() < authority.find("@") else "host or database name")
+        raise AmbiguousURL(f"ambiguous {scheme}:// URL: a '%' in its {where} is not followed by two hex digits; "
+                           f"{_ENCODE}")
 
 
 def from_url(url: str) -> str:
@@ -65,6 +102,7 @@ def from_url(url: str) -> str:
     base = scheme.split("+", 1)[0].lower()
     if base not in SCHEMES:
         raise ValueError(f"unsupported URL scheme {scheme!r}: expected postgresql:// or postgres://")
+    check_url(url)
     location, _, query = rest.partition("?")
     # Split by hand, not with parse_qsl: libpq decodes %XX only ("+" stays "+"), so its own
     # keywords pass through raw; only Kombu's spellings are decoded and renamed here.
@@ -78,7 +116,9 @@ def from_url(url: str) -> str:
     try:
         parsed = conninfo_to_dict(f"postgresql://{location}" + (f"?{'&'.join(libpq)}" if libpq else ""))
     except psycopg.ProgrammingError as exc:
-        raise ValueError(f"invalid PostgreSQL URL {mask_url(url)}: {str(exc).strip()}") from None
+        # libpq quotes the token it could not read: never one that sets a password.
+        why = re.sub(r'"[^"]*password[^"]*"', '"(not shown)"', str(exc).strip(), flags=re.IGNORECASE)
+        raise ValueError(f"invalid PostgreSQL URL {mask_url(url)}: {why}") from None
     parsed.update(_ssl_params(ssl_params))
     return canonical(parsed)
 
@@ -186,9 +226,14 @@ def with_password(url: str, password: str) -> str:
 
 
 def mask_url(url: str, mask: str = MASK) -> str:
-    """The URL as banners and logs may show it: password (in the authority or the query) masked."""
+    """The URL as banners and logs may show it: password (in the authority or the query) masked.
+
+    An ambiguous URL (see ``check_url``) shows as its scheme only: where its password ends is unknown.
+    """
     try:
         return to_url(from_url(url), mask=mask)
+    except AmbiguousURL:
+        return f"{url.partition('://')[0]}://{mask}"
     except Exception:  # noqa: BLE001 - unparsable: mask what looks like a password, show the rest
         masked = _PASSWORD_IN_URL.sub(lambda m: f"{m.group(1)}{mask}@", url)
         return re.sub(r"([?&]password=)[^&]*", rf"\g<1>{mask}", masked)

@@ -199,6 +199,7 @@ class Transport(virtual.Transport):
         """
         hostname = client.hostname or ""
         if "://" in hostname:
+            dsn.check_url(hostname)  # before splitting: an ambiguous URL has no one password to hide
             bare, password = dsn.split_password(hostname)
             if password is not None:
                 client.hostname, client.password = bare, password

@@ -94,3 +94,73 @@ def test_worker_runs_on_a_multi_host_url_and_masks_its_password(pg_url, schema, 
     assert SECRET not in log
     assert "transport:   postgresql://postgres:**@127.0.0.1:" in log
     assert "results:     postgresql://postgres:**@127.0.0.1:" in log
+
+
+# -- A password with an unencoded '/', '@' or '%' (issue 18 §4 "Passwords in logs") ----------------
+# Each splits differently in libpq, Kombu and urllib: the password showed in the worker banner or in
+# ImproperlyConfigured, and broker and backend reached different hosts. Such a URL is refused, with an
+# error that names the problem and never shows the password.
+
+PIECES = ("tOp9", "S3cret")  # the password's two halves: neither may show anywhere
+AMBIGUOUS = {"slash": "/", "at": "@", "percent": "%"}
+
+
+def _url(pg_url: str, password: str) -> str:
+    params = conninfo_to_dict(pg_url)
+    host = quote(params.get("host") or "localhost", safe="")
+    return f"postgresql://{params.get('user') or 'postgres'}:{password}@{host}:{params.get('port') or 5432}/{params['dbname']}"
+
+
+def _ambiguous(pg_url: str, kind: str) -> str:
+    return _url(pg_url, f"{PIECES[0]}{AMBIGUOUS[kind]}{PIECES[1]}")
+
+
+def _shows_password(text: str) -> bool:
+    return any(piece in text for piece in PIECES)
+
+
+@pytest.mark.parametrize("kind", AMBIGUOUS)
+def test_backend_transport_and_cli_refuse_an_ambiguous_url_without_showing_it(pg_url, schema, kind):
+    from celery.exceptions import ImproperlyConfigured
+
+    url = _ambiguous(pg_url, kind)
+    with pytest.raises(ImproperlyConfigured) as error:
+        Celery("ambiguous", broker=url, backend=url, set_as_current=False).backend
+    assert "ambiguous" in str(error.value) and not _shows_password(str(error.value)), str(error.value)
+    with pytest.raises(ValueError) as error:
+        kombu.Connection(url).transport
+    assert "ambiguous" in str(error.value) and not _shows_password(str(error.value)), str(error.value)
+    result = CliRunner().invoke(durable, ["--url", url, "--schema", schema, "queues"])
+    assert result.exit_code == 1 and "ambiguous" in result.output and not _shows_password(result.output), \
+        result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", AMBIGUOUS)
+def test_a_worker_refuses_an_ambiguous_url_without_showing_it(pg_url, schema, workers, kind):
+    from tests.apps.transport_app import wait_for
+
+    worker = workers("tests.apps.basic", env={"CELERY_DURABLE_URL": _ambiguous(pg_url, kind)}, wait=False)
+    wait_for(lambda: worker.proc.poll() is not None or "ambiguous" in worker.log() or " ready." in worker.log(),
+             60, "the worker to start or give up")
+    log = worker.log()
+    assert not _shows_password(log), log[-3000:]
+    assert "ambiguous" in log, log[-3000:]
+
+
+@pytest.mark.slow
+def test_guard_a_percent_encoded_password_with_those_characters_works(pg_url, schema, workers):
+    """Guard (worked before too): written as %2F, %40 and %25, the same characters are fine."""
+    from tests.apps import basic
+
+    url = _url(pg_url, quote(f"{PIECES[0]}/@%?#:{PIECES[1]}", safe=""))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        migrate.ensure_schema(conn, schema)
+    worker = workers("tests.apps.basic", env={"CELERY_DURABLE_URL": url})
+    app = Celery("encoded", set_as_current=False)
+    app.conf.update(basic.config({**os.environ, "CELERY_DURABLE_URL": url, "CELERY_DURABLE_SCHEMA": schema}))
+    assert app.send_task("tests.apps.basic.add", (2, 3)).get(timeout=30) == 5
+    assert app.backend.as_uri().startswith(f"postgresql://{conninfo_to_dict(pg_url).get('user') or 'postgres'}:**@")
+    log = worker.log()
+    assert not _shows_password(log) and "results:     postgresql://" in log
+    app.close()

@@ -61,3 +61,28 @@ def test_password_kept_apart_from_the_url_kombu_shows():
     assert client.hostname == "postgresql://app@h1:5432,h2/shop?sslmode=require" and client.password == "p@ss"
     assert client.as_uri() == "postgresql://app:**@h1:5432,h2/shop?sslmode=require"
     assert client.as_uri(include_password=True) == "postgresql://app:p%40ss@h1:5432,h2/shop?sslmode=require"
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://app:tOp9/S3cret@h/db",       # '/' in the password: libpq takes 'app' for the host
+    "postgresql://app:tOp9@S3cret@h/db",       # '@': libpq and Kombu would split at different '@'
+    "postgresql://app:tOp9%S3cret@h/db",       # '%' not followed by two hex digits
+    "postgresql://app:tOp9?S3cret@h/db",       # '?': the rest of the password reads as the query
+    "postgresql://h/db?password=tOp9%S3cret",  # libpq's error would quote it
+])
+def test_an_ambiguous_url_is_refused_without_showing_any_of_it(url):
+    with pytest.raises(dsn.AmbiguousURL, match="ambiguous") as error:
+        dsn.from_url(url)
+    assert "tOp9" not in str(error.value) and "S3cret" not in str(error.value)
+    assert dsn.mask_url(url) == "postgresql://**"
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://app:a%2Fb%40c%25d%3Fe@h1:5432,h2/db?sslrootcert=/etc/ca.pem&application_name=me@host",
+    "postgresql://app:pw@[::1]:5432/db",
+    "postgresql://postgres@%2Ftmp%2Fsock/db?options=-c%20x%3Dy",
+    "postgresql:///db?host=/tmp&user=someone@corp",
+])
+def test_unambiguous_urls_stay_accepted(url):
+    dsn.check_url(url)
+    assert dsn.from_url(url)
