@@ -194,3 +194,31 @@ def test_task_replace_inside_a_durable_workflow(client, db, workers, env, how, e
     shown = workflows.get_workflow(client, workflow_id=wf.workflow_id)
     assert shown["tree"][1]["kind"] == "chain" and shown["tree"][1]["state"] == "succeeded"
     assert [c["path"] for c in shown["checkpoints"]][0] == "0" and "1" not in {c["path"] for c in shown["checkpoints"]}
+
+
+def test_a_chord_with_a_group_body_then_a_chain_under_kills(client, db, workers, env):
+    """Issue 20's shape (plain Celery 5.7 runs ``h`` once per body member, see README), killed between commits.
+
+    A guard: it passed before the issue was looked into. The worker dies after the body's first member
+    committed and while the second runs, then while ``h`` runs: the second member's commit sends ``h``
+    once with both results, and only the killed tasks run again.
+    """
+    db.set("block:g", "block")
+    first = workers(APP, env=env)
+    wf = durable(chain(group(sig(client, "start", "p"), sig(client, "start", "q")), sig(client, "step", "c"),
+                       chord([sig(client, "member", "d"), sig(client, "member", "e")],
+                             group(sig(client, "member", "f"), sig(client, "member", "g"))),
+                       chain(sig(client, "step", "h"), sig(client, "step", "i")))).apply_async()
+    db.wait_runs("g")
+    wait_for(lambda: db.q("SELECT 1 FROM {s}.checkpoint WHERE workflow_id = %s AND convert_from(result, 'UTF8') = %s",
+                          wf.workflow_id, '"f"'), what="the body's first member to commit")
+    first.kill()
+    db.set("block:h", "block")
+    db.set("block:g", None)
+    second = workers(APP, env=env)
+    db.wait_runs("h")
+    second.kill()
+    db.set("block:h", None)
+    workers(APP, env=env)
+    assert wf.get(timeout=60) == ["f", "g", "h", "i"]
+    assert [db.runs(t) for t in "pqcdefghi"] == [1, 1, 1, 1, 1, 1, 2, 2, 1]
