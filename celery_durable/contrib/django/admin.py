@@ -3,12 +3,16 @@
 Every page is read-only: a workflow's or message's row is changed only by
 celery_durable's own functions, which keep the invariants (one transaction
 under the row lock, the step's message sent with it). Acting needs the
-model's change permission ("operate" below); purging needs delete.
+model's change permission ("operate" below); purging needs delete. Each
+action is in the admin's history (a LogEntry per object changed), and a bulk
+action on workflows acts on each in its own transaction: the page names the
+ones it changed and each that failed, with why.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from django import forms
@@ -25,6 +29,8 @@ from ... import content, workflows
 from ...exceptions import DurableError
 from . import conf
 from .models import DeadLetter, Queue, Workflow
+
+logger = logging.getLogger(__name__)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -93,15 +99,24 @@ class WorkflowAdmin(ReadOnlyAdmin):
         self._each(request, queryset, "Cancelled", lambda wid: workflows.cancel_workflow(conf.celery_app(), wid))
 
     def _each(self, request: HttpRequest, queryset: Any, verb: str, act: Any) -> None:
-        done = []
-        for wid in queryset.values_list("id", flat=True):
+        """Act on each workflow in its own transaction; say which changed (logged) and which failed, and why."""
+        done, failed = [], []
+        for obj in queryset:
             try:
-                if act(wid) is not False:
-                    done.append(wid)
-            except DurableError as exc:
-                self.message_user(request, f"{wid}: {exc}", messages.ERROR)
+                if act(obj.id) is False:
+                    continue  # nothing to do (cancel: it had already ended)
+            except Exception as exc:  # noqa: BLE001 - the others are independent: report it and go on
+                if not isinstance(exc, DurableError):
+                    logger.exception("admin action %r on workflow %s failed", verb, obj.id)
+                failed.append(f"{obj.id}: {type(exc).__name__}: {exc}")
+                continue
+            self.log_change(request, obj, verb)
+            done.append(obj.id)
         if done:
-            self.message_user(request, f"{verb} {len(done)} workflow(s)", messages.SUCCESS)
+            self.message_user(request, f"{verb} {len(done)} workflow(s): {', '.join(done)}", messages.SUCCESS)
+        if failed:
+            self.message_user(request, f"Not {verb.lower()}, {len(failed)} workflow(s): " + "; ".join(failed),
+                              messages.ERROR)
 
     def get_urls(self) -> list:
         view = self.admin_site.admin_view(self.restart_view)
@@ -119,6 +134,9 @@ class WorkflowAdmin(ReadOnlyAdmin):
             except DurableError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
             else:
+                args = form.cleaned_data["args"]
+                self.log_change(request, obj, f"Restarted from step {form.cleaned_data['step']}"
+                                + (f" with args {json.dumps(args)}" if args is not None else ""))
                 self.message_user(request, f"Restarted {obj.id} from step {form.cleaned_data['step']} "
                                            f"({len(sent)} task(s) sent)", messages.SUCCESS)
                 return HttpResponseRedirect(reverse("admin:celery_durable_workflow_change", args=[obj.id]))
@@ -167,15 +185,23 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     def requeue(self, request: HttpRequest, queryset: Any) -> None:
         from ...cli.dead_letters import _dead_letter_filter, _requeue
 
-        ids = list(queryset.values_list("id", flat=True))
+        found = {obj.id: obj for obj in queryset}
         wrapper = connections[conf.database_alias() or "default"]
         wrapper.ensure_connection()
-        where, params = _dead_letter_filter(ids, None)
-        moved = _requeue(wrapper.connection, conf.schema(), where, params)
+        where, params = _dead_letter_filter(list(found), None)
+        moved = _requeue(wrapper.connection, conf.broker_schema(), where, params)  # one transaction
+        for row in moved:
+            self.log_change(request, found[row["dead_letter_id"]], "Requeued")
         self.message_user(request, f"Requeued {len(moved)} message(s)", messages.SUCCESS)
 
     @admin.action(description="Purge selected dead letters (delete them)", permissions=["delete"])
     def purge(self, request: HttpRequest, queryset: Any) -> None:
+        doomed = list(queryset)
+        if hasattr(self, "log_deletions"):  # Django 5.1+
+            self.log_deletions(request, doomed)
+        else:
+            for obj in doomed:
+                self.log_deletion(request, obj, str(obj))
         count, _ = queryset.delete()
         self.message_user(request, f"Purged {count} dead letter(s)", messages.SUCCESS)
 

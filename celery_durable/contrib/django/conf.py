@@ -3,9 +3,10 @@
 ``CELERY_DURABLE_JOIN_ATOMIC`` (default True): publishes inside ``atomic()``
 on the broker's database join the transaction. ``CELERY_DURABLE_DATABASE``
 (default None): the Django database alias on the broker's database; None
-finds it by comparing server address, port and database name. The schema
-is the ``schema`` of ``CELERY_BROKER_TRANSPORT_OPTIONS`` (or of
-``CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS``), as the Celery app reads it.
+finds it by comparing server address, port and database name. Schemas are
+read as the Celery app reads them: queues and dead letters live in the
+``schema`` of ``CELERY_BROKER_TRANSPORT_OPTIONS``, workflows in that of
+``CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS`` (each ``celery_durable`` when unset).
 """
 
 from __future__ import annotations
@@ -27,13 +28,25 @@ def database_alias() -> str | None:
     return getattr(settings, "CELERY_DURABLE_DATABASE", None)
 
 
-def schema() -> str:
-    """The configured schema, validated like the transport's (a plain lower-case identifier)."""
-    for name in ("CELERY_BROKER_TRANSPORT_OPTIONS", "CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS"):
-        options: Any = getattr(settings, name, None) or {}
-        if options.get("schema"):
-            return Settings(schema=options["schema"]).schema
-    return SCHEMA_DEFAULT
+def broker_schema() -> str:
+    """The broker's schema (queues, messages, dead letters), validated like the transport's.
+
+    With another broker (Redis, RabbitMQ) those tables exist, empty, only in the backend's schema.
+    """
+    url = str(getattr(settings, "CELERY_BROKER_URL", "") or "")
+    if url and not url.startswith(("postgresql", "postgres")):
+        return backend_schema()
+    return _schema("CELERY_BROKER_TRANSPORT_OPTIONS")
+
+
+def backend_schema() -> str:
+    """The result backend's schema (results, workflows, checkpoints), validated like the backend's."""
+    return _schema("CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS")
+
+
+def _schema(setting: str) -> str:
+    options: Any = getattr(settings, setting, None) or {}
+    return Settings(schema=options["schema"]).schema if options.get("schema") else SCHEMA_DEFAULT
 
 
 def celery_app() -> Any:
@@ -50,7 +63,7 @@ def celery_app() -> Any:
     if current is not _state.default_app or current.main != "default":
         return current
     others = [app for app in list(_state._get_active_apps()) if app is not current]
-    ours = [app for app in others if _uses_schema(app, schema())]
+    ours = [app for app in others if _uses_schema(app, backend_schema()) or _uses_schema(app, broker_schema())]
     return (ours or others or [current])[0]
 
 

@@ -1,7 +1,9 @@
 """Unmanaged models over the schema's tables and views, for the admin (Django never migrates them).
 
-``db_table`` names the configured schema (``conf.schema()``), read when the
-models load. Rows are read through the alias ``CELERY_DURABLE_DATABASE``
+``db_table`` names the schema the Celery app keeps each table in, read when
+the models load: workflows in the result backend's (``conf.backend_schema()``,
+where ``workflows.*`` reads and changes them), queues and dead letters in the
+broker's (``conf.broker_schema()``). Rows are read through the alias ``CELERY_DURABLE_DATABASE``
 (default ``default``). Changes go through celery_durable's own functions,
 never through model saves.
 """
@@ -13,9 +15,9 @@ from django.db import models
 from . import conf
 
 
-def _table(name: str) -> str:
+def _table(schema: str, name: str) -> str:
     # Django quotes db_table as a whole; these inner quotes make it "schema"."name".
-    return f'{conf.schema()}"."{name}'
+    return f'{schema}"."{name}'
 
 
 class DurableManager(models.Manager):
@@ -42,7 +44,7 @@ class Workflow(models.Model):
 
     class Meta:
         managed = False
-        db_table = _table("workflows")
+        db_table = _table(conf.backend_schema(), "workflows")
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
@@ -65,7 +67,7 @@ class DeadLetter(models.Model):
 
     class Meta:
         managed = False
-        db_table = _table("dead_letter")
+        db_table = _table(conf.broker_schema(), "dead_letter")
         ordering = ["-dead_at"]
 
     def __str__(self) -> str:
@@ -87,7 +89,7 @@ class Queue(models.Model):
 
     class Meta:
         managed = False
-        db_table = _table("queues")
+        db_table = _table(conf.broker_schema(), "queues")
         ordering = ["queue"]
 
     def __str__(self) -> str:

@@ -169,3 +169,88 @@ def test_a_pickled_checkpoint_is_shown_by_type_and_size(admin_client, django_pro
     assert f"application/x-python-serialize, {len(payload)} bytes" in page.content.decode()
     assert "<code>13</code>" in page.content.decode()  # the step it can read is shown as before
     assert status(app, wf.id) == "succeeded"
+
+
+def test_actions_leave_log_entries(admin_client, django_project, broker, worker):
+    """Every action is in the admin's history (LogEntry), like Django's own changes."""
+    from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+
+    from celery_durable.contrib.django.models import DeadLetter
+
+    def logged(object_id, flag: int) -> list[str]:
+        entries = LogEntry.objects.filter(object_id=str(object_id), action_flag=flag).order_by("action_time")
+        return [e.change_message for e in entries]
+
+    app = django_project
+    wf = durable_chain(flaky.s(0, "logged")).apply_async()
+    wait(lambda: status(app, wf.id) == "failed", "the flaky step to fail the workflow")
+    Execution.objects.create(tag="fixed:logged", pid=0)
+    changelist = reverse("admin:celery_durable_workflow_changelist")
+    admin_client.post(changelist, {"index": 0, "action": "resume", "_selected_action": [wf.id]}, follow=True)
+    assert wf.get(timeout=60) == 1
+    admin_client.post(reverse("admin:celery_durable_workflow_restart", args=[wf.id]), {"step": "0", "args": '[5, "logged"]'})
+    wait(lambda: Execution.objects.filter(tag="logged").count() == 3, "the restarted step to run")
+    other = durable_chain(flaky.s(0, "never-logged")).apply_async()
+    admin_client.post(changelist, {"index": 0, "action": "cancel", "_selected_action": [other.id]}, follow=True)
+    assert logged(wf.id, CHANGE) == ["Resumed", 'Restarted from step 0 with args [5, "logged"]']
+    assert logged(other.id, CHANGE) == ["Cancelled"]
+
+    django_project.send_task("shop.tasks.not_deployed_either")
+    first = wait(lambda: DeadLetter.objects.first(), "the unknown task to be dead-lettered")
+    dead = reverse("admin:celery_durable_deadletter_changelist")
+    admin_client.post(dead, {"index": 0, "action": "requeue", "_selected_action": [first.id]}, follow=True)
+    again = wait(lambda: DeadLetter.objects.exclude(id=first.id).first(), "the requeued message to come back")
+    admin_client.post(dead, {"index": 0, "action": "purge", "_selected_action": [again.id]}, follow=True)
+    assert logged(first.id, CHANGE) == ["Requeued"]
+    assert len(logged(again.id, DELETION)) == 1
+
+
+def test_a_bulk_action_failing_partway_says_what_it_changed(admin_client, django_project):
+    """Each workflow is its own transaction: when one fails (here its stored tree is unreadable),
+    the page names the ones already resumed and the one that failed, and the rest still go."""
+    from django.contrib.admin.models import CHANGE, LogEntry
+
+    from .conftest import Broker
+
+    app = django_project
+    flows = [durable_chain(add.s(i, i)).apply_async(countdown=3600) for i in range(3)]
+    for wf in flows:
+        workflows.cancel_workflow(app, wf.id)
+    broken = flows[1].id
+    Broker().q("UPDATE {s}.workflow SET steps = %s::jsonb WHERE id = %s", '[{"kind": "unknown"}]', broken)
+    page = admin_client.post(reverse("admin:celery_durable_workflow_changelist"),
+                             {"index": 0, "action": "resume", "_selected_action": [wf.id for wf in flows]},
+                             follow=True).content.decode()
+    fine = [flows[0].id, flows[2].id]
+    assert "Resumed 2 workflow(s)" in page and all(wid in page for wid in fine)
+    assert f"{broken}: KeyError" in page
+    assert [status(app, wid) for wid in fine] == ["running", "running"]
+    assert sorted(LogEntry.objects.filter(action_flag=CHANGE, object_id__in=[wf.id for wf in flows])
+                  .values_list("object_id", flat=True)) == sorted(fine)
+
+
+def test_workflow_pages_read_the_backends_schema_when_the_brokers_differs(django_project):
+    """Workflows live in the result backend's schema, queues and dead letters in the broker's: the
+    list, the detail page and the actions must all read the workflow where it is."""
+    import json
+    import subprocess
+    import sys
+    import uuid
+
+    import psycopg
+
+    from .conftest import SERVER
+
+    name = f"cd_split_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(SERVER, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        run = subprocess.run([sys.executable, "-m", "tests.ecosystem.dj.split_schemas",
+                              f"{SERVER.rpartition('/')[0]}/{name}"], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-3000:]
+        shown = json.loads(run.stdout.strip().splitlines()[-1])
+    finally:
+        with psycopg.connect(SERVER, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    assert shown == {"listed": True, "detail_status": 200, "detail_shows_step": True, "queue_listed": True,
+                     "cancelled": True}
