@@ -10,11 +10,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def start_worker(env: dict[str, str], concurrency: int = 2, pool: str = "prefork"):
-    """``celery -A benchmarks.app worker`` on queue ``bench``, as every script runs it; not waited for."""
+def start_worker(env: dict[str, str], concurrency: int = 2, pool: str = "prefork", *args: str):
+    """``celery -A benchmarks.app worker`` on queue ``bench``, as every script runs it; not waited for.
+
+    ``args`` go on the command line (``-n NAME`` for several workers on one machine).
+    """
     from celery_durable.testing.workers import start_worker as start
 
-    return start("benchmarks.app", "-Q", "bench", "--without-gossip", "--without-heartbeat", env=env,
+    return start("benchmarks.app", "-Q", "bench", "--without-gossip", "--without-heartbeat", *args, env=env,
                  concurrency=concurrency, pool=pool, loglevel="WARNING", wait=False, cwd=str(ROOT))
 
 
