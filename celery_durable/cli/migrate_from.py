@@ -9,7 +9,13 @@ adds what it misses when leaving Redis:
   answers on the old broker (its held tasks would then run twice);
 - every moved message is acked on the old broker after it committed here
   (``celery migrate`` without ``--ack-messages`` leaves the originals, which
-  old workers would run again);
+  old workers would run again): the destination always publishes confirmed,
+  whatever the app's ``confirm_publish`` (a pipelined publish returns before
+  its commit, so its ack could outrun a crash or a refusal);
+- a message the database refuses (a trigger raising, ``max_message_bytes``),
+  or one whose exchange and routing key reach no queue here, is not acked: it
+  stays on the old broker, each is named on stderr and in ``left_behind``, and
+  the command exits with status 1 after moving the others;
 - the destination is the app's database *and schema* (a plain URL cannot name
   a schema);
 - progress on long moves, and a summary of what is left behind.
@@ -20,10 +26,13 @@ message (at least once); nothing is lost.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 import kombu
 from celery import Celery
-from celery.contrib.migrate import migrate_tasks
+from celery.contrib.migrate import State, migrate_tasks, republish
+from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
 from .group import durable
@@ -65,18 +74,89 @@ def migrate_from_cmd(target: Target, source: str, queues: str | None, unacked: b
             if restored:
                 click.echo(f"restored {restored} unacked messages to their queues", err=True)
 
-        def progress(state, body, message):
-            if state.count % progress_every == 0:  # on stderr: --json output stays clean
-                click.echo(f"moved {state.count}/{state.strtotal} messages", err=True)
-
-        state = migrate_tasks(old, new, app=app, queues=",".join(names), ack_messages=True,
-                              callback=progress, timeout=idle, accept=list(app.conf.accept_content))
+        state = State()
+        mover = _Mover(progress_every, state)
+        try:
+            migrate_tasks(old, new, app=app, queues=",".join(names), migrate=mover, timeout=idle, state=state,
+                          accept=list(app.conf.accept_content))
+        except new.connection_errors as exc:
+            raise CommandError(f"lost the database after moving {mover.moved} messages: {exc}; the rest stays on "
+                               f"{_safe(source)} (run the command again)") from None
+        finally:
+            mover.give_back()
         left = {name: _size(old, name) for name in names}
     data = {"source": _safe(source), "destination": target.describe(), "schema": target.schema,
-            "queues": names, "moved": state.count, "restored_unacked": restored, "left": left}
-    emit(as_json, data, lambda: f"moved {state.count} messages ({restored} from the unacked hash) from "
+            "queues": names, "moved": mover.moved, "restored_unacked": restored, "left": left,
+            "left_behind": [{"task_id": task_id, "reason": why} for task_id, why in mover.left_behind]}
+    emit(as_json, data, lambda: f"moved {mover.moved} messages ({restored} from the unacked hash) from "
          f"{_safe(source)} to schema {target.schema!r} in {target.describe()}"
          + ("" if not any(left.values()) else f"; still waiting there: {left}"))
+    if mover.left_behind:
+        for task_id, why in mover.left_behind:
+            click.echo(f"task {task_id} not moved, left on the old broker: {why}", err=True)
+        raise CommandError(f"{len(mover.left_behind)} of {state.count} messages could not be moved and stay on "
+                           f"{_safe(source)} (listed above)")
+
+
+class _Mover:
+    """Celery's migrate step, confirmed: a message is acked on the old broker only once it committed here.
+
+    One that reaches no queue here, or that the database refuses, is left
+    unacked while the move goes on (so it is not delivered again meanwhile),
+    listed in ``left_behind``, and put back in its queue by :meth:`give_back`
+    once the consumer stopped. A lost database raises (Kombu's connection
+    errors): the rest stays too.
+    """
+
+    def __init__(self, progress_every: int, state: State) -> None:
+        self.progress_every = progress_every
+        #: Celery's count of the messages taken from the old broker, and its estimate of their total.
+        self.state = state
+        self.moved = 0
+        #: (task id, why) of the messages left on the old broker.
+        self.left_behind: list[tuple[str, str]] = []
+        self._unacked: list[Any] = []
+        self._routed: dict[tuple[str, str], bool] = {}
+
+    def __call__(self, producer: kombu.Producer, body: Any, message: Any, queues: dict | None = None) -> None:
+        info, queues = message.delivery_info, queues or {}
+        exchange = queues.get(info["exchange"]) or info["exchange"]
+        routing_key = queues.get(info["routing_key"]) or info["routing_key"]
+        task_id = str(message.headers.get("id") or message.properties.get("correlation_id") or "?")
+        if exchange and not self._routes(producer, exchange, routing_key):
+            self._leave(message, task_id, f"routes to no queue here (exchange {exchange!r}, routing key "
+                                          f"{routing_key!r}): declare its queue, or pass -Q with its name")
+            return
+        try:
+            republish(producer, message, exchange=exchange, routing_key=routing_key)
+        except producer.connection.connection_errors:
+            raise
+        except Exception as exc:  # noqa: BLE001 - refused here: it stays there, named
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self._leave(message, task_id, f"refused by the database: {detail}")
+            return
+        message.ack()
+        self.moved += 1
+        if self.moved % self.progress_every == 0:  # on stderr: --json output stays clean
+            click.echo(f"moved {self.moved}/{self.state.strtotal} messages", err=True)
+
+    def give_back(self) -> None:
+        """Put the messages left behind back in their queues on the old broker."""
+        for message in self._unacked:
+            message.reject(requeue=True)
+        self._unacked = []
+
+    def _leave(self, message: Any, task_id: str, why: str) -> None:
+        self.left_behind.append((task_id, why))
+        self._unacked.append(message)
+
+    def _routes(self, producer: kombu.Producer, exchange: str, routing_key: str) -> bool:
+        """Whether ``exchange``/``routing_key`` reach a queue here (the bindings do not change during a move)."""
+        key = (exchange, routing_key)
+        if key not in self._routed:
+            db = producer.channel.db
+            self._routed[key] = bool(db.fetchall("binding_route", exchange=exchange, routing_key=routing_key))
+        return self._routed[key]
 
 
 def _option(text: str) -> tuple[str, str]:
@@ -87,13 +167,13 @@ def _option(text: str) -> tuple[str, str]:
 
 
 def _destination(target: Target) -> kombu.Connection:
-    """The app's PostgreSQL broker connection, or one on --url with the target's schema."""
+    """The app's PostgreSQL broker connection, or one on --url with the target's schema; confirmed publishes."""
     app = target.app
     if app is not None and _is_postgres((app.conf.broker_url or "").split(";", 1)[0]):
-        return app.connection_for_write()
+        return app.connection_for_write(transport_options={"confirm_publish": True})
     import celery_durable  # noqa: F401  (registers postgresql:// with Kombu)
 
-    return kombu.Connection(target.url(), transport_options={"schema": target.schema})
+    return kombu.Connection(target.url(), transport_options={"schema": target.schema, "confirm_publish": True})
 
 
 def _refuse_if_workers_answer(source: str, options: dict) -> None:
@@ -126,8 +206,16 @@ def _restore_redis_unacked(old: kombu.Connection) -> int:
 
 
 def _size(old: kombu.Connection, queue: str) -> int:
+    """Messages waiting in ``queue`` on the old broker.
+
+    Kombu's virtual transports (Redis) count with the channel's own size; their passive declare finds no
+    queue under a ``global_keyprefix`` (so every queue counted as empty there).
+    """
+    channel = old.default_channel
     try:
-        return old.default_channel.queue_declare(queue=queue, passive=True).message_count
+        if isinstance(channel, virtual.Channel):
+            return channel._size(queue)
+        return channel.queue_declare(queue=queue, passive=True).message_count
     except old.channel_errors:
         return 0
 

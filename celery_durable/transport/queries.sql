@@ -85,6 +85,18 @@ WHERE exchange = %(exchange)s AND routing_key = %(routing_key)s AND queue = %(qu
 -- Every binding, for Kombu's management API.
 SELECT queue, exchange, routing_key FROM {schema}.binding ORDER BY exchange, routing_key, queue
 
+-- binding_route --
+-- The queues message_route stores a message in, without storing it (the same routing; keep the two in
+-- step): durable migrate-from leaves a message that reaches none here on the old broker.
+SELECT DISTINCT b.queue
+FROM {schema}.binding b
+JOIN {schema}.exchange e ON e.name = b.exchange
+JOIN {schema}.queue q ON q.name = b.queue
+WHERE b.exchange = %(exchange)s
+  AND (e.type = 'fanout'
+       OR (e.type = 'direct' AND b.routing_key = %(routing_key)s)
+       OR (e.type = 'topic' AND %(routing_key)s ~ b.pattern))
+
 -- message_route --
 -- Publish through an exchange: route against the shared bindings in one statement. Every queue
 -- gets a row (expiry: the earlier of the message's and the queue's TTL; priority: at most the

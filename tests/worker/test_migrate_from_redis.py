@@ -15,6 +15,7 @@ import subprocess
 import sys
 import uuid
 
+import kombu
 import psycopg
 import pytest
 import redis
@@ -213,3 +214,86 @@ def test_migrate_from_rabbitmq_into_the_apps_schema(pg_url):
             conn.default_channel.exchange_delete(queue)  # Celery declared one named after the queue
         old.close()
         parity.close()
+
+
+# -- migrate-from publishes confirmed, whatever the app's confirm_publish; what it cannot store stays on Redis --
+
+
+@pytest.fixture
+def pipelined(pg_url):
+    """A Parity whose app pipelines its publishes (``confirm_publish: False``), with a Redis key prefix of its own."""
+    parity = Parity(pg_url)
+    parity.prefix = f"parity_{parity.schema}:"
+    parity.queue = f"mig_{parity.schema}"
+    conf = {"broker_transport_options": {"schema": parity.schema, "confirm_publish": False}}
+    parity.env["PARITY_CONF"] = json.dumps(conf)
+    parity.redis = redis.Redis.from_url(REDIS)
+    parity.old = make_app({**parity.env, "CELERY_DURABLE_BROKER": REDIS, "CELERY_DURABLE_BACKEND": "disabled://",
+                           "PARITY_CONF": json.dumps({"broker_transport_options": {"global_keyprefix": parity.prefix}})})
+    yield parity
+    parity.old.close()
+    parity.close()
+    keys = list(parity.redis.scan_iter(match=f"{parity.prefix}*", count=1000))
+    if keys:
+        parity.redis.delete(*keys)
+    parity.redis.close()
+
+
+def on_redis(p) -> set[str]:
+    """Task ids of the messages still on Redis: in the queue, or in the unacked hash (delivered, not acked)."""
+    queued = [json.loads(raw) for raw in p.redis.lrange(f"{p.prefix}{p.queue}", 0, -1)]
+    held = [json.loads(raw)[0] for raw in p.redis.hvals(f"{p.prefix}unacked")]
+    return {m["headers"]["id"] for m in queued + held}
+
+
+def stored_here(p) -> set[str]:
+    return {r[0] for r in p.q("SELECT payload::jsonb -> 'headers' ->> 'id' FROM {s}.message")}
+
+
+def migrate_from(p, *args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "tests.apps.parity_app", "durable", "migrate-from", REDIS,
+            "-O", f"global_keyprefix={p.prefix}", "-Q", p.queue, "--no-unacked", "--idle", "1", "--json", *args]
+
+
+def test_migrate_from_acks_on_redis_only_what_committed_here_even_when_the_app_pipelines(pipelined):
+    """migrate-from is killed while PostgreSQL cannot commit (the message table is locked): nothing is lost."""
+    p = pipelined
+    sent = {p.old.tasks["parity.add"].apply_async((i, i), queue=p.queue).id for i in range(20)}
+    with psycopg.connect(p.url) as locker:
+        locker.execute(psycopg.sql.SQL("LOCK TABLE {}.message IN SHARE MODE").format(psycopg.sql.Identifier(p.schema)))
+        mover = subprocess.Popen(migrate_from(p), env=p.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: p.q("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                                 f"%{p.schema}%message%"), 60, "migrate-from's insert to wait on the lock")
+        finally:
+            mover.kill()
+            mover.wait(60)
+        locker.commit()
+    lost = sent - on_redis(p) - stored_here(p)
+    assert not lost, f"{len(lost)} messages acked on Redis but never committed here"
+
+
+def test_migrate_from_leaves_refused_and_unroutable_messages_on_redis_with_an_error(pipelined):
+    p = pipelined
+    p.q("CREATE FUNCTION {s}.refuse() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN IF NEW.payload LIKE '%%refuse me%%' THEN RAISE EXCEPTION 'refused by a test trigger'; END IF;"
+        " RETURN NEW; END $$")
+    p.q("CREATE TRIGGER refuse BEFORE INSERT ON {s}.message FOR EACH ROW EXECUTE FUNCTION {s}.refuse()")
+    add = p.old.tasks["parity.identity"]
+    moved = {add.apply_async((i,), queue=p.queue).id for i in range(5)}
+    refused = add.apply_async(("refuse me",), queue=p.queue).id
+    # Routed on Redis through an exchange the app here does not know: it reaches no queue here.
+    with p.old.connection_for_write() as conn:
+        kombu.Queue(p.queue, kombu.Exchange("nowhere-x", "direct"), routing_key="nowhere")(conn.default_channel).declare()
+    unroutable = add.apply_async(("unroutable",), exchange="nowhere-x", routing_key="nowhere").id
+    assert unroutable in on_redis(p)
+    moved |= {add.apply_async((i,), queue=p.queue).id for i in range(5, 10)}
+    out = subprocess.run(migrate_from(p), env=p.env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert refused in out.stderr and "refused by a test trigger" in out.stderr, out.stderr
+    assert unroutable in out.stderr and "routes to no queue" in out.stderr, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["moved"] == 10 and summary["left"] == {p.queue: 2}
+    assert sorted(m["task_id"] for m in summary["left_behind"]) == sorted([refused, unroutable])
+    assert stored_here(p) == moved
+    assert on_redis(p) == {refused, unroutable}, "what could not be stored here must stay on Redis"
