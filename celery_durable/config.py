@@ -32,6 +32,7 @@ DEAD_LETTER_RETENTION_DEFAULT = 14 * 24 * 3600.0
 WORKFLOW_RETENTION_DEFAULT = 7 * 24 * 3600.0
 RECOVERY_AFTER_DEFAULT = 300.0
 HORIZON_WARNING_AGE_DEFAULT = 60.0
+HORIZON_CHECK_INTERVAL_DEFAULT = 60.0
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -85,8 +86,11 @@ class Settings:
     #: commit, so the commits of several producer processes share WAL flushes (a NOTIFYing commit
     #: holds PostgreSQL's NOTIFY lock until its flush). It costs a single producer time per publish.
     wake_after_commit: bool = False
-    #: Broker: holding the xmin horizon this many seconds is a warning in ``durable doctor``.
+    #: Broker: a worker logs a WARNING naming what holds the xmin horizon once it has held it this many
+    #: seconds while the message table holds dead rows; also the warning age of ``durable doctor``.
     horizon_warning_age: float = HORIZON_WARNING_AGE_DEFAULT
+    #: Broker: seconds between a worker's checks of the horizon (one catalog query each; 0: never).
+    horizon_check_interval: float = HORIZON_CHECK_INTERVAL_DEFAULT
 
     def __post_init__(self) -> None:
         if not _SCHEMA_NAME.match(self.schema):
@@ -139,7 +143,7 @@ _ONLY_IN = {
     "max_deliveries": BROKER_OPTIONS, "native_delay_threshold": BROKER_OPTIONS,
     "max_message_bytes": BROKER_OPTIONS, "dead_letter_retention": BROKER_OPTIONS,
     "confirm_publish": BROKER_OPTIONS, "wake_after_commit": BROKER_OPTIONS,
-    "horizon_warning_age": BROKER_OPTIONS,
+    "horizon_warning_age": BROKER_OPTIONS, "horizon_check_interval": BROKER_OPTIONS,
     "max_result_bytes": BACKEND_OPTIONS, "recovery_after": BACKEND_OPTIONS, "workflow_retention": BACKEND_OPTIONS,
 }
 #: Keys read by someone else than Settings: ours (connect_options) or Kombu's own (connection retries,

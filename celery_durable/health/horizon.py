@@ -8,6 +8,7 @@ slot's xmin), VACUUM keeps every row deleted since: each acked message stays in
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from time import monotonic
 from typing import Any
 
 import psycopg
@@ -68,3 +69,24 @@ def holders(conn: psycopg.Connection) -> list[Holder]:
 def oldest(found: list[Holder]) -> Holder | None:
     """The holder of our tables' horizon: the oldest that holds more than the catalogs."""
     return next((h for h in found if h.holds_tables), None)
+
+
+class Clock:
+    """How long each holder has held the horizon: PostgreSQL's own figure where it gives one, else the time
+    since this process first saw the same holder at the same xmin (a lower bound: another role's session
+    seen by a role without pg_read_all_stats, a standby's feedback, an active slot)."""
+
+    def __init__(self) -> None:
+        self._first: dict[tuple[Any, ...], float] = {}
+
+    def ages(self, found: list[Holder], now: float | None = None) -> list[float]:
+        """Seconds for each holder of ``found``; holders no longer there are forgotten."""
+        now = monotonic() if now is None else now
+        seen: dict[tuple[Any, ...], float] = {}
+        ages = []
+        for h in found:
+            key = (h.kind, h.pid, h.name, h.xmin)
+            seen[key] = self._first.get(key, now)
+            ages.append(h.age_seconds if h.age_seconds is not None else now - seen[key])
+        self._first = seen
+        return ages

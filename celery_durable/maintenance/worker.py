@@ -3,7 +3,9 @@
 On ``worker_ready`` a worker whose result backend is ours attaches the
 backend's expiries, finished workflows past ``workflow_retention`` and the
 durable sweep (re-sending lost steps) to the maintenance service of the
-backend's database; the transport attaches its own when it starts consuming.
+backend's database, and a worker whose broker is ours the horizon watch
+(:mod:`celery_durable.health.watch`) to that of the broker's; the transport
+attaches its own cleanup when it starts consuming.
 If that fails, the worker says so in its log and runs on without them.
 Processes of a worker (the pool's children inherit the flag) leave the
 backend's opportunistic expiry to this service.
@@ -41,6 +43,33 @@ def _start(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
     if app is None:
         return
+    _watch_horizon(app)
+    _backend_work(app)
+
+
+def _watch_horizon(app: Any) -> None:
+    """A broker of ours: the horizon watch (health/watch.py) in the maintenance thread of its database."""
+    from ..health.watch import HorizonWatch
+    from ..transport import Transport
+
+    client = app.connection_for_write()
+    try:
+        transport = client.transport
+    except Exception:  # Kombu itself reports a transport it cannot build
+        return
+    finally:
+        client.release()
+    if not isinstance(transport, Transport) or transport.settings.horizon_check_interval <= 0:
+        return
+    owner = ("horizon", id(app))
+    service = for_database(transport.conninfo, transport.settings)
+    service.attach(owner, chores=[Chore("horizon watch", HorizonWatch(transport.conninfo, transport.settings),
+                                        transport.settings.horizon_check_interval)])
+    _attached.append((service, owner))
+
+
+def _backend_work(app: Any) -> None:
+    """A result backend of ours: its expiries, finished workflows' retention, the durable sweep."""
     from ..backend import PostgresBackend
 
     try:

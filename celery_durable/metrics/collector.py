@@ -17,7 +17,8 @@ from typing import Callable, Iterator
 
 import psycopg
 
-from .figures import FIGURES, PREFIX
+from ..health import horizon
+from .figures import FIGURES, HORIZON, PREFIX
 from .reading import Reading, read
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class DurableCollector:
         self.timeout = timeout
         self.min_interval = min_interval
         self._conn: psycopg.Connection | None = None
+        self._clock = horizon.Clock()  # used by the one read in flight only
         self._io = threading.Lock()  # held by the one read in flight only
         self._state = threading.Lock()  # guards the fields below; never held while waiting
         self._last: Reading | None = None
@@ -58,7 +60,7 @@ class DurableCollector:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = self._connect()
-                reading = read(self._conn, self._schema, self.timeout)
+                reading = read(self._conn, self._schema, self.timeout, self._clock)
             except BaseException:
                 if self._conn is not None:
                     self._conn.close()
@@ -111,6 +113,12 @@ class DurableCollector:
                 for name, label, value in reading.rows:
                     if name == metric:
                         family.add_metric([label] if labels else [], value)
+                yield family
+            for which, (unit, text) in HORIZON.items():
+                family = GaugeMetricFamily(f"{PREFIX}_xmin_horizon_age_{which}", text,
+                                           labels=["kind", "application_name"])
+                for (kind, name), held in sorted(reading.horizon.items()):
+                    family.add_metric([kind, name], held[unit])
                 yield family
         yield GaugeMetricFamily(f"{PREFIX}_scrape_success",
                                 "1: the figures were read from the database for this scrape (or within "

@@ -21,3 +21,13 @@ FIGURES: dict[str, tuple[list[str], str]] = {
     "message_dead_rows": ([], "Dead rows in the message table (acked messages VACUUM has not removed yet)."),
     "message_last_vacuum_timestamp_seconds": ([], "When the message table was last vacuumed (by autovacuum or not)."),
 }
+
+#: The horizon's holders (not in the view: server-wide, read in the same transaction): suffix ->
+#: (index in Reading.horizon's values, help text). Labels: kind, application_name.
+HORIZON: dict[str, tuple[int, str]] = {
+    "seconds": (0, "How long the oldest holder of each kind and application_name (a slot's name, a prepared "
+                   "transaction's gid) has held the xmin horizon; where PostgreSQL does not tell the exporter's "
+                   "role, since the exporter first saw it."),
+    "xids": (1, "How many transactions old the xmin horizon held by the oldest holder of each kind and "
+                "application_name is."),
+}

@@ -33,6 +33,8 @@ def config(env=os.environ) -> dict:
             "schema": schema,
             "lease_seconds": float(env.get("CELERY_DURABLE_LEASE", "30")),
             "polling_interval": float(env.get("CELERY_DURABLE_POLL", "1.0")),
+            "horizon_warning_age": float(env.get("CELERY_DURABLE_HORIZON_AGE", "60")),
+            "horizon_check_interval": float(env.get("CELERY_DURABLE_HORIZON_INTERVAL", "60")),
         },
         result_backend_transport_options={
             "schema": schema,
