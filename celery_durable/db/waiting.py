@@ -38,7 +38,7 @@ def ready(read: Iterable[int], write: Iterable[int] = (), timeout: float | None 
         poller.register(fd, (_IN if fd in read else 0) | (_OUT if fd in write else 0))
     readable: set[int] = set()
     writable: set[int] = set()
-    for fd, events in poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))):
+    for fd, events in poller.poll(_milliseconds(timeout)):
         if events & _INVALID:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         if fd in read and events & (_IN | _TROUBLE):
@@ -49,5 +49,20 @@ def ready(read: Iterable[int], write: Iterable[int] = (), timeout: float | None 
 
 
 def readable(fd: int, timeout: float | None = None) -> bool:
-    """Block until ``fd`` can be read (or has hung up) or ``timeout`` seconds pass; whether it can."""
-    return fd in ready((fd,), (), timeout)[0]
+    """Block until ``fd`` can be read (or has hung up) or ``timeout`` seconds pass; whether it can.
+
+    The common case (pool checkout, every wait for an answer) in fewer steps than :func:`ready`.
+    """
+    if not hasattr(select, "poll"):
+        return bool(select.select([fd], [], [], timeout)[0])
+    poller = select.poll()
+    poller.register(fd, _IN)
+    for _, events in poller.poll(_milliseconds(timeout)):
+        if events & _INVALID:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return True
+    return False
+
+
+def _milliseconds(timeout: float | None) -> int | None:
+    return None if timeout is None else max(0, math.ceil(timeout * 1000))
