@@ -23,7 +23,7 @@ from kombu.serialization import prepare_accept_content
 from kombu.utils.json import dumps, loads
 
 from .. import content
-from ..exceptions import WorkflowError
+from ..exceptions import Undecodable, WorkflowError
 from .tree import Node, Tree, from_json, to_json
 
 #: Signature options that belong to one send, not to the workflow.
@@ -181,9 +181,17 @@ def call_args(sig: dict, app: Any, path: str | None = None) -> tuple[list, dict]
     if encoded is None:
         return list(sig["args"]), dict(sig["kwargs"])
     what = f"the arguments of {sig.get('task')}" + (f" (task {path})" if path else "")
-    args, kwargs = content.load(base64.b64decode(encoded["data"]), encoded["content_type"],
-                                encoded["content_encoding"], content.argument_types(app), what, path)
-    return list(args), dict(kwargs)
+    try:
+        data = base64.b64decode(encoded["data"], validate=True)
+        content_type, content_encoding = encoded["content_type"], encoded["content_encoding"]
+    except (KeyError, TypeError, ValueError):
+        raise Undecodable(f"{what} are stored malformed: not decoded", path) from None
+    decoded = content.load(data, content_type, content_encoding, content.argument_types(app), what, path)
+    try:
+        args, kwargs = decoded
+        return list(args), dict(kwargs)
+    except (TypeError, ValueError):
+        raise Undecodable(f"{what} decode to no (args, kwargs) pair: not used", path) from None
 
 
 def with_args(sig: dict, args: list, kwargs: dict) -> dict:
