@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Any, Callable
 
 import psycopg
+from psycopg.rows import dict_row
 
 from ..db import appname, migrate
 from . import grants, horizon
@@ -72,8 +73,7 @@ class Context:
 
     @cached_property
     def message_dead_rows(self) -> int:
-        row = self.conn.execute(sql("message_dead_rows"), {"schema": self.schema}).fetchone()
-        return int(row[0] or 0) if row else 0
+        return horizon.message_dead_rows(self.conn, self.schema)
 
 
 def diagnose(conn: psycopg.Connection, schema: str, limits: Limits, role: str | None = None) -> list[Finding]:
@@ -196,29 +196,31 @@ def _holder_advice(h: horizon.Holder, role: str) -> str:
 
 
 def check_standbys(ctx: Context) -> list[Finding]:
-    rows = ctx.conn.execute(sql("standbys")).fetchall()
+    rows = _dicts(ctx.conn, "standbys")
     if not rows:
         return []
-    names = [f"{name or pid} ({client or 'local'}, {state}, {sync}"
-             + (f", hot_standby_feedback holds {xids:,} transactions" if xmin else "") + ")"
-             for pid, name, client, state, sync, xmin, xids in rows]
-    return [Finding("standbys", "info", f"{len(rows)} standby(s): " + "; ".join(names),
-                    facts={"standbys": [dict(zip(("pid", "application_name", "client", "state", "sync_state",
-                                                  "xmin", "age_xids"), row)) for row in rows]})]
+    names = [f"{r['application_name'] or r['pid']} ({r['client'] or 'local'}, {r['state']}, {r['sync_state']}"
+             + (f", hot_standby_feedback holds {r['age_xids']:,} transactions" if r["xmin"] else "") + ")"
+             for r in rows]
+    return [Finding("standbys", "info", f"{len(rows)} standby(s): " + "; ".join(names), facts={"standbys": rows})]
+
+
+def _dicts(conn: psycopg.Connection, query: str, **params: Any) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(sql(query), params).fetchall()
 
 
 def check_tables(ctx: Context) -> list[Finding]:
     if not ctx.exists:
         return []
-    cur = ctx.conn.execute(sql("table_stats"), {"schema": ctx.schema})
-    tables = [dict(zip([c.name for c in cur.description], row)) for row in cur.fetchall()]
+    tables = _dicts(ctx.conn, "table_stats", schema=ctx.schema)
     found = []
     for t in tables:
         live, dead = t["live_rows"] or 0, t["dead_rows"] or 0
         if dead >= DEAD_ROWS_WARNING and dead >= live:
             found.append(Finding(
                 "tables", "warning", f"{t['table']} holds {dead:,} dead rows ({live:,} live, "
-                f"{_size(t['total_bytes'])}); last vacuum {_when(t)}",
+                f"{t['size']}); last vacuum {_when(t)}",
                 "VACUUM cannot remove rows an older snapshot may still see: end what holds the xmin horizon "
                 "(see horizon); if nothing does, autovacuum is behind (see autovacuum). "
                 + ("Claims walk past every dead row at the head of message_claim_idx." if t["table"] == "message"
@@ -227,7 +229,7 @@ def check_tables(ctx: Context) -> list[Finding]:
     if message is not None:
         found.append(Finding("tables", "ok" if not found else "info",
                              f"message: {message['live_rows'] or 0:,} live rows, {message['dead_rows'] or 0:,} dead, "
-                             f"{_size(message['total_bytes'])}; last vacuum {_when(message)}",
+                             f"{message['size']}; last vacuum {_when(message)}",
                              facts={"tables": tables}))
     return found
 
@@ -235,15 +237,6 @@ def check_tables(ctx: Context) -> list[Finding]:
 def _when(t: dict[str, Any]) -> str:
     times = [v for v in (t["last_vacuum"], t["last_autovacuum"]) if v is not None]
     return max(times).isoformat(sep=" ", timespec="seconds") if times else "never"
-
-
-def _size(n: int | None) -> str:
-    n = n or 0
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return ""
 
 
 def check_autovacuum(ctx: Context) -> list[Finding]:
@@ -275,8 +268,7 @@ def check_autovacuum(ctx: Context) -> list[Finding]:
 def check_connections(ctx: Context) -> list[Finding]:
     ours = "^.*:(" + "|".join(re.escape(c) for c in appname.COMPONENTS) + ")$"
     rows = ctx.conn.execute(sql("connections"), {"ours": ours}).fetchall()
-    cur = ctx.conn.execute(sql("connection_limits"))
-    limits = dict(zip([c.name for c in cur.description], cur.fetchone()))
+    limits = _dicts(ctx.conn, "connection_limits")[0]
     available = limits["max_connections"] - limits["superuser_reserved"] - limits["reserved"]
     used = sum(n for _, _, n, _ in rows)
     mine = {f"{name} ({db})": n for name, db, n, is_ours in rows if is_ours}

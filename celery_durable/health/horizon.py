@@ -66,6 +66,12 @@ def holders(conn: psycopg.Connection) -> list[Holder]:
         return cur.execute(sql("horizon_holders")).fetchall()
 
 
+def message_dead_rows(conn: psycopg.Connection, schema: str) -> int:
+    """Dead rows in the schema's message table (0 without one): what claims walk past meanwhile."""
+    row = conn.execute(sql("message_dead_rows"), {"schema": schema}).fetchone()
+    return int(row[0] or 0) if row else 0
+
+
 def oldest(found: list[Holder]) -> Holder | None:
     """The holder of our tables' horizon: the oldest that holds more than the catalogs."""
     return next((h for h in found if h.holds_tables), None)

@@ -54,6 +54,7 @@ WHERE n.nspname = %(schema)s AND c.relname = 'message'
 -- Our tables: rows, dead rows, sizes, and when they were last vacuumed and analyzed.
 SELECT c.relname AS table, s.n_live_tup AS live_rows, s.n_dead_tup AS dead_rows,
        pg_relation_size(c.oid) AS table_bytes, pg_total_relation_size(c.oid) AS total_bytes,
+       pg_size_pretty(pg_total_relation_size(c.oid)) AS size,
        s.last_vacuum, s.last_autovacuum, s.last_analyze, s.last_autoanalyze,
        s.vacuum_count, s.autovacuum_count, coalesce(c.reloptions, '{}') AS options
 FROM pg_class AS c

@@ -17,13 +17,10 @@ from __future__ import annotations
 import logging
 from time import monotonic
 
-import psycopg
-
 from ..config import Settings
 from ..db import pool
 from . import horizon
 from .findings import human_age
-from .queries import sql
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +47,10 @@ class HorizonWatch:
         self._checked = now
         with pool.connection(self.conninfo, self.settings) as conn:
             found = horizon.holders(conn)
-            dead = _dead_rows(conn, self.settings.schema)
-        ages = dict(zip((id(h) for h in found), self.clock.ages(found)))
+            dead = horizon.message_dead_rows(conn, self.settings.schema)
+        ages = self.clock.ages(found)
         holder = horizon.oldest(found)
-        age = ages[id(holder)] if holder is not None else 0.0
+        age = ages[found.index(holder)] if holder is not None else 0.0
         if holder is not None and age >= self.settings.horizon_warning_age and dead >= DEAD_ROWS:
             logger.warning(
                 "celery_durable: claims slow down: %s has held the xmin horizon for %s (%s transactions), and "
@@ -66,7 +63,3 @@ class HorizonWatch:
             self._warned = None
         return None
 
-
-def _dead_rows(conn: psycopg.Connection, schema: str) -> int:
-    row = conn.execute(sql("message_dead_rows"), {"schema": schema}).fetchone()
-    return int(row[0] or 0) if row else 0
