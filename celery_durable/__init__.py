@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from kombu.transport import TRANSPORT_ALIASES
 
+from . import compat  # noqa: F401  (first: refuses a Celery or Kombu older than the oldest line we support)
+
 TRANSPORT_ALIASES.setdefault("postgresql", "celery_durable.transport:Transport")
 TRANSPORT_ALIASES.setdefault("postgres", "celery_durable.transport:Transport")
 

@@ -4,6 +4,8 @@ The rest of the package imports from here whatever one of those lines lacks or s
 differently, and checks no version itself. Supported: Celery 5.3 to 5.7, each with the Kombu of
 its own line (the README's support table; ``python -m tests.support.matrix`` tests each line).
 
+Older lines than 5.3 are refused when the package is imported, naming the versions found.
+
 What differs, per line:
 
 - ``decompress_payload`` (``celery.backends.base``): Celery 5.7 added ``result_compression``,
@@ -21,7 +23,17 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import celery
+import kombu
 from kombu.compression import decompress
+
+#: The oldest Celery and Kombu line we support: an older one is refused at import, with its name.
+OLDEST_LINE = (5, 3)
+if tuple(celery.VERSION[:2]) < OLDEST_LINE or tuple(kombu.VERSION[:2]) < OLDEST_LINE:
+    raise ImportError(
+        f"celery-durable supports Celery and Kombu {OLDEST_LINE[0]}.{OLDEST_LINE[1]} to 5.7 (the README's "
+        f"Supported versions); this environment has Celery {celery.__version__} and Kombu {kombu.__version__}"
+    )
 
 #: Celery 5.7's marker in front of a compressed result (``celery.backends.base``).
 COMPRESSED_PAYLOAD_MAGIC = b"\x00celery-compressed\x00"
