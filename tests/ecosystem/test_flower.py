@@ -22,6 +22,7 @@ import pytest
 
 pytest.importorskip("flower")
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -114,7 +115,10 @@ def test_flower_shows_our_worker_tasks_and_results(workers, client_app, flower, 
 
     seen(browser, flower + "/", lambda text: f"celery@{hostname}" in text and "Online" in text,
          "the dashboard should show the worker online")
-    row = next(tr.text for tr in browser.find_elements(By.CSS_SELECTOR, "table tbody tr") if f"celery@{hostname}" in tr.text)
+    # The dashboard redraws its table as events arrive: a row read mid-redraw is stale, read it again.
+    row = WebDriverWait(browser, 10, ignored_exceptions=[StaleElementReferenceException]).until(
+        lambda d: next((tr.text for tr in d.find_elements(By.CSS_SELECTOR, "table tbody tr")
+                        if f"celery@{hostname}" in tr.text), False))
     assert "Online" in row, row
     shot(browser, "dashboard")
 
