@@ -22,11 +22,10 @@ EXIT_CRITICAL = 2
               help="Holding the xmin horizon this long is a warning (default: the horizon_warning_age setting).")
 @click.option("--critical-age", type=click.FloatRange(min=0), default=CRITICAL_AGE_DEFAULT, show_default=True,
               metavar="SECONDS", help="Holding the xmin horizon this long is critical.")
-@click.option("--all", "show_all", is_flag=True, help="Also print what is fine (ok and info findings).")
 @json_option
 @with_target
 def doctor_cmd(target: Target, role: str | None, warning_age: float | None, critical_age: float,
-               show_all: bool, as_json: bool) -> None:
+               as_json: bool) -> None:
     """What holds VACUUM back (sessions, prepared transactions, slots, standbys), dead rows, autovacuum,
     connections, the schema's version and the role's grants; exit status 2 when something is critical."""
     limits = Limits(warning_age=target.settings.horizon_warning_age if warning_age is None else warning_age,
@@ -36,16 +35,15 @@ def doctor_cmd(target: Target, role: str | None, warning_age: float | None, crit
     critical = [f for f in findings if f.severity == "critical"]
     data = {"database": target.describe(), "schema": target.schema, "critical": len(critical),
             "findings": [f.as_dict() for f in findings]}
-    emit(as_json, data, lambda: _text(target, findings, show_all))
+    emit(as_json, data, lambda: _text(target, findings))
     if critical:
         raise SystemExit(EXIT_CRITICAL)
 
 
-def _text(target: Target, findings: list[Finding], show_all: bool) -> str:
-    shown = [f for f in findings if show_all or f.severity not in ("info",)]
-    width = max(len(f.check) for f in shown) if shown else 0
+def _text(target: Target, findings: list[Finding]) -> str:
+    width = max((len(f.check) for f in findings), default=0)
     lines = [f"{target.describe()}, schema {target.schema!r}"]
-    for f in shown:
+    for f in findings:
         lines.append(f"{f.severity.upper():<8}  {f.check:<{width}}  {f.title}")
         if f.advice:
             lines.append(f"{'':<8}  {'':<{width}}  -> {f.advice}")

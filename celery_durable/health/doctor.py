@@ -26,6 +26,8 @@ DEAD_ROWS_WARNING = 10_000
 #: Share of the server's connections in use that makes a warning, then a critical finding.
 CONNECTIONS_WARNING = 0.75
 CONNECTIONS_CRITICAL = 0.9
+#: Holders listed in the text of the horizon's info finding (the JSON has them all).
+HOLDERS_SHOWN = 5
 #: Longest query text shown in a finding.
 QUERY_CHARS = 200
 #: What the horizon findings advise, by kind of holder.
@@ -156,8 +158,12 @@ def check_horizon(ctx: Context) -> list[Finding]:
         title = ("nothing holds the xmin horizon" if oldest is None else
                  f"the xmin horizon: {_holder_title(oldest)}")
         found.append(Finding("horizon", "ok", title, facts={"holder": oldest.as_dict() if oldest else None}))
-    found.append(Finding("horizon", "info", f"{len(holders)} holder(s) of the xmin horizon, oldest first",
-                         facts={"holders": [h.as_dict() for h in holders]}))
+    if holders:
+        found.append(Finding("horizon", "info", "holders of the xmin horizon, oldest first: " + "; ".join(
+            f"{h.describe()}, {f'{h.age_seconds:.0f} s, ' if h.age_seconds is not None else ''}{h.age_xids:,} "
+            "transactions" for h in holders[:HOLDERS_SHOWN]) + (f"; … ({len(holders) - HOLDERS_SHOWN} more)"
+                                                              if len(holders) > HOLDERS_SHOWN else ""),
+                             facts={"holders": [h.as_dict() for h in holders]}))
     return found
 
 
