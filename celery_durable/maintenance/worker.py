@@ -52,19 +52,25 @@ def _watch_horizon(app: Any) -> None:
     from ..health.watch import HorizonWatch
     from ..transport import Transport
 
-    client = app.connection_for_write()
     try:
-        transport = client.transport
-    except Exception:  # Kombu itself reports a transport it cannot build
+        client = app.connection_for_write()
+        try:
+            transport = client.transport
+        finally:
+            client.release()
+    except Exception:  # Kombu itself reports a broker it cannot build
         return
-    finally:
-        client.release()
     if not isinstance(transport, Transport) or transport.settings.horizon_check_interval <= 0:
         return
     owner = ("horizon", id(app))
-    service = for_database(transport.conninfo, transport.settings)
-    service.attach(owner, chores=[Chore("horizon watch", HorizonWatch(transport.conninfo, transport.settings),
-                                        transport.settings.horizon_check_interval)])
+    try:
+        service = for_database(transport.conninfo, transport.settings)
+        service.attach(owner, chores=[Chore("horizon watch", HorizonWatch(transport.conninfo, transport.settings),
+                                            transport.settings.horizon_check_interval)])
+    except Exception as exc:
+        logger.error("celery_durable: the worker's horizon watch did not start: %s: %s", type(exc).__name__, exc,
+                     exc_info=True)
+        return
     _attached.append((service, owner))
 
 
