@@ -33,6 +33,9 @@ WORKFLOW_RETENTION_DEFAULT = 7 * 24 * 3600.0
 RECOVERY_AFTER_DEFAULT = 300.0
 HORIZON_WARNING_AGE_DEFAULT = 60.0
 HORIZON_CHECK_INTERVAL_DEFAULT = 60.0
+BEAT_LEASE_SECONDS_DEFAULT = 10.0
+BEAT_CATCH_UP_DEFAULT = "once"
+BEAT_CATCH_UP_MAX_DEFAULT = 100
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -91,6 +94,14 @@ class Settings:
     horizon_warning_age: float = HORIZON_WARNING_AGE_DEFAULT
     #: Broker: seconds between a worker's checks of the horizon (one catalog query each; 0: never).
     horizon_check_interval: float = HORIZON_CHECK_INTERVAL_DEFAULT
+    #: Beat: seconds the active beat's lease lasts (renewed every third of it); another beat takes over
+    #: within it when the holder dies. Read from the dict of the database that holds the schedule.
+    beat_lease_seconds: float = BEAT_LEASE_SECONDS_DEFAULT
+    #: Beat: what an entry without its own ``catch_up`` does with runs that fell due while no beat held
+    #: the lease: ``once`` (Celery's rule: the latest is sent), ``skip`` (none), ``all`` (each one).
+    beat_catch_up: str = BEAT_CATCH_UP_DEFAULT
+    #: Beat: most runs of one entry sent in one tick (catch-up ``all``, or a long stall); older ones are skipped.
+    beat_catch_up_max: int = BEAT_CATCH_UP_MAX_DEFAULT
 
     def __post_init__(self) -> None:
         if not _SCHEMA_NAME.match(self.schema):
@@ -99,6 +110,10 @@ class Settings:
             )
         if self.lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
+        if self.beat_lease_seconds <= 0:
+            raise ValueError("beat_lease_seconds must be positive")
+        if self.beat_catch_up not in ("once", "skip", "all"):
+            raise ValueError(f"beat_catch_up must be once, skip or all, got {self.beat_catch_up!r}")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None, component: str | None = None) -> "Settings":

@@ -75,3 +75,11 @@ class Undecodable(WorkflowError):
     def __init__(self, message: str, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class ScheduleError(DurableError, ValueError):
+    """A periodic task's schedule, arguments or options cannot be stored or read back (names what is wrong)."""
+
+
+class EntryNotFound(DurableError, LookupError):
+    """No periodic task of that name in the schedule table."""

@@ -20,6 +20,14 @@ FIGURES: dict[str, tuple[list[str], str]] = {
     "workflows_stalled": ([], "Running workflows with no progress for five minutes."),
     "message_dead_rows": ([], "Dead rows in the message table (acked messages VACUUM has not removed yet)."),
     "message_last_vacuum_timestamp_seconds": ([], "When the message table was last vacuumed (by autovacuum or not)."),
+    "beat_lease_holder": (["holder"], "1 for the beat (host:pid) that holds the beat lease and sends periodic tasks; "
+                                      "absent while none does."),
+    "beat_lease_seconds_left": ([], "Seconds until the beat lease runs out unless renewed (negative: nobody holds it, "
+                                    "no periodic task is sent)."),
+    "beat_takeovers": ([], "Times a beat took the lease over from another (the holder died, stopped or stalled)."),
+    "beat_entries": (["state"], "Periodic tasks in the schedule table, enabled or paused."),
+    "beat_entries_overdue": ([], "Enabled periodic tasks whose next run is more than a minute late."),
+    "beat_entries_failing": ([], "Periodic tasks the active beat cannot send (why: the error column of beat_entries)."),
 }
 
 #: The horizon's holders (not in the view: server-wide, read in the same transaction): suffix ->

@@ -1,0 +1,77 @@
+"""A beat that dies between a run's publish and its commit: the run stays due (postgresql:// broker), or is sent
+again with the same task id (Redis broker: at least once)."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import pytest
+import redis
+
+from tests.support.beats import runs, start_beat, wait_for
+
+APP = "tests.apps.durable_beat_app"
+
+
+def test_a_run_whose_beat_died_before_the_commit_is_sent_once_by_the_next(pg_url, schema, worker_env, tmp_path):
+    marker = tmp_path / "crashed"
+    env = {**worker_env, "CELERY_DURABLE_BEAT_LEASE": "2", "CELERY_DURABLE_BEAT_CRASH": str(marker)}
+    first = start_beat(APP, env)
+    try:
+        wait_for(lambda: marker.exists() and first.proc.poll() is not None, 120, "the first beat to die mid-run")
+        crashed = json.loads(marker.read_text())["id"]
+        assert crashed not in {r.id for r in runs(pg_url, schema)}  # rolled back with the transaction
+        second = start_beat(APP, env)
+        try:
+            # the lease of the dead one runs out, the second takes over and sends the run (and later ones)
+            found = wait_for(lambda: (f := runs(pg_url, schema)) and len(f) >= 3 and f, 120, "the next beat's runs")
+        finally:
+            second.kill()
+        assert [r.id for r in found].count(crashed) == 1
+        assert len({r.id for r in found}) == len(found)
+    finally:
+        first.kill()
+
+
+@pytest.fixture
+def redis_db():
+    client = redis.Redis(host="127.0.0.1", port=6379, db=13)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    prefix = f"beat-{uuid.uuid4().hex[:8]}:"
+    yield client, prefix
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+    client.close()
+
+
+def test_with_redis_a_run_whose_beat_died_before_the_commit_is_sent_again_with_the_same_id(
+        pg_url, schema, worker_env, tmp_path, redis_db):
+    client, prefix = redis_db
+    marker = tmp_path / "crashed"
+    env = {**worker_env, "CELERY_DURABLE_BEAT_LEASE": "2", "CELERY_DURABLE_BEAT_CRASH": str(marker),
+           "CELERY_DURABLE_BROKER": "redis://127.0.0.1:6379/13", "CELERY_DURABLE_REDIS_PREFIX": prefix}
+
+    def sent() -> list[str]:
+        return [json.loads(m)["headers"]["id"] for m in client.lrange(f"{prefix}beat_runs", 0, -1)]
+
+    first = start_beat(APP, env)
+    try:
+        wait_for(lambda: marker.exists() and first.proc.poll() is not None, 120, "the first beat to die mid-run")
+        crashed = json.loads(marker.read_text())["id"]
+        assert sent() == [crashed]  # Redis took the message; the schedule's transaction never committed
+        second = start_beat(APP, env)
+        try:
+            found = wait_for(lambda: (f := sent()) and len(f) >= 4 and f, 120, "the next beat's runs")
+        finally:
+            second.kill()
+        # at least once: the run is sent again, with the same task id (one result, one id to deduplicate on)
+        assert found.count(crashed) == 2
+        assert len(set(found)) == len(found) - 1
+    finally:
+        first.kill()
+    assert os.path.exists(marker)
