@@ -21,7 +21,7 @@ from . import schedules, store
 from .lease import LEASE_NAME
 
 __all__ = ["add_entry", "beat_lease", "change_entry", "list_entries", "pause_entry", "remove_entry",
-           "resume_entry", "run_entry_now"]
+           "resume_entry", "run_entry_now", "set_last_run"]
 
 _UNSET: Any = object()
 
@@ -104,6 +104,24 @@ def remove_entry(app: Any, name: str) -> str:
 def run_entry_now(app: Any, name: str) -> datetime:
     """Ask the active beat to send one run at its next tick (its schedule is unchanged); returns when asked."""
     return _one(app, "beat_entry_run_now", name=name)[1]
+
+
+def set_last_run(app: Any, name: str, last_run_at: datetime, total_run_count: int | None = None) -> bool:
+    """Carry over another scheduler's last run of ``name`` (the next run counts from it); False when kept as it was.
+
+    It is kept when a beat of ours has already sent a later run.
+
+    Raises EntryNotFound when there is no such entry.
+    """
+    if last_run_at.tzinfo is None:
+        raise ScheduleError(f"periodic task {name!r}: last_run_at needs a time zone, got {last_run_at!r}")
+    where, connection = _connection(app)
+    with connection as conn:
+        moved = conn.execute(where.queries["beat_entry_last_run"], {
+            "name": name, "last_run_at": last_run_at, "total_run_count": total_run_count}).fetchone()
+        if moved is None and conn.execute(where.queries["beat_entry_get"], {"name": name}).fetchone() is None:
+            raise EntryNotFound(f"no periodic task {name!r}")
+    return moved is not None
 
 
 def list_entries(app: Any, name: str | None = None) -> list[dict]:

@@ -144,3 +144,13 @@ SELECT name, task, schedule, enabled, origin, catch_up, next_run_at, last_run_at
 FROM {schema}.beat_entries
 WHERE %(name)s::text IS NULL OR name = %(name)s
 ORDER BY name
+
+-- beat_entry_last_run --
+-- Carry a last run time over from another scheduler (its runs after it are due here, as after a restart of
+-- that scheduler); never moves back past a run a beat of ours sent.
+UPDATE {schema}.beat_entry
+SET last_run_at = %(last_run_at)s, next_run_at = NULL,
+    total_run_count = greatest(total_run_count, coalesce(%(total_run_count)s, total_run_count))
+WHERE name = %(name)s AND (last_sent_at IS NULL OR last_run_at < %(last_run_at)s)
+  AND last_run_at IS DISTINCT FROM %(last_run_at)s
+RETURNING name

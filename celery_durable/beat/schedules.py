@@ -32,6 +32,8 @@ from ..exceptions import ScheduleError
 CATCH_UP = ("once", "skip", "all")
 CATCH_UP_DEFAULT = "once"
 _CRON_FIELDS = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
+#: A crontab line's order (``describe``, the CLI's ``--cron``).
+_CRON_LINE = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
 #: Due times looked at, at most, to find the latest missed run of a long gap (then Celery's rule: from now).
 SCAN_MAX = 10_000
 _IDS = uuid.UUID("5f0c6b36-6a8e-4b61-9a53-2f2f7c0d0b22")
@@ -141,12 +143,12 @@ def _only(data: dict, allowed: set[str]) -> None:
 
 
 def describe(data: dict) -> str:
-    """A short human form: ``every 30s``, ``cron */5 * * * * Europe/Berlin``, ``solar sunset 48.1,11.6``."""
+    """A short human form: ``every 30s``, ``cron */5 * * * mon-fri Europe/Berlin`` (a crontab line's order), ``solar …``."""
     kind = data.get("type")
     if kind == "interval":
         return f"every {data.get('every'):g}s" + (" (relative)" if data.get("relative") else "")
     if kind == "crontab":
-        text = " ".join(str(data.get(name, "*")) for name in _CRON_FIELDS)
+        text = " ".join(str(data.get(name, "*")) for name in _CRON_LINE)
         return f"cron {text}" + (f" {data['timezone']}" if data.get("timezone") else "")
     if kind == "solar":
         return f"solar {data.get('event')} {data.get('lat')},{data.get('lon')}"

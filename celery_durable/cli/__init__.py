@@ -1,4 +1,4 @@
-"""The ``celery durable`` / ``celery-durable`` command line: schema, queues, dead letters, workflows.
+"""The ``celery durable`` / ``celery-durable`` command line: schema, queues, dead letters, workflows, schedule.
 
 Two ways in, one set of commands:
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from . import dead_letters, doctor, metrics, migrate_from, schema, workflows  # noqa: F401  (they register their commands)
+from . import dead_letters, doctor, metrics, migrate_from, schedule, schema, workflows  # noqa: F401  (they register their commands)
 from .group import durable
 from .target import conninfo_to_url
 

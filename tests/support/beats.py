@@ -93,13 +93,16 @@ class Run:
 
 
 def runs(pg_url: str, schema: str) -> list[Run]:
-    """Every message the beats left in the queue ``beat_runs``, oldest due first."""
+    """Every message the beats left in the queue ``beat_runs``, oldest due first (none before the schema exists)."""
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        rows = conn.execute(_q(schema, """
-            SELECT payload::jsonb -> 'headers' -> 'celery_durable_beat' ->> 'entry',
-                   (payload::jsonb -> 'headers' -> 'celery_durable_beat' ->> 'due')::timestamptz,
-                   payload::jsonb -> 'headers' ->> 'id'
-            FROM {schema}.message WHERE queue = 'beat_runs'""")).fetchall()
+        try:
+            rows = conn.execute(_q(schema, """
+                SELECT payload::jsonb -> 'headers' -> 'celery_durable_beat' ->> 'entry',
+                       (payload::jsonb -> 'headers' -> 'celery_durable_beat' ->> 'due')::timestamptz,
+                       payload::jsonb -> 'headers' ->> 'id'
+                FROM {schema}.message WHERE queue = 'beat_runs'""")).fetchall()
+        except psycopg.errors.UndefinedTable:  # no beat has created the schema yet
+            return []
     return sorted((Run(*row) for row in rows), key=lambda r: (r.entry, r.due))
 
 

@@ -7,9 +7,12 @@ import json
 import os
 import uuid
 
+from datetime import datetime
+
 import pytest
 import redis
 
+from celery_durable.beat.schedules import task_id
 from tests.support.beats import runs, start_beat, wait_for
 
 APP = "tests.apps.durable_beat_app"
@@ -75,3 +78,41 @@ def test_with_redis_a_run_whose_beat_died_before_the_commit_is_sent_again_with_t
     finally:
         first.kill()
     assert os.path.exists(marker)
+
+
+def _cli(env: dict, *args: str) -> dict:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", APP, "durable", "schedule", *args, "--json"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+def test_changes_through_the_cli_reach_a_running_beat_within_a_tick(pg_url, schema, worker_env):
+    env = {**worker_env, "CELERY_DURABLE_BEAT_LEASE": "3"}
+    beat = start_beat(APP, env)
+    try:
+        wait_for(lambda: len(runs(pg_url, schema)) >= 2, 120, "the beat's first runs")
+        listed = _cli(env, "list")
+        assert listed["lease"]["live"] and listed["lease"]["holder"].endswith(f":{beat.pid}")
+        second = next(row for row in listed["entries"] if row["name"] == "every-second")
+        assert second["last_task_id"] and second["next_run_at"] and second["origin"] == "config"
+
+        _cli(env, "pause", "every-second")
+        paused = wait_for(lambda: (f := runs(pg_url, schema)) and f, 10, "runs")
+        asked = datetime.fromisoformat(_cli(env, "run-now", "every-minute")["result"])
+        manual_id = task_id(schema, "every-minute", asked, manual=True)
+        manual = wait_for(lambda: [r for r in runs(pg_url, schema) if r.id == manual_id], 30, "the run-now's message")
+        assert len(manual) == 1 and manual[0].entry == "every-minute"
+        added = _cli(env, "add", "added-at-run-time", "tests.apps.basic.record", "--every", "0.5", "--args",
+                     '["added"]', "--options", '{"queue": "beat_runs"}')
+        assert added["origin"] == "runtime"
+        wait_for(lambda: [r for r in runs(pg_url, schema) if r.entry == "added-at-run-time"], 30,
+                 "a run of the entry added at run time")
+        # the paused entry sent nothing since (at most the run already in flight when it was paused)
+        later = [r for r in runs(pg_url, schema) if r.entry == "every-second"]
+        assert len(later) <= len([r for r in paused if r.entry == "every-second"]) + 1
+    finally:
+        beat.kill()
