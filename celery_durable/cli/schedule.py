@@ -1,4 +1,5 @@
-"""``schedule``: the periodic tasks of ``celery_durable.beat:Scheduler``: list, add, pause, resume, remove, run-now.
+"""``schedule``: the periodic tasks of ``celery_durable.beat:Scheduler``: list, add, pause, resume, remove, run-now,
+and imports from Celery's default scheduler and RedBeat.
 
 A change is one transaction on the schedule table; the active beat sees it at
 its next tick (a few seconds), without a restart.
@@ -11,6 +12,8 @@ from typing import Any
 
 import click
 
+from ..db import dsn
+from ..exceptions import DurableError
 from .group import durable
 from .output import emit, json_option, table
 from .schema import _checked
@@ -147,6 +150,14 @@ _simple("remove", "remove_entry", "removed {name} ({result} entry)")
 _simple("run-now", "run_entry_now", "asked the active beat to send {name} now (asked at {result})")
 
 
+def _imported(done: list[dict], as_json: bool) -> None:
+    emit(as_json, done, lambda: table(("name", "action", "last_run_at", "error"),
+                                      [[d["name"], d["action"], d["last_run_at"], d["error"]] for d in done])
+         if done else "nothing to import")
+    if any(d["error"] for d in done):
+        raise CommandError("some entries were not imported (see above)")
+
+
 @schedule_group.command("import-shelve")
 @click.argument("path", type=click.Path(dir_okay=False))
 @json_option
@@ -163,8 +174,24 @@ def schedule_import_shelve(target: Target, path: str, as_json: bool) -> None:
         done = import_shelve(app, path)
     except Exception as exc:  # dbm/pickle errors: the file is not a schedule this Python can read
         raise CommandError(f"cannot read {path} as a celery beat schedule file: {type(exc).__name__}: {exc}") from None
-    emit(as_json, done, lambda: table(("name", "action", "last_run_at", "error"),
-                                      [[d["name"], d["action"], d["last_run_at"], d["error"]] for d in done])
-         if done else "no entries in that file")
-    if any(d["error"] for d in done):
-        raise CommandError("some entries were not imported (see above)")
+    _imported(done, as_json)
+
+
+@schedule_group.command("import-redbeat")
+@click.argument("redis_url")
+@click.option("--key-prefix", default="redbeat:", show_default=True, help="RedBeat's redbeat_key_prefix.")
+@json_option
+@with_target
+def schedule_import_redbeat(target: Target, redis_url: str, key_prefix: str, as_json: bool) -> None:
+    """Import RedBeat's entries and last run times from REDIS_URL (needs celery-redbeat installed)."""
+    from ..beat.imports import import_redbeat
+
+    app = _app(target)
+    try:
+        done = import_redbeat(app, redis_url, key_prefix)
+    except DurableError:
+        raise
+    except Exception as exc:  # the Redis client's errors: name the server, not its password
+        raise CommandError(f"cannot read RedBeat's entries at {dsn.mask_url(redis_url)}: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    _imported(done, as_json)

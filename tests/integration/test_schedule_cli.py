@@ -117,3 +117,40 @@ def test_import_shelve_of_something_else_is_one_line(cli, tmp_path):
     bad = tmp_path / "notes.txt"
     bad.write_text("hello")
     assert "cannot read" in cli("schedule", "import-shelve", str(bad), expect=1).output
+
+
+def test_import_redbeat_brings_entries_and_last_runs(cli, tmp_path):
+    import uuid
+    from datetime import datetime, timedelta, timezone
+
+    import redis
+    from celery import Celery
+    from celery.schedules import crontab
+    from redbeat.schedulers import RedBeatSchedulerEntry
+
+    url = "redis://127.0.0.1:6379/14"
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    prefix = f"rb-{uuid.uuid4().hex[:8]}:"
+    old = Celery("old", set_as_current=False)
+    old.conf.update(redbeat_redis_url=url, redbeat_key_prefix=prefix)
+    ran = datetime.now(timezone.utc) - timedelta(minutes=30)
+    try:  # RedBeat's own API writes its entries
+        RedBeatSchedulerEntry("ping", "shop.ping", 45.0, args=[1], options={"queue": "q"}, app=old).save()
+        RedBeatSchedulerEntry("nightly", "shop.report", crontab(minute=0, hour=3), app=old, enabled=False).save()
+        RedBeatSchedulerEntry.from_key(f"{prefix}ping", app=old)._next_instance(last_run_at=ran)
+
+        done = json.loads(cli("schedule", "import-redbeat", url, "--key-prefix", prefix, "--json").output)
+        actions = {d["name"]: d["action"] for d in done}
+        assert actions["ping"] == "added, last run carried over" and actions["nightly"].startswith("added, paused")
+        found = {row["name"]: row for row in _listed(cli)["entries"]}
+        assert found["ping"]["args"] == [1] and found["ping"]["options"] == {"queue": "q"}
+        assert abs(datetime.fromisoformat(found["ping"]["last_run_at"]) - ran) < timedelta(seconds=1)
+        assert found["nightly"]["enabled"] is False and found["nightly"]["schedule_text"] == "cron 0 3 * * *"
+    finally:
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+        client.close()

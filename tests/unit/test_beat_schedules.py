@@ -165,3 +165,19 @@ def test_a_runs_task_id_is_the_same_in_every_beat_and_differs_per_run():
     others = {schedules.task_id("s", "report", T0 + timedelta(seconds=1)), schedules.task_id("s", "other", T0),
               schedules.task_id("t", "report", T0), schedules.task_id("s", "report", T0, manual=True)}
     assert one not in others and len(others) == 4
+
+
+def test_a_solar_schedule_comes_back_and_its_due_times_are_celerys():
+    pytest.importorskip("ephem")
+    from celery.schedules import solar
+
+    app = _app("Europe/Berlin")
+    stored = json.loads(json.dumps(schedules.to_json(solar("sunset", 52.52, 13.405))))
+    assert stored == {"type": "solar", "event": "sunset", "lat": 52.52, "lon": 13.405}
+    start = datetime(2024, 3, 29, 12, tzinfo=UTC)
+    end = start + timedelta(days=3)
+    ours = _our_due_times(schedules.parse(stored, app), start, end)
+    celery = _celery_due_moments(schedules.parse(stored, app), start, start, end, timedelta(minutes=1))
+    assert len(ours) == len(celery) == 3
+    # a sunset falls between two minutes: Celery's is_due says "due" at the first minute of the clock after it
+    assert all(timedelta(0) <= c - o < timedelta(minutes=1) for o, c in zip(ours, celery))

@@ -1,4 +1,5 @@
-"""Admin pages: workflows (resume, cancel, restart from a step), dead letters (requeue, purge), queues.
+"""Admin pages: workflows (resume, cancel, restart from a step), dead letters (requeue, purge), queues,
+periodic tasks (add, change, pause, resume, run now, remove).
 
 Every page is read-only: a workflow's or message's row is changed only by
 celery_durable's own functions, which keep the invariants (one transaction
@@ -26,9 +27,10 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from ... import content, workflows
+from ...beat import entries, schedules
 from ...exceptions import DurableError
 from . import conf
-from .models import DeadLetter, Queue, Workflow
+from .models import BeatEntry, DeadLetter, Queue, Workflow
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +213,185 @@ class QueueAdmin(ReadOnlyAdmin):
     list_display = ("queue", "depth", "ready", "delayed", "leased", "oldest_age")
     search_fields = ("queue",)
     actions = None
+
+
+@admin.register(BeatEntry)
+class BeatEntryAdmin(ReadOnlyAdmin):
+    """Periodic tasks: every change goes through celery_durable.beat.entries, seen by the active beat at its next tick."""
+
+    list_display = ("name", "task", "schedule_text", "enabled", "origin", "next_run_at", "last_run_at", "last_task_id",
+                    "last_status", "overdue", "error", "beat_holder")
+    list_filter = ("enabled", "origin", "overdue")
+    search_fields = ("name", "task")
+    readonly_fields = ("schedule_text", "operate")
+    actions = ("pause", "resume", "run_now", "remove")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_operate_permission(request)
+
+    def has_remove_permission(self, request: HttpRequest) -> bool:
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.delete_{opts.model_name}")
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        found = super().get_actions(request)
+        found.pop("delete_selected", None)  # "remove" says what it does
+        return found
+
+    @admin.display(description="schedule")
+    def schedule_text(self, obj: BeatEntry) -> str:
+        return schedules.describe(obj.schedule)
+
+    @admin.display(description="operate")
+    def operate(self, obj: BeatEntry) -> str:
+        url = reverse("admin:celery_durable_beatentry_edit", args=[obj.name])
+        return format_html('<a class="button" href="{}">Change…</a>', url)
+
+    @admin.action(description="Pause selected periodic tasks", permissions=["operate"])
+    def pause(self, request: HttpRequest, queryset: Any) -> None:
+        self._each(request, queryset, "Paused", lambda name: entries.pause_entry(conf.celery_app(), name))
+
+    @admin.action(description="Resume selected periodic tasks (their runs count from now)", permissions=["operate"])
+    def resume(self, request: HttpRequest, queryset: Any) -> None:
+        self._each(request, queryset, "Resumed", lambda name: entries.resume_entry(conf.celery_app(), name))
+
+    @admin.action(description="Run selected periodic tasks now (once, by the active beat)", permissions=["operate"])
+    def run_now(self, request: HttpRequest, queryset: Any) -> None:
+        self._each(request, queryset, "Asked to run now", lambda name: entries.run_entry_now(conf.celery_app(), name))
+
+    @admin.action(description="Remove selected periodic tasks (a beat_schedule one comes back at the next beat start)",
+                  permissions=["remove"])
+    def remove(self, request: HttpRequest, queryset: Any) -> None:
+        self._each(request, queryset, "Removed", lambda name: entries.remove_entry(conf.celery_app(), name))
+
+    def _each(self, request: HttpRequest, queryset: Any, verb: str, act: Any) -> None:
+        done, failed = [], []
+        for obj in queryset:
+            try:
+                act(obj.name)
+            except DurableError as exc:
+                failed.append(f"{obj.name}: {exc}")
+                continue
+            self.log_change(request, obj, verb)
+            done.append(obj.name)
+        if done:
+            self.message_user(request, f"{verb}: {', '.join(done)}", messages.SUCCESS)
+        if failed:
+            self.message_user(request, f"Not {verb.lower()}: " + "; ".join(failed), messages.ERROR)
+
+    def get_urls(self) -> list:
+        view = self.admin_site.admin_view(self.edit_view)
+        return [path("<path:object_id>/edit/", view, name="celery_durable_beatentry_edit")] + super().get_urls()
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
+        return self.edit_view(request, None)
+
+    def edit_view(self, request: HttpRequest, object_id: str | None) -> HttpResponse:
+        """Add a periodic task, or change one: the form writes through the schedule API in one transaction."""
+        if not self.has_operate_permission(request):
+            raise PermissionDenied
+        obj = None if object_id is None else get_object_or_404(BeatEntry.objects.all(), pk=object_id)
+        initial = {} if obj is None else EntryForm.initial_for(obj, conf.celery_app())
+        form = EntryForm(request.POST or None, initial=initial, adding=obj is None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                if obj is None:
+                    entries.add_entry(conf.celery_app(), data["name"], data["task"], data["schedule"], data["args"],
+                                      data["kwargs"], data["options"], catch_up=data["catch_up"])
+                else:
+                    entries.change_entry(conf.celery_app(), obj.name, task=data["task"], schedule=data["schedule"],
+                                         args=data["args"], kwargs=data["kwargs"], options=data["options"],
+                                         catch_up=data["catch_up"])
+            except DurableError as exc:
+                form.add_error(None, str(exc))
+            else:
+                saved = BeatEntry.objects.get(pk=data["name"] if obj is None else obj.name)
+                if obj is None:
+                    self.log_addition(request, saved, "Added")
+                else:
+                    self.log_change(request, saved, "Changed")
+                self.message_user(request, f"{'Added' if obj is None else 'Changed'} periodic task {saved.name}; "
+                                           "the active beat sees it at its next tick", messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:celery_durable_beatentry_change", args=[saved.name]))
+        context = {**self.admin_site.each_context(request), "opts": self.opts, "original": obj, "form": form,
+                   "title": "Add periodic task" if obj is None else f"Change periodic task {obj.name}"}
+        return TemplateResponse(request, "admin/celery_durable/beatentry/edit.html", context)
+
+
+class EntryForm(forms.Form):
+    """A periodic task as the API takes it: one of an interval or a crontab line, arguments as JSON."""
+
+    name = forms.CharField()
+    task = forms.CharField(help_text="The task's registered name, e.g. shop.tasks.report.")
+    every = forms.FloatField(required=False, min_value=0.001, label="Every (seconds)")
+    cron = forms.CharField(required=False, label="Or a crontab line", help_text="minute hour day-of-month month "
+                                                                                   "day-of-week, e.g. 0 9 * * mon-fri")
+    timezone = forms.CharField(required=False, help_text="The crontab's time zone (e.g. Europe/Berlin); "
+                                                         "empty: the app's.")
+    args = forms.CharField(required=False, initial="[]", label="Args (JSON list)")
+    kwargs = forms.CharField(required=False, initial="{}", label="Kwargs (JSON object)")
+    options = forms.CharField(required=False, initial="{}", label="Options (JSON object)",
+                              help_text='apply_async options, e.g. {"queue": "reports"}.')
+    catch_up = forms.ChoiceField(choices=[(c, c) for c in schedules.CATCH_UP], initial=schedules.CATCH_UP_DEFAULT,
+                                 help_text="Runs that fell due while no beat held the lease: the latest once, "
+                                           "none, or each.")
+
+    def __init__(self, *args: Any, adding: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not adding:
+            self.fields["name"].disabled = True
+
+    @staticmethod
+    def initial_for(obj: BeatEntry, app: Any) -> dict:
+        row = entries.list_entries(app, obj.name)[0]
+        stored = obj.schedule
+        cron = " ".join(str(stored.get(f, "*")) for f in ("minute", "hour", "day_of_month", "month_of_year",
+                                                           "day_of_week")) if stored.get("type") == "crontab" else ""
+        return {"name": obj.name, "task": obj.task, "every": stored.get("every"), "cron": cron,
+                "timezone": stored.get("timezone") or "", "args": json.dumps(row["args"], default=str),
+                "kwargs": json.dumps(row["kwargs"], default=str), "options": json.dumps(row["options"], default=str),
+                "catch_up": obj.catch_up}
+
+    def _json(self, field: str, kind: type) -> Any:
+        text = (self.cleaned_data.get(field) or "").strip() or ("[]" if kind is list else "{}")
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise forms.ValidationError(f"not JSON: {exc}") from None
+        if not isinstance(value, kind):
+            raise forms.ValidationError(f"must be a JSON {'list' if kind is list else 'object'}")
+        return value
+
+    def clean_args(self) -> list:
+        return self._json("args", list)
+
+    def clean_kwargs(self) -> dict:
+        return self._json("kwargs", dict)
+
+    def clean_options(self) -> dict:
+        return self._json("options", dict)
+
+    def clean(self) -> dict:
+        data = super().clean()
+        every, cron, zone = data.get("every"), (data.get("cron") or "").strip(), (data.get("timezone") or "").strip()
+        if (every is None) == (not cron):
+            raise forms.ValidationError("give either an interval (every) or a crontab line")
+        if every is not None:
+            if zone:
+                raise forms.ValidationError("a time zone goes with a crontab line")
+            data["schedule"] = every
+        else:
+            fields = cron.split()
+            if len(fields) != 5:
+                raise forms.ValidationError("a crontab line has five fields: minute hour day-of-month month day-of-week")
+            data["schedule"] = dict(zip(("minute", "hour", "day_of_month", "month_of_year", "day_of_week"), fields),
+                                    type="crontab", timezone=zone or None)
+        try:
+            schedules.to_json(data["schedule"])
+        except DurableError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return data
 
 
 def _short(value: Any) -> str:

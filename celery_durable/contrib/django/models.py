@@ -2,8 +2,8 @@
 
 ``db_table`` names the schema the Celery app keeps each table in, read when
 the models load: workflows in the result backend's (``conf.backend_schema()``,
-where ``workflows.*`` reads and changes them), queues and dead letters in the
-broker's (``conf.broker_schema()``). Rows are read through the alias ``CELERY_DURABLE_DATABASE``
+where ``workflows.*`` reads and changes them), queues, dead letters and periodic
+tasks in the broker's (``conf.broker_schema()``). Rows are read through the alias ``CELERY_DURABLE_DATABASE``
 (default ``default``). Changes go through celery_durable's own functions,
 never through model saves.
 """
@@ -94,3 +94,38 @@ class Queue(models.Model):
 
     def __str__(self) -> str:
         return self.queue
+
+
+class BeatEntry(models.Model):
+    """A periodic task of ``celery_durable.beat:Scheduler``, from the ``beat_entries`` view (the broker's schema)."""
+
+    name = models.TextField(primary_key=True)
+    task = models.TextField()
+    schedule = models.JSONField()
+    enabled = models.BooleanField()
+    origin = models.TextField()
+    catch_up = models.TextField()
+    next_run_at = models.DateTimeField(null=True)
+    last_run_at = models.DateTimeField()
+    last_sent_at = models.DateTimeField(null=True)
+    last_task_id = models.TextField(null=True)
+    last_status = models.TextField(null=True)
+    total_run_count = models.BigIntegerField()
+    skipped_run_count = models.BigIntegerField()
+    run_requested_at = models.DateTimeField(null=True)
+    error = models.TextField(null=True)
+    overdue = models.BooleanField()
+    beat_holder = models.TextField(null=True)
+    beat_lease_live = models.BooleanField()
+
+    objects = DurableManager()
+
+    class Meta:
+        managed = False
+        db_table = _table(conf.broker_schema(), "beat_entries")
+        ordering = ["name"]
+        verbose_name = "periodic task"
+        verbose_name_plural = "periodic tasks"
+
+    def __str__(self) -> str:
+        return self.name

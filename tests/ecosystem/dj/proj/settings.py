@@ -5,6 +5,7 @@ CELERY_DURABLE_SCHEMA, as the worker subprocesses get them."""
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 
 from psycopg.conninfo import conninfo_to_dict
 
@@ -40,6 +41,7 @@ def build(url: str, schema: str) -> dict:
             "django.contrib.messages",
             "celery_durable.contrib.django",
             "tests.ecosystem.dj.proj.shop",
+            *(["django_celery_beat"] if find_spec("django_celery_beat") else []),  # (importing its entries)
         ],
         MIDDLEWARE=[
             "django.contrib.sessions.middleware.SessionMiddleware",
