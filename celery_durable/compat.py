@@ -16,11 +16,12 @@ What differs, per line:
   backends of those lines do (:func:`publish_callback`).
 - ``celery.contrib.django.task.DjangoTask`` (``delay_on_commit``, ``apply_async_on_commit``): from
   Celery 5.4. On 5.3 it is None: our Django app still makes publishes inside ``atomic()`` join the
-  transaction; those two methods do not exist (:data:`DjangoTask`, :data:`DJANGO_TASK_CLS`).
+  transaction; those two methods do not exist (:func:`django_task`, :data:`DJANGO_TASK_CLS`).
 """
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from typing import Any, Callable
 
 import celery
@@ -58,10 +59,18 @@ def publish_callback(app: Any, publish: Callable[..., Any], *args: Any, **kwargs
     return publish(*args, **kwargs) if retry is None else retry(publish, *args, **kwargs)
 
 
-try:
-    from celery.contrib.django.task import DjangoTask
-except ImportError:  # Celery 5.3
-    DjangoTask = None
+#: Whether this Celery line has ``DjangoTask`` (from 5.4). Found without importing it: that module
+#: imports Django, which ``import celery_durable`` must not do for every app.
+HAS_DJANGO_TASK = find_spec("celery.contrib.django.task") is not None
 
 #: The task class a Django project's app names: Celery's DjangoTask where the line has it.
-DJANGO_TASK_CLS = "celery.app.task:Task" if DjangoTask is None else "celery.contrib.django.task:DjangoTask"
+DJANGO_TASK_CLS = "celery.contrib.django.task:DjangoTask" if HAS_DJANGO_TASK else "celery.app.task:Task"
+
+
+def django_task() -> type | None:
+    """Celery's ``DjangoTask`` (imports Django), or None on Celery 5.3."""
+    if not HAS_DJANGO_TASK:
+        return None
+    from celery.contrib.django.task import DjangoTask
+
+    return DjangoTask

@@ -97,9 +97,10 @@ def _broker_conninfo(app: Any) -> str | None:
 def install() -> None:
     """Register the finder and make ``delay_on_commit``/``apply_async_on_commit`` transactional."""
     from ... import enqueue
-    from ...compat import DjangoTask
+    from ...compat import django_task
 
     enqueue.add_finder(find_connection)
+    DjangoTask = django_task()
     if DjangoTask is None:  # Celery 5.3 has no delay_on_commit
         return
     for name in ("delay_on_commit", "apply_async_on_commit"):

@@ -12,7 +12,7 @@ from django.db import connection, transaction
 from django.test import override_settings
 
 from celery_durable import durable_chain
-from celery_durable.compat import DjangoTask
+from celery_durable.compat import HAS_DJANGO_TASK
 
 from .proj.shop.models import Execution, Order
 from .proj.shop.tasks import (add, collect, delay_in_atomic, fail_in_atomic, grow_chord_in_atomic, record,
@@ -83,7 +83,7 @@ def test_nested_atomic_blocks_follow_their_savepoints(worker, broker):
     assert (runs("outer"), runs("inner-rolled-back"), runs("inner-kept")) == (1, 0, 1)
 
 
-@pytest.mark.skipif(DjangoTask is None, reason="Celery 5.3 has no delay_on_commit (DjangoTask came in 5.4)")
+@pytest.mark.skipif(not HAS_DJANGO_TASK, reason="Celery 5.3 has no delay_on_commit (DjangoTask came in 5.4)")
 def test_delay_on_commit_publishes_inside_the_transaction(worker, broker):
     with pytest.raises(RuntimeError):
         with transaction.atomic():
