@@ -19,11 +19,12 @@ from .config import Settings
 from .db import dsn, pool, queries
 from .exceptions import WorkflowError
 from .headers import STEP_HEADER
-from .workflow.canvas import call_args, decode_tree, encode_tree, with_args
+from .workflow import rows
+from .workflow.canvas import call_args, encode_args, with_args
 from .workflow.checkpoint import cancelled_error, ready_tasks, values_of
 from .workflow.dispatch import plan, send, stage
 from .workflow.store import Store
-from .workflow.tree import Node, Tree
+from .workflow.tree import Node, Tree, path_key
 
 __all__ = ["cancel_workflow", "get_workflow", "list_workflows", "restart_workflow", "resume_workflow"]
 
@@ -39,11 +40,6 @@ def _reader(app_or_url: Any, schema: str | None) -> tuple[str, Settings]:
 
 def _queries(settings: Settings) -> dict[str, str]:
     return queries.load("celery_durable.workflow", "queries.sql", settings.schema)
-
-
-def _path_key(path: str) -> tuple[tuple[int, int], ...]:
-    """Paths in tree order: "2" < "2~0" (its link) < "10"."""
-    return tuple((int(a), int(b) if b else -1) for a, _, b in (part.partition("~") for part in path.split(".")))
 
 
 def list_workflows(app_or_url: Any, schema: str | None = None, status: str | None = None,
@@ -78,16 +74,16 @@ def get_workflow(app_or_url: Any, schema: str | None = None, workflow_id: str | 
         if row is None:
             return None
         marks = conn.execute(q["checkpoint_list"], {"id": workflow_id}).fetchall()
-    (wid, name, status, current, generation, steps_json, result_id, error, created, updated, finished, atomic,
+        tree = rows.load_tree(conn, q, workflow_id)
+    (wid, name, status, current, generation, result_id, error, created, updated, finished, atomic,
      failed_path) = row
-    tree = decode_tree(steps_json)
     if accept is not None:
         shown = content.accept_types(accept)
     else:
         shown = content.JSON_ONLY if app is None else content.result_types(app)
     checkpoints = {}
     for path, task_id, task_name, content_type, blob, attempts, finished_at in marks:
-        parts = _path_key(path)
+        parts = path_key(path)
         entry = {"path": path, "step": parts[0][0], "member": parts[1][0] if len(parts) > 1 else -1,
                  "task_id": task_id, "task": task_name, "attempts": attempts, "finished_at": finished_at}
         entry["result"] = content.show(bytes(blob), content_type, "binary", shown)
@@ -109,7 +105,7 @@ def get_workflow(app_or_url: Any, schema: str | None = None, workflow_id: str | 
         "finished_at": finished, "result_task_id": result_id,
         "steps": [{"index": c.index, "task": c.name, "kind": c.kind} for c in tree.root.children],
         "tree": [_describe(child, states_by_path, checkpoints) for child in tree.root.children],
-        "checkpoints": [checkpoints[p] for p in sorted(checkpoints, key=_path_key)],
+        "checkpoints": [checkpoints[p] for p in sorted(checkpoints, key=path_key)],
     }
 
 
@@ -151,6 +147,7 @@ def cancel_workflow(app_or_url: Any, workflow_id: str, schema: str | None = None
         conninfo, settings, backend = store.conninfo, store.settings, store.backend
     q = _queries(settings)
     with pool.connection(conninfo, settings) as conn, conn.transaction():
+        conn.execute(q["workflow_fence"], {"id": workflow_id})
         row = conn.execute(q["workflow_lock"], {"id": workflow_id}).fetchone()
         if row is None:
             raise WorkflowError(f"no workflow {workflow_id!r}")
@@ -159,7 +156,7 @@ def cancel_workflow(app_or_url: Any, workflow_id: str, schema: str | None = None
         conn.execute(q["workflow_finish"], {"id": workflow_id, "status": "cancelled", "error": None,
                                             "step": row[1], "failed_path": None})
         if backend is not None:
-            backend.store_result_in(conn, row[4], cancelled_error(workflow_id), states.REVOKED)
+            backend.store_result_in(conn, row[3], cancelled_error(workflow_id), states.REVOKED)
     return True
 
 
@@ -203,7 +200,9 @@ def restart_workflow(app: Any, workflow_id: str, from_step: int | str, args: lis
         if args is not None:
             if node.kind != "task":
                 raise WorkflowError(f"new args can only replace a task's arguments; {path} is a {node.kind}")
-            node.sig = with_args(node.sig, args, call_args(node.sig, app)[1])
+            node.sig = with_args(node.sig, args, call_args(node.sig, app, path)[1])
+            encode_args([node], app)
+            conn.execute(store.queries["node_sig"], {"id": workflow_id, "path": path, "sig": rows.sig_json(node.sig)})
         again = [t.path for t in tree.downstream(path)]
         conn.execute(store.queries["checkpoint_delete_paths"], {"id": workflow_id, "paths": again})
         return 1
@@ -215,22 +214,26 @@ def _resend(store: Store, workflow_id: str, change, leave_live: bool = False) ->
     q = store.queries
     with store.connection() as conn:
         with conn.transaction():
+            conn.execute(q["workflow_fence"], {"id": workflow_id})
             row = conn.execute(q["workflow_lock"], {"id": workflow_id}).fetchone()
             if row is None:
                 raise WorkflowError(f"no workflow {workflow_id!r}")
-            tree = decode_tree(row[3])
+            tree = rows.load_tree(conn, q, workflow_id)
             bump = change(conn, row, tree)
             entries, done = ready_tasks(store, conn, workflow_id, tree)
             if leave_live and entries:
                 live = _live(store, conn, workflow_id, row[2], [task for task, _ in entries])
                 entries = [(task, given) for task, given in entries if task.path not in live]
+            # Counts follow the checkpoints (a restart dropped some; a task finished while failed counted).
+            stored = conn.execute(q["fan_in_list"], {"id": workflow_id}).fetchall()
+            conn.execute(q["fan_in_set"], {"id": workflow_id, **rows.counts(tree, done, stored)})
             generation = conn.execute(q["workflow_restart"], {
-                "id": workflow_id, "step": tree.current_step(done), "bump": bump, "steps": encode_tree(tree, store.app),
+                "id": workflow_id, "step": tree.current_step(done), "bump": bump,
             }).fetchone()[0]
             # The old outcome (failure, revocation or result) must not answer wf.get() any more.
-            conn.execute(store.backend.queries["result_delete"], (row[4],))
+            conn.execute(store.backend.queries["result_delete"], (row[3],))
             if not entries and tree.root.complete(done):
-                _finish(store, conn, workflow_id, tree, row[4])
+                _finish(store, conn, workflow_id, tree, row[3])
                 return []
             messages = plan(store.app, workflow_id, generation, entries)
             staged = stage(store, conn, workflow_id, generation, messages)
@@ -250,7 +253,7 @@ def _live(store: Store, conn: Any, workflow_id: str, generation: int, tasks: lis
         "id": workflow_id, "generation": generation, "paths": paths, "after": store.settings.recovery_after,
     }).fetchall()
     live = {r[0] for r in queued} | {r[0] for r in seen}
-    for path in sorted(live, key=_path_key):
+    for path in sorted(live, key=path_key):
         logger.info("resume of workflow %s leaves task %s alone: it has a live attempt (its message is queued or "
                     "held by a worker, or showed a sign of life within recovery_after)", workflow_id, path)
     return live

@@ -20,11 +20,11 @@ from celery.canvas import _chain, _chord, chunks
 from kombu.exceptions import SerializerNotInstalled
 from kombu.serialization import dumps as encode_value
 from kombu.serialization import prepare_accept_content
-from kombu.utils.json import dumps, loads
+from kombu.utils.json import dumps
 
 from .. import content
 from ..exceptions import Undecodable, WorkflowError
-from .tree import Node, Tree, from_json, to_json
+from .tree import Node, Tree
 
 #: Signature options that belong to one send, not to the workflow.
 _PER_SEND = ("task_id", "parent_id", "root_id", "group_id", "group_index", "chord", "reply_to", "chain")
@@ -157,19 +157,11 @@ def _surely_unknown(app: Any, name: str) -> bool:
 
 # -- storage ------------------------------------------------------------------------------------
 
-def encode_tree(tree: Tree, app: Any) -> str:
-    """``workflow.steps``: arguments encoded with each task's serializer; raises WorkflowError if they cannot be."""
-    for task in tree.tasks():
-        task.sig = _encoded(task.sig, app)
-    try:
-        return dumps(to_json(tree))
-    except TypeError as exc:
-        raise WorkflowError(f"durable workflow options must be JSON-serializable: {exc}") from None
-
-
-def decode_tree(data: Any) -> Tree:
-    raw = loads(data) if isinstance(data, (str, bytes)) else loads(dumps(data))  # jsonb: re-run Kombu's decoder
-    return from_json(raw)
+def encode_args(nodes: Any, app: Any) -> None:
+    """Encode every task's arguments with its task serializer (JSON stays readable); raises WorkflowError if they cannot be."""
+    for node in nodes:
+        if node.kind == "task":
+            node.sig = _encoded(node.sig, app)
 
 
 def call_args(sig: dict, app: Any, path: str | None = None) -> tuple[list, dict]:

@@ -10,11 +10,12 @@ from celery.result import AsyncResult
 
 from ..tracing import carrier
 from ..exceptions import WorkflowError
-from .canvas import add_errbacks, build, encode_tree, listed, node_of
+from . import rows
+from .canvas import add_errbacks, build, encode_args, listed, node_of
 from .dispatch import plan, send, stage
 from .runner import instrument
 from .store import Store
-from .tree import NOTHING, Tree
+from .tree import NOTHING, Tree, enter
 
 
 class WorkflowResult(AsyncResult):
@@ -81,22 +82,26 @@ class DurableWorkflow:
             sig["options"] = {**options, **sig["options"]}
             if trace:  # every task continues the caller's trace, even when re-sent by an operator
                 sig["options"]["headers"] = {**trace, **(sig["options"].get("headers") or {})}
-        entries = tree.enter(tree.root, NOTHING)
+        entries = enter(tree.root, NOTHING)
         for task, _given in entries:
             if not task.sig["immutable"]:
                 task.sig["args"] = list(args or ()) + task.sig["args"]
                 task.sig["kwargs"] = {**(kwargs or {}), **task.sig["kwargs"]}
-        steps = encode_tree(tree, app)
+        nodes = [tree.root, *tree.nodes.values()]
+        encode_args(nodes, app)
+        given = workflow_id is not None
         workflow_id = str(workflow_id or uuid.uuid4())
+        stored = rows.params(workflow_id, nodes)
         staged = []
-        with store.connection() as conn:
-            with conn.transaction():
-                created = conn.execute(store.queries["workflow_insert"], {
-                    "id": workflow_id, "name": self.name or tree.root.children[0].name, "steps": steps,
-                    "result_task_id": workflow_id, "atomic": store.atomic,
-                }).fetchone()
-                if created:
-                    staged = stage(store, conn, workflow_id, 0, plan(app, workflow_id, 0, entries))
+        # One round trip: the transaction is pipelined; a given id (which may exist) first asks whether it is new.
+        with store.connection() as conn, conn.pipeline(), conn.transaction():
+            created = conn.execute(store.queries["workflow_insert"], {
+                "id": workflow_id, "name": self.name or tree.root.children[0].name,
+                "result_task_id": workflow_id, "atomic": store.atomic,
+            })
+            if not given or created.fetchone():
+                rows.insert(conn, store.queries, stored)
+                staged = stage(store, conn, workflow_id, 0, plan(app, workflow_id, 0, entries))
         send(app, staged)
         return WorkflowResult(workflow_id, app=app, backend=store.backend)
 

@@ -1,26 +1,30 @@
-"""The transactions that move a durable workflow: a task finished, a task failed.
+"""The transactions that move a durable workflow: a task finished, failed, or replaced itself.
 
 A finished task commits, in ONE transaction: whatever it wrote through
 ``current_step().connection``, its checkpoint, the messages of the tasks its
 result starts (atomic mode) and the deletion of its own message, fenced by its
 lease token. A crash before the commit re-runs the task with its writes rolled
-back; after the commit nothing of it runs again. The workflow row is locked
-first, so the members of a group finishing together agree on which of them
-completes it: the last one to commit sends what follows the group (a chord's
-body), exactly once.
+back; after the commit nothing of it runs again.
 
-A task costs two round trips when what its result starts is known before it
-runs (the next element of its chain, or the workflow's end): one read before
-it runs, and its whole commit pipelined in one, built on that read; guards in
-the pipeline abort it when the read went stale while the task ran, and the
-same transaction then takes the checking path (lock, look, decide). A group
-member takes that path: only the commit can tell whether it is the last.
+What a task's result starts is in its own row of the tree (``rows.Then``):
+the next element of its chain, the workflow's end, or a count in its group's
+``fan_in``. A task costs two round trips: one read before it runs (its row,
+and the first tasks of what it enters), and its whole commit pipelined in one.
+Guards in the pipeline abort it, back to a savepoint, when what was read went
+stale while the task ran or when the task fills its group's count; the same
+transaction then takes the checking path: the member that fills a group's last
+count reads the members' results and sends what follows the group, once.
+
+No task locks the workflow row (it is written when the root chain advances or
+the workflow ends): a commit holds the workflow's fence, an advisory lock,
+shared; cancel, resume, restart and a failure take it alone, so they wait for
+the commits in flight and the commits after them see what they changed.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -31,11 +35,13 @@ from kombu.serialization import dumps
 
 from .. import content
 from ..exceptions import LeaseLost, Undecodable, WorkflowError
-from .canvas import add_errbacks, decode_tree, encode_tree, listed, node_of
+from . import rows
+from .canvas import add_errbacks, encode_args, listed, node_of
 from .context import StepContext
 from .dispatch import Message, plan, send, stage
+from .rows import Then
 from .store import Store
-from .tree import NOTHING, Node, Tree, feeder, top_of
+from .tree import NOTHING, Node, Tree, enter, number, top_of
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +92,8 @@ def decode(app: Any, content_type: str, data: bytes, path: str | None = None) ->
 
 def values_of(store: Store, conn: psycopg.Connection, workflow_id: str, paths: list[str]) -> dict[str, Any]:
     """The decoded results of these tasks, by path (the ones that finished)."""
-    rows = conn.execute(store.queries["checkpoint_values"], {"id": workflow_id, "paths": paths}).fetchall()
-    return {path: decode(store.app, ct, blob, path) for path, ct, blob in rows}
+    found = conn.execute(store.queries["checkpoint_values"], {"id": workflow_id, "paths": paths}).fetchall()
+    return {path: decode(store.app, ct, blob, path) for path, ct, blob in found}
 
 
 def _release_cursor(store: Store, conn: psycopg.Connection, ref: StepRef) -> psycopg.Cursor | None:
@@ -113,40 +119,41 @@ class Before:
 
     verdict: str | None
     value: Any = None
-    status: str | None = None
-    current_step: int | None = None
-    tree: Tree | None = None
     result_id: str | None = None
+    then: Then | None = None
+    #: The first tasks of what the task's completion enters (``then``), and its link callbacks.
+    starts: list[Node] = field(default_factory=list)
+    links: list[Node] = field(default_factory=list)
 
 
 def before_run(store: Store, ref: StepRef) -> Before:
-    """Read the task's workflow once: FINISHED (with its result) or STOPPED tasks must not run.
+    """Read the task's row once: FINISHED (with its result) or STOPPED tasks must not run.
 
     A task that runs (verdict None) keeps what was read, so that its commit
     can go out in one round trip (``commit_success``).
     """
+    q = store.queries
     with store.connection() as conn:
-        row = conn.execute(store.queries["step_state"], {"id": ref.workflow_id, "path": ref.path}).fetchone()
-        if (row is None or row[1] != ref.generation or row[0] == "cancelled"
-                or (row[0] == "succeeded" and not ref.side)):
+        with conn.pipeline():
+            state = conn.execute(q["step_state"], {"id": ref.workflow_id, "path": ref.path})
+            following = conn.execute(q["node_next"], {"id": ref.workflow_id, "path": ref.path})
+        row, found = state.fetchone(), following.fetchall()
+        stopped = (row is None or row[1] != ref.generation or row[0] == "cancelled"
+                   or (row[0] == "succeeded" and not ref.side))
+        if stopped or row[2] is not None or row[5] != "task":  # no task here: replaced since this message was sent
             with conn.transaction():
                 release(store, conn, ref)
+            if not stopped and row[2] is not None:
+                return Before(FINISHED, decode(store.app, row[2], row[3], ref.path))
             return Before(STOPPED)
-        if row[2] is not None:
-            with conn.transaction():
-                release(store, conn, ref)
-            return Before(FINISHED, decode(store.app, row[2], row[3], ref.path))
-        tree = decode_tree(row[5])
-        node = tree.nodes.get(ref.path)
-        if node is None or node.kind != "task":  # replaced (Task.replace) since this message was sent
-            with conn.transaction():
-                release(store, conn, ref)
-            return Before(STOPPED)
-    return Before(None, None, row[0], row[4], tree, row[6])
+        starts = rows.starts(conn, q, ref.workflow_id, found)
+    own_links = ref.path + "~"
+    return Before(None, None, row[4], Then(row[6], row[7], row[8]),
+                  [n for n in starts if not n.path.startswith(own_links)],
+                  [n for n in starts if n.path.startswith(own_links)])
 
 
-def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, result: Any,
-                   before: Before | None = None) -> None:
+def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, result: Any, before: Before) -> None:
     """Checkpoint the task and move the workflow on, in the task's transaction.
 
     Raises LeaseLost (everything rolled back) when another worker now holds
@@ -167,156 +174,187 @@ def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, res
     send(store.app, next_send)
 
 
-@dataclass
-class Moves:
-    """What a finished task's result sets off: tasks to start, the root element now current, the end."""
-
-    entries: list[tuple[Node, Any]]
-    current_step: int | None = None
-    finished: bool = False
-    value: Any = None
-
-
 def _commit(store: Store, conn: psycopg.Connection, ref: StepRef, task: Any, result: Any,
-            before: Before | None) -> list[Message]:
+            before: Before) -> list[Message]:
     """The task's transaction from its checkpoint to COMMIT (or rollback); return the messages to send after it."""
-    app = store.app
-    q = store.queries
-    content_type, data = encode(app, result)
+    content_type, data = encode(store.app, result)
     checkpoint_params = {
         "id": ref.workflow_id, "path": ref.path, "task_id": task.request.id, "task_name": task.name,
         "content_type": content_type, "result": data, "attempts": (task.request.retries or 0) + 1,
     }
-    known = before.tree.nodes.get(ref.path) if before is not None and before.tree else None
-    group = _first_group(known)
-    if (group is None and known is not None and known.kind == "task"
-            and before.status == "running" and before.current_step == ref.top):
-        # No group to count: what the task starts is known from the read before it ran.
-        moves = _moves(store, conn, before.tree, known, result, ref.workflow_id, {})
-        moves.entries += _links(before.tree, known, result)
-        staged = _commit_pipelined(store, conn, ref, before, checkpoint_params, moves)
+    if before.then is not None:
+        staged = _commit_pipelined(store, conn, ref, before, checkpoint_params, result)
         if staged is not None:
             return staged
-    # One round trip: lock, checkpoint and fenced delete go out together, with the count of the
-    # finished members of the group this task may complete (known from the read before it ran);
-    # if the answers say this attempt must not count, the whole transaction is rolled back below.
-    group_terminals = [t.path for t in group.terminals()] if group is not None else []
+    return _commit_checked(store, conn, ref, before, checkpoint_params, result)
+
+
+_SAVEPOINT = "celery_durable_step"
+
+
+def _begin(conn: psycopg.Connection) -> None:
+    if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        conn.execute("BEGIN")
+
+
+def _commit_pipelined(store: Store, conn: psycopg.Connection, ref: StepRef, before: Before,
+                      checkpoint_params: dict, result: Any) -> list[Message] | None:
+    """Commit a task in one round trip, built on what it read before it ran; return what to send after.
+
+    ``step_commit``, the last statement before COMMIT, aborts the pipeline
+    when the workflow stopped or moved to another generation, the task was
+    finished by another attempt, the lease was lost, or the task fills its
+    group's count; then the transaction goes back to a savepoint (the task's
+    own writes kept) and None says: take the checking path. Nothing psycopg
+    may be preparing follows it (an aborted pipeline skips what follows).
+    """
+    q = store.queries
+    then = before.then
+    entries = [(node, result) for node in before.links]
+    if then.kind == "enter":
+        entries += [(node, result) for node in before.starts]
     try:
-        with conn.pipeline():
-            if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                conn.execute("BEGIN")
-            locked = conn.execute(q["workflow_lock"], {"id": ref.workflow_id})
-            inserting = conn.execute(q["checkpoint_insert"], checkpoint_params)
-            releasing = _release_cursor(store, conn, ref)
-            if not store.atomic:
-                conn.execute(q["sent_step_done"], {"id": ref.workflow_id, "path": ref.path})
-            counting = (conn.execute(q["checkpoint_count"], {"id": ref.workflow_id, "paths": group_terminals})
-                        if group_terminals else None)
-    except psycopg.errors.ForeignKeyViolation:
-        _abandon(store, conn, ref, "has no workflow row any more (deleted?): not checkpointed")
-        return []
-    wf, inserted = locked.fetchone(), inserting.fetchone()
+        messages = plan(store.app, ref.workflow_id, ref.generation, entries)
+    except Undecodable:
+        return None  # the checking path fails the workflow at the task whose arguments it will not decode
+    lease = ref.lease if store.atomic else None
+    aborted: Exception | None = None
+    try:
+        with conn.pipeline() as pipeline:
+            _begin(conn)
+            conn.execute(f"SAVEPOINT {_SAVEPOINT}")
+            conn.execute(q["step_fence"], {"id": ref.workflow_id})
+            if then.kind == "end":
+                store.backend.store_result_in(conn, before.result_id, result, states.SUCCESS)
+            staged = stage(store, conn, ref.workflow_id, ref.generation, messages)
+            try:
+                conn.execute(q["step_commit"], {
+                    **checkpoint_params, "generation": ref.generation, "side": ref.side,
+                    "lease_id": lease[0] if lease else None, "lease_token": lease[1] if lease else None,
+                    "watched": not store.atomic,
+                    "group": then.path if then.kind == "count" else None,
+                    "part": then.part if then.kind == "count" else None,
+                    "step": ref.top if then.kind == "end" else then.root_element, "end": then.kind == "end",
+                })
+                conn.execute("COMMIT", prepare=False)
+            except _ABORTS as exc:  # seen before the pipeline's end: read what is left, so that it ends cleanly
+                aborted = exc
+                _drain(pipeline)
+    except _ABORTS as exc:
+        aborted = exc
+    if aborted is not None:
+        conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+        logger.info("durable step %s of workflow %s: %s; checking", ref.path, ref.workflow_id,
+                    str(aborted).splitlines()[0])
+        return None
+    return staged
+
+
+#: What aborts a pipelined commit when what it was built on no longer holds (see ``step_commit``).
+_ABORTS = (psycopg.errors.RaiseException, psycopg.errors.UniqueViolation)
+
+
+def _drain(pipeline: psycopg.Pipeline) -> None:
+    """Read the results an aborted pipeline still owes (each says: aborted)."""
+    try:
+        pipeline.sync()
+    except psycopg.Error:
+        pass
+
+
+def _move(store: Store, conn: psycopg.Connection, ref: StepRef, then: Then, value: Any, result_id: str) -> None:
+    """Record where the workflow goes when a node completed with ``value`` and its completion does ``then``."""
+    q = store.queries
+    if then.kind == "end":
+        conn.execute(q["workflow_finish"], {"id": ref.workflow_id, "status": "succeeded", "error": None,
+                                            "step": ref.top, "failed_path": None})
+        store.backend.store_result_in(conn, result_id, value, states.SUCCESS)
+    elif then.root_element is not None:
+        conn.execute(q["workflow_advance"], {"id": ref.workflow_id, "step": then.root_element})
+    else:
+        conn.execute(q["workflow_progress"], {"id": ref.workflow_id})
+
+
+def _commit_checked(store: Store, conn: psycopg.Connection, ref: StepRef, before: Before,
+                    checkpoint_params: dict, result: Any) -> list[Message]:
+    """The checking path: look at the workflow under the fence, then count, decide and send (or roll back)."""
+    q = store.queries
+    wid = ref.workflow_id
+    known = before.then
+    with conn.pipeline():
+        _begin(conn)
+        conn.execute(q["step_fence"], {"id": wid})
+        checking = conn.execute(q["step_check"], {"id": wid, "path": ref.path})
+        inserting = conn.execute(q["checkpoint_insert"], checkpoint_params)
+        releasing = _release_cursor(store, conn, ref)
+        if not store.atomic:
+            conn.execute(q["sent_step_done"], {"id": wid, "path": ref.path})
+        counting = (conn.execute(q["fan_in_count"], {"id": wid, "path": known.path, "part": known.part})
+                    if known is not None and known.kind == "count" else None)
+    wf, inserted = checking.fetchone(), inserting.fetchone()
     released = releasing is None or releasing.fetchone() is not None
-    if wf is None or wf[2] != ref.generation:
-        _abandon(store, conn, ref, "belongs to a superseded run: not checkpointed")
+    if wf is None or wf[1] != ref.generation:
+        _abandon(store, conn, ref, "belongs to a superseded run (or its workflow is gone): not checkpointed")
         return []
-    status, _current, _gen, steps_json, result_id, _atomic, failed_path = wf
+    status, _generation, failed_path, result_id, kind, *then_row = wf
     if inserted is None:
         # Another attempt finished this task first: keep its outcome, drop ours.
         _abandon(store, conn, ref, "already finished: this attempt's writes rolled back")
         return []
     if not released:
         conn.execute("ROLLBACK")
-        raise LeaseLost(f"lost the lease of step {ref.path} of workflow {ref.workflow_id}: rolled back")
-    revive = status == "failed" and failed_path == ref.path
-    if status != "running" and not revive and not (status == "succeeded" and ref.side):
-        conn.execute("COMMIT")  # the checkpoint stands; a resume goes on from it
+        raise LeaseLost(f"lost the lease of step {ref.path} of workflow {wid}: rolled back")
+    if kind != "task":
+        _abandon(store, conn, ref, "was replaced (Task.replace) by another attempt: not checkpointed")
         return []
-    tree = decode_tree(steps_json)
-    node = tree[ref.path]
-    counted = {group.path: (group_terminals, counting.fetchone()[0])} if counting is not None else {}
-    moves = _moves(store, conn, tree, node, result, ref.workflow_id, counted)
-    moves.entries += _links(tree, node, result)
-    next_send: list[Message] = []
+    then = Then(*then_row)
+    if counting is not None and then != known:
+        raise WorkflowError(f"the row of step {ref.path} of workflow {wid} changed while it ran: rolled back")
+    revive = status == "failed" and failed_path == ref.path
+    sending = status == "running" or revive or (status == "succeeded" and ref.side)
+    if revive:
+        logger.warning("durable step %s of workflow %s succeeded after another attempt of it failed: "
+                       "its checkpoint wins, the workflow runs on", ref.path, wid)
+        conn.execute(q["workflow_revive"], {"id": wid})
+        conn.execute(store.backend.queries["result_delete"], (result_id,))
+    # Counts move whatever the workflow's status, so that they always match the checkpoints.
+    value = result
+    while then.kind == "count":
+        cursor = counting or conn.execute(q["fan_in_count"], {"id": wid, "path": then.path, "part": then.part})
+        counting = None
+        complete, counted = cursor.fetchone()
+        if not counted:
+            raise WorkflowError(f"group {then.path} of workflow {wid} has no count: the tree is damaged")
+        if not complete:
+            then = Then("none")
+            break
+        group = then.path
+        if sending:  # the group's value: its members' results, read once, by the member that completes it
+            value, then = rows.value(conn, q, wid, group, lambda path, ct, blob: decode(store.app, ct, blob, path))
+        else:
+            then = Then(*conn.execute(q["node_then"], {"id": wid, "path": group}).fetchone())
+    entries = [(node, result) for node in before.links] if sending else []
+    if sending and then.kind == "enter":
+        if then == known:
+            starts = before.starts
+        else:
+            starts = rows.starts(conn, q, wid, conn.execute(q["node_rows"], {"id": wid, "paths": [then.path]}).fetchall())
+        entries += [(node, value) for node in starts]
     # The rest goes out in one more round trip, COMMIT included; a failing statement
     # aborts the transaction and surfaces when the pipeline syncs (rolled back by the caller).
-    with conn.pipeline():
-        if revive:
-            logger.warning("durable step %s of workflow %s succeeded after another attempt of it failed: "
-                           "its checkpoint wins, the workflow runs on", ref.path, ref.workflow_id)
-            conn.execute(q["workflow_revive"], {"id": ref.workflow_id})
-            conn.execute(store.backend.queries["result_delete"], (result_id,))
-        next_send = _apply(store, conn, ref, moves, result_id)
-        conn.execute("COMMIT")
-    return next_send
-
-
-def _first_group(node: Node | None) -> Node | None:
-    """The group ``node`` finishing may complete (None when what follows it is known without counting)."""
-    while node is not None and node.parent is not None:
-        parent = node.parent
-        if parent.kind == "group":
-            return parent
-        if node.index + 1 < len(parent.children):
-            return None
-        node = parent
-    return None
-
-
-def _moves(store: Store, conn: psycopg.Connection, tree: Tree, node: Node, result: Any, workflow_id: str,
-           counted: dict[str, tuple[list[str], int]]) -> Moves:
-    """What the task at ``node`` finishing sets off, counting finished members of the groups on the way.
-
-    ``counted``: group path -> (its terminal tasks, how many finished), already read in this transaction.
-    With no group on the way (``_first_group`` is None) it reads nothing.
-    """
-    values = {node.path: result}
-    while True:
-        parent = node.parent
-        if parent is None:
-            return Moves([])  # the end of a link's branch: nothing waits for it
-        if parent.kind == "group":
-            terminals = [t.path for t in parent.terminals()]
-            known = counted.get(parent.path)
-            if known is not None and known[0] == terminals:
-                done = known[1]
-            else:
-                done = conn.execute(store.queries["checkpoint_count"],
-                                    {"id": workflow_id, "paths": terminals}).fetchone()[0]
-            if done < len(terminals):
-                return Moves([], None)
-            values.update(values_of(store, conn, workflow_id, [p for p in terminals if p not in values]))
-        elif node.index + 1 < len(parent.children):
-            following = parent.children[node.index + 1]
-            current = following.index if parent is tree.root else None
-            return Moves(tree.enter(following, node.value(values)), current)
-        elif parent is tree.root:
-            return Moves([], None, True, node.value(values))
-        node = parent
-
-
-def _links(tree: Tree, node: Node, result: Any) -> list[tuple[Node, Any]]:
-    """The link callbacks of a finished task: they start with its commit, with its result."""
-    return [entry for link in node.links for entry in tree.enter(link, result)]
-
-
-def _apply(store: Store, conn: psycopg.Connection, ref: StepRef, moves: Moves, result_id: str) -> list[Message]:
-    """Send (or stage) what ``moves`` starts, and record the workflow's progress or end, in ``conn``'s transaction."""
-    q = store.queries
     try:
-        messages = plan(store.app, ref.workflow_id, ref.generation, moves.entries)
+        messages = plan(store.app, wid, ref.generation, entries)
     except Undecodable as exc:
-        fail_undecodable(store, conn, ref.workflow_id, exc.path or ref.path, result_id, exc)
-        return []
-    if moves.finished:
-        conn.execute(q["workflow_finish"], {"id": ref.workflow_id, "status": "succeeded", "error": None,
-                                            "step": ref.top, "failed_path": None})
-        store.backend.store_result_in(conn, result_id, moves.value, states.SUCCESS)
-    elif moves.current_step is not None:
-        conn.execute(q["workflow_advance"], {"id": ref.workflow_id, "step": moves.current_step})
-    else:
-        conn.execute(q["workflow_touch"], {"id": ref.workflow_id})
-    return stage(store, conn, ref.workflow_id, ref.generation, messages)
+        messages, sending = [], False
+        fail_undecodable(store, conn, wid, exc.path or ref.path, result_id, exc)
+    with conn.pipeline():
+        if sending and then.kind != "none":
+            _move(store, conn, ref, then, value, result_id)
+        elif sending:
+            conn.execute(q["workflow_progress"], {"id": wid})
+        staged = stage(store, conn, wid, ref.generation, messages)
+        conn.execute("COMMIT")
+    return staged
 
 
 def fail_undecodable(store: Store, conn: psycopg.Connection, workflow_id: str, path: str, result_id: str,
@@ -327,42 +365,6 @@ def fail_undecodable(store: Store, conn: psycopg.Connection, workflow_id: str, p
                                                    "error": f"{type(exc).__name__}: {exc}"[:2000],
                                                    "step": top_of(path), "failed_path": path})
     store.backend.store_result_in(conn, result_id, exc, states.FAILURE)
-
-
-_SAVEPOINT = "celery_durable_step"
-
-
-def _commit_pipelined(store: Store, conn: psycopg.Connection, ref: StepRef, before: Before,
-                      checkpoint_params: dict, moves: Moves) -> list[Message] | None:
-    """Commit a task in one round trip, built on what it read before it ran; return what to send after.
-
-    Guards (``step_guard_v1``) and the checkpoint's primary key abort the
-    pipeline when the workflow moved on, the task was finished by another
-    attempt, or the lease was lost; then the transaction goes back to a
-    savepoint (the task's own writes kept) and None says: take the checking path.
-    """
-    q = store.queries
-    try:
-        with conn.pipeline():
-            if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                conn.execute("BEGIN")
-            conn.execute(f"SAVEPOINT {_SAVEPOINT}")
-            conn.execute(q["step_guard_lock"], {"id": ref.workflow_id, "generation": ref.generation,
-                                                "step": ref.top})
-            conn.execute(q["checkpoint_insert_new"], checkpoint_params)
-            if store.atomic and ref.lease is not None:
-                conn.execute(q["message_release_guarded"], {"id": ref.lease[0], "token": ref.lease[1]})
-            if not store.atomic:
-                conn.execute(q["sent_step_done"], {"id": ref.workflow_id, "path": ref.path})
-            staged = _apply(store, conn, ref, moves, before.result_id)
-            conn.execute("COMMIT")
-    except (psycopg.errors.RaiseException, psycopg.errors.UniqueViolation,
-            psycopg.errors.ForeignKeyViolation) as exc:
-        conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
-        logger.info("durable step %s of workflow %s: %s; checking", ref.path, ref.workflow_id,
-                    str(exc).splitlines()[0])
-        return None
-    return staged
 
 
 def _abandon(store: Store, conn: psycopg.Connection, ref: StepRef, why: str) -> None:
@@ -380,11 +382,13 @@ def record_failure(store: Store, ref: StepRef, exc: BaseException, traceback: st
     lease (atomic mode) the fenced delete of its own message must find it, and
     an existing checkpoint of the task wins in every mode. Returns False, with
     nothing changed, for an attempt fenced out that way (or a workflow that is
-    no longer running this generation).
+    no longer running this generation). Takes the workflow's fence alone:
+    commits after it see the failure and start nothing new.
     """
     q = store.queries
     with store.connection() as conn, conn.transaction():
         with conn.pipeline():
+            conn.execute(q["workflow_fence"], {"id": ref.workflow_id})
             locked = conn.execute(q["workflow_lock"], {"id": ref.workflow_id})
             finished = conn.execute(q["checkpoint_exists"], {"id": ref.workflow_id, "path": ref.path})
             releasing = _release_cursor(store, conn, ref)
@@ -404,36 +408,40 @@ def record_failure(store: Store, ref: StepRef, exc: BaseException, traceback: st
                                             "step": ref.top, "failed_path": ref.path})
         if not store.atomic:  # its attempt is over: a resume must not take it for a live one
             conn.execute(q["sent_step_done"], {"id": ref.workflow_id, "path": ref.path})
-        store.backend.store_result_in(conn, wf[4], exc, states.FAILURE, traceback=traceback)
+        store.backend.store_result_in(conn, wf[3], exc, states.FAILURE, traceback=traceback)
     return True
 
 
 def commit_replacement(store: Store, ref: StepRef, sig: Any) -> None:
     """``Task.replace(sig)``: the task's place in the tree becomes ``sig`` (a chain around it), started now.
 
-    One transaction, fenced like a checkpoint: the tree is rewritten, the
-    replacement's first tasks are sent (atomic mode) and the task's own
-    message goes. What ``sig`` returns is the replaced task's result; the
-    task's link callbacks and errbacks pass to it, as Celery passes them.
+    One transaction, fenced like a checkpoint: the task's row becomes the
+    replacement's rows, the replacement's first tasks are sent (atomic mode)
+    and the task's own message goes. What ``sig`` returns is the replaced
+    task's result; the task's link callbacks (stored again under the
+    replacement's last task) and errbacks pass to it, as Celery passes them.
     Raises WorkflowError for links that have no single task to move to.
     """
     q = store.queries
     app = store.app
+    wid = ref.workflow_id
     staged: list[Message] = []
     with store.connection() as conn, conn.transaction():
         with conn.pipeline():
-            locked = conn.execute(q["workflow_lock"], {"id": ref.workflow_id})
-            finished = conn.execute(q["checkpoint_exists"], {"id": ref.workflow_id, "path": ref.path})
+            conn.execute(q["step_fence"], {"id": wid})
+            checking = conn.execute(q["step_check"], {"id": wid, "path": ref.path})
+            finished = conn.execute(q["checkpoint_exists"], {"id": wid, "path": ref.path})
             releasing = _release_cursor(store, conn, ref)
-        wf = locked.fetchone()
+        wf = checking.fetchone()
         if releasing is not None and releasing.fetchone() is None:
             logger.warning("durable step %s of workflow %s replaced itself after losing its lease: ignored",
-                           ref.path, ref.workflow_id)
+                           ref.path, wid)
             return
-        if finished.fetchone() is not None or wf is None or wf[2] != ref.generation or wf[0] == "cancelled":
+        if (finished.fetchone() is not None or wf is None or wf[1] != ref.generation or wf[0] == "cancelled"
+                or wf[4] != "task"):
             return
-        tree = decode_tree(wf[3])
-        old = tree[ref.path]
+        nodes = rows.build(rows.subtree(conn, q, wid, [ref.path]))
+        old = nodes[ref.path]
         new = node_of(sig, app)
         if old.links:
             last = new if new.kind == "task" else (new.children[-1] if new.kind == "chain" else None)
@@ -446,19 +454,19 @@ def commit_replacement(store: Store, ref: StepRef, sig: Any) -> None:
             add_errbacks(new, errbacks)
         grafted = new if new.kind == "chain" and not new.chord else Node("chain", [new])
         grafted.replaced = True
-        if old.owner is not None:
-            old.owner.links[old.index] = grafted
-        else:
-            old.parent.children[old.index] = grafted
-        tree = Tree(tree.root)
-        grafted = tree[ref.path]
-        conn.execute(q["workflow_steps"], {"id": ref.workflow_id, "steps": encode_tree(tree, app)})
+        graft: dict[str, Node] = {}
+        number(grafted, ref.path, None, graft)
+        encode_args(graft.values(), app)
+        moved = [path for path in nodes if path != ref.path]
+        before = Then(*wf[5:])
+        conn.execute(q["node_delete"], {"id": wid, "paths": [ref.path] + moved})
+        conn.execute(q["fan_in_delete"], {"id": wid, "paths": moved})
+        rows.insert(conn, q, rows.params(wid, graft.values(), lambda node: rows.then_of(node, grafted, before)))
         if not store.atomic:
-            conn.execute(q["sent_step_done"], {"id": ref.workflow_id, "path": ref.path})
-        staged = stage(store, conn, ref.workflow_id, ref.generation,
-                       plan(app, ref.workflow_id, ref.generation, tree.enter(grafted, NOTHING)))
+            conn.execute(q["sent_step_done"], {"id": wid, "path": ref.path})
+        staged = stage(store, conn, wid, ref.generation, plan(app, wid, ref.generation, enter(grafted, NOTHING)))
     send(app, staged)
-    logger.info("durable step %s of workflow %s replaced by %s", ref.path, ref.workflow_id, grafted.name)
+    logger.info("durable step %s of workflow %s replaced by %s", ref.path, wid, grafted.name)
 
 
 def release_only(store: Store, ref: StepRef, retry_when: Any = None) -> None:
@@ -477,25 +485,18 @@ def release_only(store: Store, ref: StepRef, retry_when: Any = None) -> None:
             })
 
 
-def ready_tasks(store: Store, conn: psycopg.Connection, workflow_id: str, tree: Tree,
-                only: set[str] | None = None) -> tuple[list[tuple[Node, Any]], set[str]]:
-    """Tasks that should be running now (input ready, no checkpoint), each with its input; and the finished paths.
-
-    ``only`` limits them to these paths (the sweep re-sends lost tasks only).
-    """
+def ready_tasks(store: Store, conn: psycopg.Connection, workflow_id: str, tree: Tree) -> tuple[list[tuple[Node, Any]], set[str]]:
+    """Tasks of a whole tree that should be running now (input ready, no checkpoint), each with its input;
+    and the finished paths."""
     done = {row[0] for row in conn.execute(store.queries["checkpoint_paths"], {"id": workflow_id})}
-    ready = [t for t in tree.frontier(done) if only is None or t.path in only]
-    needed = set()
+    ready = tree.frontier(done)
+    needed: set[str] = set()
     for task in ready:
-        needed.update(_input_paths(tree, task))
+        source = tree.source(task)
+        if source is not None:
+            needed.update(t.path for t in source.terminals())
     values = values_of(store, conn, workflow_id, sorted(needed)) if needed else {}
     return [(task, tree.input_of(task, values)) for task in ready], done
-
-
-def _input_paths(tree: Tree, task: Node) -> list[str]:
-    """The tasks whose results make up ``task``'s input."""
-    source = feeder(task)
-    return [] if source is None else [t.path for t in source.terminals()]
 
 
 def cancelled_error(workflow_id: str) -> TaskRevokedError:

@@ -1,21 +1,31 @@
--- Named queries of durable workflows: workflows, their checkpoints, and steps sent to other brokers.
--- A path names a task in the workflow's tree: "2.1.0" (see workflow/tree.py).
+-- Named queries of durable workflows: workflows, their trees, counts and checkpoints, and steps sent to
+-- other brokers. A path names a node in the workflow's tree: "2.1.0" (see workflow/tree.py), the root
+-- chain "". No task locks the workflow row: a task's commit holds the workflow's fence (step_fence,
+-- shared); what changes a whole workflow (cancel, resume, restart, a failure) takes it alone.
 
 -- workflow_insert --
 -- Start a workflow; a workflow_id seen before inserts nothing (deduplication).
-INSERT INTO {schema}.workflow (id, name, steps, result_task_id, atomic)
-VALUES (%(id)s, %(name)s, %(steps)s, %(result_task_id)s, %(atomic)s)
+INSERT INTO {schema}.workflow (id, name, result_task_id, atomic)
+VALUES (%(id)s, %(name)s, %(result_task_id)s, %(atomic)s)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 
+-- workflow_fence --
+-- Change a whole workflow alone: wait for the commits of its tasks in flight (they hold the fence shared).
+SELECT pg_advisory_xact_lock(hashtextextended(%(id)s, 0))
+
+-- step_fence --
+-- A task's commit: hold the workflow's fence shared, beside its other tasks' commits.
+SELECT pg_advisory_xact_lock_shared(hashtextextended(%(id)s, 0))
+
 -- workflow_lock --
--- Serialise everything that moves a workflow on (group members finishing together, cancel, restart).
-SELECT status, current_step, generation, steps, result_task_id, atomic, failed_path
+-- Under the workflow's fence: its row, locked, to change it (cancel, resume, restart, a failure).
+SELECT status, current_step, generation, result_task_id, atomic, failed_path
 FROM {schema}.workflow WHERE id = %(id)s FOR UPDATE
 
 -- workflow_get --
--- One workflow, for the admin API.
-SELECT id, name, status, current_step, generation, steps, result_task_id, error,
+-- One workflow (the admin API; the sweep).
+SELECT id, name, status, current_step, generation, result_task_id, error,
        created_at, updated_at, finished_at, atomic, failed_path
 FROM {schema}.workflow WHERE id = %(id)s
 
@@ -31,9 +41,11 @@ LIMIT %(limit)s
 -- The root chain moved on to its element `step` in this transaction.
 UPDATE {schema}.workflow SET current_step = %(step)s, updated_at = now() WHERE id = %(id)s
 
--- workflow_touch --
--- A task inside the current element finished: progress, for the stalled view.
-UPDATE {schema}.workflow SET updated_at = now() WHERE id = %(id)s
+-- workflow_progress --
+-- A task finished inside the current element: progress for the stalled view, written at most every
+-- half minute (otherwise the row is read, not locked).
+UPDATE {schema}.workflow SET updated_at = now()
+WHERE id = %(id)s AND status = 'running' AND updated_at < now() - interval '30 seconds'
 
 -- workflow_finish --
 -- The workflow reached an end state: succeeded, failed (at the task failed_path) or cancelled.
@@ -46,13 +58,9 @@ WHERE id = %(id)s
 -- Run again (from a task): a new generation (bump 1), so in-flight messages of the old run are ignored.
 UPDATE {schema}.workflow
 SET status = 'running', current_step = %(step)s, generation = generation + %(bump)s,
-    steps = %(steps)s, error = NULL, failed_path = NULL, finished_at = NULL, updated_at = now()
+    error = NULL, failed_path = NULL, finished_at = NULL, updated_at = now()
 WHERE id = %(id)s
 RETURNING generation
-
--- workflow_steps --
--- Task.replace() inside a durable task: the tree with the replacement grafted in its place.
-UPDATE {schema}.workflow SET steps = %(steps)s, updated_at = now() WHERE id = %(id)s
 
 -- workflow_revive --
 -- A late success of the task a duplicate attempt failed: its checkpoint wins, the workflow runs on.
@@ -61,32 +69,154 @@ UPDATE {schema}.workflow SET status = 'running', error = NULL, failed_path = NUL
 WHERE id = %(id)s
 
 -- workflow_expire --
--- Maintenance: forget a batch of finished workflows (and, by cascade, their checkpoints) after
+-- Maintenance: forget a batch of finished workflows, with their trees, counts and checkpoints, after
 -- the retention; rows others hold are skipped.
-DELETE FROM {schema}.workflow
-WHERE id IN (
+WITH gone AS (
     SELECT id FROM {schema}.workflow
     WHERE status IN ('succeeded', 'cancelled', 'failed')
       AND updated_at < now() - %(retention)s * interval '1 second'
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), nodes AS (
+    DELETE FROM {schema}.workflow_node WHERE workflow_id IN (SELECT id FROM gone)
+), counts AS (
+    DELETE FROM {schema}.fan_in WHERE workflow_id IN (SELECT id FROM gone)
+), checkpoints AS (
+    DELETE FROM {schema}.checkpoint WHERE workflow_id IN (SELECT id FROM gone)
 )
+DELETE FROM {schema}.workflow WHERE id IN (SELECT id FROM gone)
 
 -- step_state --
--- Before a task runs: its workflow's status, generation, current step, steps and result id, and its
--- checkpoint if it already finished (a redelivered finished task is not run again). One round trip;
--- what it reads lets the task's commit go out in one more (see step_guard_lock).
-SELECT w.status, w.generation, c.content_type, c.result, w.current_step, w.steps, w.result_task_id
+-- Before a task runs: its workflow's status and generation, its checkpoint if it already finished (a
+-- redelivered finished task is not run again), and its own row of the tree: what its completion does.
+SELECT w.status, w.generation, c.content_type, c.result, w.result_task_id, n.kind, n.then_kind, n.then_path,
+       n.then_part
 FROM {schema}.workflow w
 LEFT JOIN {schema}.checkpoint c ON c.workflow_id = w.id AND c.path = %(path)s
+LEFT JOIN {schema}.workflow_node n ON n.workflow_id = w.id AND n.path = %(path)s
 WHERE w.id = %(id)s
 
--- step_guard_lock --
--- Pipelined commit: lock the workflow; abort unless it still runs this generation at this root element.
-SELECT {schema}.step_guard_v1(
-    (SELECT status = 'running' AND generation = %(generation)s AND current_step = %(step)s
-     FROM {schema}.workflow WHERE id = %(id)s FOR UPDATE),
-    'the workflow moved on while the step ran')
+-- step_check --
+-- A task's commit on the checking path, under the fence: the workflow as it is now, and the task's row.
+SELECT w.status, w.generation, w.failed_path, w.result_task_id, n.kind, n.then_kind, n.then_path, n.then_part
+FROM {schema}.workflow w
+LEFT JOIN {schema}.workflow_node n ON n.workflow_id = w.id AND n.path = %(path)s
+WHERE w.id = %(id)s
+
+-- step_commit --
+-- Pipelined commit, its last statement before COMMIT: record the task (checkpoint, own message gone, its
+-- group's count, the workflow's progress, advance or end) and abort, back to the savepoint, when what
+-- the task read before it ran no longer holds: the workflow stopped or moved to another generation, the
+-- lease is lost, or the task fills its group's count (a checkpoint already there aborts it too). Its
+-- checks see the workflow as it was before it (the task that ends the workflow checks the status it
+-- sets), and nothing that could be skipped follows it but COMMIT.
+WITH state AS (
+    SELECT generation = %(generation)s AND (status = 'running' OR (status = 'succeeded' AND %(side)s)) AS running
+    FROM {schema}.workflow WHERE id = %(id)s
+), checkpointed AS (
+    INSERT INTO {schema}.checkpoint (workflow_id, path, task_id, task_name, content_type, result, attempts)
+    VALUES (%(id)s, %(path)s, %(task_id)s, %(task_name)s, %(content_type)s, %(result)s, %(attempts)s)
+), released AS (
+    DELETE FROM {schema}.message WHERE id = %(lease_id)s::bigint AND lease_token = %(lease_token)s::uuid
+    RETURNING 1
+), unwatched AS (
+    DELETE FROM {schema}.sent_step WHERE workflow_id = %(id)s AND path = %(path)s AND %(watched)s::boolean
+), counted AS (
+    UPDATE {schema}.fan_in SET done = done + 1
+    WHERE workflow_id = %(id)s AND path = %(group)s::text AND part = %(part)s::int
+    RETURNING done < size AS open
+), moved AS (
+    UPDATE {schema}.workflow
+    SET current_step = coalesce(%(step)s::int, current_step), updated_at = now(),
+        status = CASE WHEN %(end)s::boolean THEN 'succeeded' ELSE status END,
+        finished_at = CASE WHEN %(end)s::boolean THEN now() ELSE finished_at END
+    WHERE id = %(id)s AND (%(step)s::int IS NOT NULL OR %(end)s::boolean
+                           OR (status = 'running' AND updated_at < now() - interval '30 seconds'))
+)
+SELECT {schema}.step_guard_v1((SELECT running FROM state), 'the workflow is not running this generation'),
+       {schema}.step_guard_v1(%(lease_id)s::bigint IS NULL OR EXISTS (SELECT 1 FROM released),
+                              'lost the lease of the step''s message'),
+       {schema}.step_guard_v1(%(group)s::text IS NULL OR (SELECT open FROM counted), 'the task fills its group''s count')
+
+-- node_insert --
+-- Store nodes of a workflow's tree (a new workflow's, or what Task.replace() grafts in).
+INSERT INTO {schema}.workflow_node (workflow_id, path, kind, size, links, sig, name, chord, replaced,
+                                    then_kind, then_path, then_part)
+SELECT %(id)s, n.path, n.kind, n.size, n.links, n.sig::jsonb, n.name, n.chord, n.replaced,
+       n.then_kind, n.then_path, n.then_part
+FROM unnest(%(paths)s::text[], %(kinds)s::text[], %(sizes)s::int[], %(links)s::int[], %(sigs)s::text[],
+            %(names)s::text[], %(chords)s::bool[], %(replaced)s::bool[], %(then_kinds)s::text[],
+            %(then_paths)s::text[], %(then_parts)s::int[])
+     AS n (path, kind, size, links, sig, name, chord, replaced, then_kind, then_path, then_part)
+
+-- node_tree --
+-- A workflow's whole tree (show, resume, restart).
+SELECT path, kind, size, links, sig::text, chord, replaced
+FROM {schema}.workflow_node WHERE workflow_id = %(id)s
+
+-- node_rows --
+-- Nodes by path (primary key), with what their completion does: a level of what a task starts, of a
+-- group's value, of what a replaced task hands on, or the nodes above a lost task (the sweep).
+SELECT path, kind, size, links, sig::text, chord, replaced, then_kind, then_path, then_part
+FROM {schema}.workflow_node WHERE workflow_id = %(id)s AND path = ANY(%(paths)s)
+
+-- node_next --
+-- Before a task runs: the node its completion enters (the next element of its chain) and its link
+-- callbacks, by primary key; when they are chains or groups their first tasks are read next (node_rows).
+SELECT path, kind, size, links, sig::text, chord, replaced, then_kind, then_path, then_part
+FROM {schema}.workflow_node
+WHERE workflow_id = %(id)s
+  AND path = ANY((SELECT array_remove(ARRAY[CASE WHEN o.then_kind = 'enter' THEN o.then_path END], NULL)
+                         || ARRAY(SELECT o.path || '~' || i FROM generate_series(0, o.links - 1) AS i)
+                  FROM {schema}.workflow_node o WHERE o.workflow_id = %(id)s AND o.path = %(path)s)::text[])
+
+-- node_then --
+-- What a node's completion does (a group that just completed).
+SELECT then_kind, then_path, then_part FROM {schema}.workflow_node WHERE workflow_id = %(id)s AND path = %(path)s
+
+-- node_delete --
+-- Forget nodes (a replaced task's link callbacks, stored again under the task that replaces it).
+DELETE FROM {schema}.workflow_node WHERE workflow_id = %(id)s AND path = ANY(%(paths)s)
+
+-- node_sig --
+-- restart with new arguments: the task's signature.
+UPDATE {schema}.workflow_node SET sig = %(sig)s::jsonb WHERE workflow_id = %(id)s AND path = %(path)s
+
+-- fan_in_insert --
+-- The counts of a tree's groups, nothing finished yet.
+INSERT INTO {schema}.fan_in (workflow_id, path, part, size)
+SELECT %(id)s, c.path, c.part, c.size
+FROM unnest(%(paths)s::text[], %(parts)s::int[], %(sizes)s::int[]) AS c (path, part, size)
+
+-- fan_in_count --
+-- Count a finished member in its part and, when that fills the part, the part in the group's own row
+-- (part -1). Returns whether the group is complete (then this member sends what follows it), and
+-- how many rows counted it (0: the group has no count).
+WITH part AS (
+    UPDATE {schema}.fan_in SET done = done + 1
+    WHERE workflow_id = %(id)s AND path = %(path)s AND part = %(part)s
+    RETURNING done >= size AS filled
+), whole AS (
+    UPDATE {schema}.fan_in SET done = done + 1
+    WHERE workflow_id = %(id)s AND path = %(path)s AND part = -1 AND %(part)s <> -1 AND (SELECT filled FROM part)
+    RETURNING done >= size AS filled
+)
+SELECT coalesce((SELECT filled FROM whole), (SELECT filled FROM part) AND %(part)s = -1, false),
+       (SELECT count(*) FROM part)
+
+-- fan_in_list --
+-- How a workflow's groups are split in parts (restart counts them again).
+SELECT path, part, size FROM {schema}.fan_in WHERE workflow_id = %(id)s
+
+-- fan_in_set --
+-- restart and resume: every group's counts, from the tasks that finished.
+UPDATE {schema}.fan_in f SET done = c.done
+FROM unnest(%(paths)s::text[], %(parts)s::int[], %(done)s::int[]) AS c (path, part, done)
+WHERE f.workflow_id = %(id)s AND f.path = c.path AND f.part = c.part
+
+-- fan_in_delete --
+-- Forget the counts of groups under a replaced task's link callbacks (stored again under their new paths).
+DELETE FROM {schema}.fan_in WHERE workflow_id = %(id)s AND path = ANY(%(paths)s)
 
 -- checkpoint_insert --
 -- Record a finished task; nothing is inserted if another attempt already finished it.
@@ -95,25 +225,20 @@ VALUES (%(id)s, %(path)s, %(task_id)s, %(task_name)s, %(content_type)s, %(result
 ON CONFLICT (workflow_id, path) DO NOTHING
 RETURNING 1
 
--- checkpoint_insert_new --
--- Pipelined commit: record the finished task; a checkpoint already there aborts the transaction.
-INSERT INTO {schema}.checkpoint (workflow_id, path, task_id, task_name, content_type, result, attempts)
-VALUES (%(id)s, %(path)s, %(task_id)s, %(task_name)s, %(content_type)s, %(result)s, %(attempts)s)
-
 -- checkpoint_exists --
 -- Whether one task already has its checkpoint: then it is decided.
 SELECT 1 FROM {schema}.checkpoint WHERE workflow_id = %(id)s AND path = %(path)s
 
--- checkpoint_count --
--- How many of these tasks finished (a group is complete when all its terminal tasks did).
-SELECT count(*) FROM {schema}.checkpoint WHERE workflow_id = %(id)s AND path = ANY(%(paths)s)
-
 -- checkpoint_values --
--- The results of these tasks (a completed group's members, what a resumed task receives).
+-- The results of these tasks (what a resumed task receives, a restarted workflow's end).
 SELECT path, content_type, result FROM {schema}.checkpoint WHERE workflow_id = %(id)s AND path = ANY(%(paths)s)
 
+-- checkpoint_done --
+-- Which of these tasks finished (the sweep: a lost task that finished needs no message).
+SELECT path FROM {schema}.checkpoint WHERE workflow_id = %(id)s AND path = ANY(%(paths)s)
+
 -- checkpoint_paths --
--- Which tasks of a workflow finished (resume, restart, sweep: what is left to run).
+-- Which tasks of a workflow finished (resume, restart: what is left to run).
 SELECT path FROM {schema}.checkpoint WHERE workflow_id = %(id)s
 
 -- checkpoint_list --
@@ -129,13 +254,6 @@ DELETE FROM {schema}.checkpoint WHERE workflow_id = %(id)s AND path = ANY(%(path
 -- Delete the step's own message, only while this worker's lease still holds it (fencing).
 DELETE FROM {schema}.message WHERE id = %(id)s AND lease_token = %(token)s
 RETURNING id
-
--- message_release_guarded --
--- Pipelined commit: delete the step's own message; abort unless this worker's lease still holds it.
-WITH released AS (
-    DELETE FROM {schema}.message WHERE id = %(id)s AND lease_token = %(token)s RETURNING 1
-)
-SELECT {schema}.step_guard_v1((SELECT count(*) FROM released) = 1, 'lost the lease of the step''s message')
 
 -- sent_step_record --
 -- Broker outside the database: the tasks this transaction decides to send, due after their

@@ -22,11 +22,12 @@ from typing import Any
 from celery import signals
 
 from ..exceptions import Undecodable, WorkflowError
-from .canvas import decode_tree
-from .checkpoint import fail_undecodable, ready_tasks
+from . import rows
+from .checkpoint import decode, fail_undecodable
 from .dispatch import Message, plan, send, stage
 from .held import Pulse
 from .store import Store
+from .tree import NOTHING, Node, ancestors, feeder
 
 logger = logging.getLogger(__name__)
 
@@ -52,26 +53,44 @@ def resend_lost(store: Store) -> int:
 
 
 def _resend(store: Store, conn: Any, workflow_id: str, paths: list[str]) -> list[Message]:
+    """The messages of these lost tasks that are still due, each with its input; finished ones are forgotten."""
     q = store.queries
-    row = conn.execute(q["workflow_lock"], {"id": workflow_id}).fetchone()
-    if row is None or row[0] not in ("running", "succeeded"):
+    conn.execute(q["step_fence"], {"id": workflow_id})
+    row = conn.execute(q["workflow_get"], {"id": workflow_id}).fetchone()
+    if row is None or row[2] not in ("running", "succeeded"):
         return []
-    if row[0] == "succeeded":  # only link callbacks may still be due
+    if row[2] == "succeeded":  # only link callbacks may still be due
         paths = [p for p in paths if "~" in p]
-    generation, tree = row[2], decode_tree(row[3])
+    generation = row[4]
+    done = {found[0] for found in conn.execute(q["checkpoint_done"], {"id": workflow_id, "paths": paths})}
+    for path in done:
+        conn.execute(q["sent_step_done"], {"id": workflow_id, "path": path})
     try:
-        entries, done = ready_tasks(store, conn, workflow_id, tree, only=set(paths))
+        entries = [entry for entry in (_due(store, conn, workflow_id, p) for p in paths if p not in done) if entry]
         messages = plan(store.app, workflow_id, generation, entries)
     except Undecodable as exc:  # one workflow's stored values must not stop the others' recovery
-        fail_undecodable(store, conn, workflow_id, exc.path if exc.path in paths else paths[0], row[4], exc)
+        fail_undecodable(store, conn, workflow_id, exc.path if exc.path in paths else paths[0], row[5], exc)
         return []
-    for path in paths:
-        if path in done:
-            conn.execute(q["sent_step_done"], {"id": workflow_id, "path": path})
     for task, _given in entries:
         logger.warning("re-sending step %s of workflow %s: its message is lost (no sign of life for %ss)",
                        task.path, workflow_id, int(store.settings.recovery_after))
     return stage(store, conn, workflow_id, generation, messages)
+
+
+def _due(store: Store, conn: Any, workflow_id: str, path: str) -> tuple[Node, Any] | None:
+    """A lost task with its input, read from the rows above it; None when it is not a task whose input is ready."""
+    q = store.queries
+    nodes = rows.build(conn.execute(q["node_rows"], {"id": workflow_id, "paths": ancestors(path)}))
+    task = nodes.get(path)
+    if task is None or task.kind != "task" or any(p not in nodes for p in ancestors(path)):
+        return None
+    source = feeder(path, nodes.__getitem__)
+    if source is None:
+        return task, NOTHING
+    try:
+        return task, rows.value(conn, q, workflow_id, source, lambda p, ct, blob: decode(store.app, ct, blob, p))[0]
+    except WorkflowError:
+        return None  # what feeds it has not finished: it is not due
 
 
 def interval(store: Store) -> float:

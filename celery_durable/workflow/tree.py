@@ -14,15 +14,14 @@ A task's ``link`` callbacks hang on it as side branches (paths ``"2.1~0"``,
 ``"2.1~1.0"``…): each receives the task's result when it finishes, nothing
 waits for them, and the workflow's result does not include theirs.
 
-Stored in ``workflow.steps`` as the root chain's elements (a JSON array),
-with Kombu's JSON; an older version's steps (``{"kind": "task"|"group",
-"signatures": [...]}``) read as the same tree.
+Stored one row per node (``workflow/rows.py``); operators' actions read
+whole trees, a running task only the rows it needs, by path.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..exceptions import WorkflowError
 
@@ -101,7 +100,7 @@ class Tree:
             raise WorkflowError("a durable workflow needs at least one task")
         self.root = root
         self.nodes: dict[str, Node] = {}
-        _number(root, "", None, self.nodes)
+        number(root, "", None, self.nodes)
 
     def __getitem__(self, path: str) -> Node:
         try:
@@ -113,19 +112,20 @@ class Tree:
         return list(self.root.tasks())
 
 
+    def at(self, path: str) -> Node:
+        """The node at ``path``, the root chain at ``""``."""
+        return self.root if path == "" else self[path]
+
     # -- data flow -------------------------------------------------------------------------
 
-    def enter(self, node: Node, given: Any) -> list[tuple[Node, Any]]:
-        """The tasks that start when ``node`` receives ``given``, each with its input."""
-        if node.kind == "task":
-            return [(node, given)]
-        if node.kind == "chain":
-            return self.enter(node.children[0], given)
-        return [entry for child in node.children for entry in self.enter(child, given)]
+    def source(self, node: Node) -> Node | None:
+        """The node whose result ``node`` receives (None: nothing)."""
+        path = feeder(node.path, self.at)
+        return None if path is None else self[path]
 
     def input_of(self, node: Node, values: dict[str, Any]) -> Any:
         """What ``node`` receives, from the results of what precedes it (NOTHING for the first)."""
-        source = feeder(node)
+        source = self.source(node)
         return NOTHING if source is None else source.value(values)
 
     def frontier(self, done: set[str]) -> list[Node]:
@@ -152,35 +152,76 @@ class Tree:
         return len(self.root.children) - 1
 
 
+def enter(node: Node, given: Any) -> list[tuple[Node, Any]]:
+    """The tasks that start when ``node`` receives ``given``, each with its input."""
+    if node.kind == "task":
+        return [(node, given)]
+    if node.kind == "chain":
+        return enter(node.children[0], given)
+    return [entry for child in node.children for entry in enter(child, given)]
+
+
 def top_of(path: str) -> int:
     """The index of the root element holding ``path`` (a link's owner's)."""
     return int(path.partition(".")[0].partition("~")[0])
 
 
-def feeder(node: Node) -> Node | None:
-    """The node whose result ``node`` receives: what precedes it in a chain, or a link's task; None: nothing."""
-    while True:
-        if node.replaced:
-            return None
-        if node.owner is not None:
-            return node.owner
-        parent = node.parent
-        if parent is None:
-            return None
-        if parent.kind == "chain" and node.index > 0:
-            return parent.children[node.index - 1]
-        node = parent
+def split(path: str) -> tuple[str, str, int]:
+    """``(parent, separator, index)``: ``"2.1"`` is child 1 of ``"2"``, ``"2~0"`` link 0 of ``"2"``, ``"3"`` child 3 of ``""``."""
+    cut = max(path.rfind("."), path.rfind("~"))
+    if cut < 0:
+        return "", ".", int(path)
+    return path[:cut], path[cut], int(path[cut + 1:])
 
 
-def _number(node: Node, path: str, parent: Node | None, nodes: dict[str, Node]) -> None:
+def child_path(parent: str, index: int) -> str:
+    """The path of a chain's or group's child."""
+    return f"{parent}.{index}" if parent else str(index)
+
+
+def ancestors(path: str) -> list[str]:
+    """Every node above ``path``, the root ``""`` first, then ``path`` itself."""
+    found = [""]
+    for i, char in enumerate(path):
+        if char in ".~":
+            found.append(path[:i])
+    return found + [path]
+
+
+def path_key(path: str) -> tuple[tuple[int, int], ...]:
+    """Paths in tree order: "2" < "2~0" (its link) < "10"."""
+    return tuple((int(a), int(b) if b else -1) for a, _, b in (part.partition("~") for part in path.split(".")))
+
+
+def feeder(path: str, node_at: Callable[[str], Any]) -> str | None:
+    """The path whose result the node at ``path`` receives: what precedes it in a chain, or a link's task.
+
+    None: nothing (the first element of the root chain, or a node put in place
+    by Task.replace()). ``node_at(path)`` gives a node's ``kind`` and
+    ``replaced``, the root's at ``""``: a whole tree or the rows of these paths.
+    """
+    while path:
+        if node_at(path).replaced:
+            return None
+        parent, separator, index = split(path)
+        if separator == "~":
+            return parent
+        if node_at(parent).kind == "chain" and index > 0:
+            return child_path(parent, index - 1)
+        path = parent
+    return None
+
+
+def number(node: Node, path: str, parent: Node | None, nodes: dict[str, Node]) -> None:
+    """Give ``node`` and everything under it their paths (and parents, links their owners), indexed in ``nodes``."""
     node.path, node.parent = path, parent
     if path:
         nodes[path] = node
     for i, child in enumerate(node.children):
-        _number(child, f"{path}.{i}" if path else str(i), node, nodes)
+        number(child, f"{path}.{i}" if path else str(i), node, nodes)
     for i, link in enumerate(node.links):
         link.owner = node
-        _number(link, f"{path}~{i}", None, nodes)
+        number(link, f"{path}~{i}", None, nodes)
 
 
 def _pending(node: Node, done: set[str]) -> Iterator[Node]:
@@ -198,38 +239,3 @@ def _pending(node: Node, done: set[str]) -> Iterator[Node]:
     else:
         for child in node.children:
             yield from _pending(child, done)
-
-
-# -- JSON ---------------------------------------------------------------------------------------
-
-def to_json(tree: Tree) -> list[dict]:
-    return [_node_json(child) for child in tree.root.children]
-
-
-def _node_json(node: Node) -> dict:
-    if node.kind == "task":
-        data = {"kind": "task", "task": node.name, "signatures": [node.sig]}
-        if node.links:
-            data["links"] = [_node_json(link) for link in node.links]
-        return data
-    data = {"kind": node.kind, "task": node.name, "children": [_node_json(c) for c in node.children]}
-    if node.chord:
-        data["chord"] = True
-    if node.replaced:
-        data["replaced"] = True
-    return data
-
-
-def from_json(elements: list[dict]) -> Tree:
-    return Tree(Node("chain", [_node_from(e) for e in elements]))
-
-
-def _node_from(data: dict) -> Node:
-    kind = data["kind"]
-    if kind == "task":
-        return Node("task", sig=dict(data["signatures"][0]), links=[_node_from(l) for l in data.get("links", ())])
-    if "children" in data:
-        return Node(kind, [_node_from(c) for c in data["children"]], chord=bool(data.get("chord")),
-                    replaced=bool(data.get("replaced")))
-    # An older version's group step: its members are plain signatures.
-    return Node(kind, [Node("task", sig=dict(s)) for s in data["signatures"]])

@@ -150,12 +150,13 @@ def test_a_step_rewritten_by_the_application_role_runs_no_code(cluster, workers,
     wf = durable_chain(app.signature("topo.charge", (4,)), app.signature("topo.reserve"),
                        app.signature("topo.notify"), app=app).apply_async()
     with psycopg.connect(app_url, autocommit=True) as attacker:  # before any worker runs it
-        steps = attacker.execute(f"SELECT steps FROM {SCHEMA}.workflow WHERE id = %s", (wf.id,)).fetchone()[0]
-        sig = steps[2]["signatures"][0]
+        sig = attacker.execute(f"SELECT sig FROM {SCHEMA}.workflow_node WHERE workflow_id = %s AND path = '2'",
+                               (wf.id,)).fetchone()[0]
         sig.pop("args"), sig.pop("kwargs")
         sig["encoded"] = {"content_type": "application/x-python-serialize", "content_encoding": "binary",
                           "data": base64.b64encode(pickle.dumps(([_Touch(marker)], {}))).decode()}
-        attacker.execute(f"UPDATE {SCHEMA}.workflow SET steps = %s WHERE id = %s", (Jsonb(steps), wf.id))
+        attacker.execute(f"UPDATE {SCHEMA}.workflow_node SET sig = %s WHERE workflow_id = %s AND path = '2'",
+                         (Jsonb(sig), wf.id))
     workers("tests.apps.topology_app", env=env)
     wait_for(lambda: marker.exists() or _status(cluster, wf.id) != "running", 60,
              "the workflow to fail (or the payload to run)")

@@ -198,15 +198,15 @@ CREATE TABLE {schema}.chord_part (
 ------------------------------------------------------------------------------
 
 -- status: running, succeeded, failed (at the task failed_path), cancelled.
--- steps holds the tree of the canvas (workflow/tree.py): the root chain's elements, each a task,
--- chain or group, with encoded signatures; current_step is the first unfinished root element.
--- generation changes on restart, so messages of an abandoned run cannot checkpoint.
+-- The canvas's tree is in workflow_node; current_step is the first unfinished element of its root
+-- chain. generation changes on restart, so messages of an abandoned run cannot checkpoint.
+-- A task reads this row and writes it only when the root chain advances, the workflow ends, or
+-- (updated_at, for the stalled view) at most every half minute.
 CREATE TABLE {schema}.workflow (
     id text PRIMARY KEY,
     name text,
     status text NOT NULL DEFAULT 'running'
         CHECK (status IN ('running', 'succeeded', 'failed', 'cancelled')),
-    steps jsonb NOT NULL,
     current_step integer NOT NULL DEFAULT 0,
     generation integer NOT NULL DEFAULT 0,
     atomic boolean NOT NULL DEFAULT true,
@@ -219,11 +219,49 @@ CREATE TABLE {schema}.workflow (
 );
 CREATE INDEX workflow_status_idx ON {schema}.workflow (status, updated_at);
 
--- One row per finished task, keyed by its path in the workflow's tree: "2" is the third root
--- element, "2.1.0" the first element of its second member. result is encoded with content_type
--- (the app's result serializer).
+-- The workflow's tree, one row per node (workflow/rows.py), keyed by its path: the root chain is
+-- '', "2" the third element of the root chain, "2.1.0" the first element of its second member,
+-- "2~0" the first link callback of the task "2". A task has its signature in sig (arguments
+-- encoded with its task serializer unless json) and links callbacks; a chain or group has size
+-- children and a name to show. then_* is what the node's completion does, so that a finishing
+-- task reads its own row, not the tree: 'enter' the node then_path (the next element of a chain),
+-- 'count' it in the fan_in of the group then_path (its part then_part), 'end' the workflow (its
+-- result), or 'none' (the end of a link callback's branch). Rows of a workflow go with it
+-- (maintenance), as do its fan_in and checkpoint rows.
+CREATE TABLE {schema}.workflow_node (
+    workflow_id text NOT NULL,
+    path text NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('task', 'chain', 'group')),
+    size integer NOT NULL DEFAULT 0,
+    links integer NOT NULL DEFAULT 0,
+    sig jsonb,
+    name text,
+    chord boolean NOT NULL DEFAULT false,
+    replaced boolean NOT NULL DEFAULT false,
+    then_kind text NOT NULL CHECK (then_kind IN ('enter', 'count', 'end', 'none')),
+    then_path text,
+    then_part integer,
+    PRIMARY KEY (workflow_id, path)
+);
+
+-- How many members of a group finished (a member finishes when its last task does). part -1
+-- counts the whole group: its size members, or, for a group split in parts, its size parts; part
+-- p >= 0 counts the members i with i % (number of parts) = p. A member's commit increments its
+-- row, so members of different parts commit side by side; the member that fills its part counts
+-- the part in row -1, and the one that fills row -1 sends what follows the group, once.
+CREATE TABLE {schema}.fan_in (
+    workflow_id text NOT NULL,
+    path text NOT NULL,
+    part integer NOT NULL,
+    size integer NOT NULL,
+    done integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (workflow_id, path, part)
+);
+
+-- One row per finished task, keyed by its path in the workflow's tree (as workflow_node). result
+-- is encoded with content_type (the app's result serializer).
 CREATE TABLE {schema}.checkpoint (
-    workflow_id text NOT NULL REFERENCES {schema}.workflow (id) ON DELETE CASCADE,
+    workflow_id text NOT NULL,
     path text NOT NULL,
     task_id text NOT NULL,
     task_name text,
@@ -235,8 +273,9 @@ CREATE TABLE {schema}.checkpoint (
 );
 
 -- A durable step commits in one pipelined round trip, built on what it read before it ran; each
--- condition that choice relied on (workflow still at this step, lease still held) is checked by
--- this guard, which aborts the transaction with the reason when one no longer holds.
+-- condition that choice relied on (workflow still running this generation, lease still held, the
+-- step not the one that fills its group's count) is checked by this guard, which aborts the
+-- transaction with the reason when one no longer holds.
 CREATE FUNCTION {schema}.step_guard_v1(ok boolean, reason text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -453,13 +492,15 @@ CROSS JOIN LATERAL (SELECT greatest(h.depth, s.scaled) / s.depth AS scale) AS e;
 
 CREATE VIEW {schema}.workflows AS
 SELECT w.id, w.name, w.status, w.current_step,
-       jsonb_array_length(w.steps) AS step_count,
-       w.steps -> w.current_step ->> 'task' AS current_task,
+       r.size AS step_count,
+       coalesce(c.name, c.sig ->> 'task') AS current_task,
        w.created_at, w.updated_at,
        now() - w.created_at AS age,
        (w.status = 'running' AND w.updated_at < now() - interval '5 minutes') AS stalled,
        w.error
-FROM {schema}.workflow AS w;
+FROM {schema}.workflow AS w
+LEFT JOIN {schema}.workflow_node AS r ON r.workflow_id = w.id AND r.path = ''
+LEFT JOIN {schema}.workflow_node AS c ON c.workflow_id = w.id AND c.path = w.current_step::text;
 
 -- Every figure the Prometheus exporter publishes (metric, label, value): a scrape is one query, about as
 -- cheap with a million rows in the tables as with ten. Queues as in the queues view; dead letters are

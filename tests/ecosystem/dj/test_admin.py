@@ -217,13 +217,13 @@ def test_a_bulk_action_failing_partway_says_what_it_changed(admin_client, django
     for wf in flows:
         workflows.cancel_workflow(app, wf.id)
     broken = flows[1].id
-    Broker().q("UPDATE {s}.workflow SET steps = %s::jsonb WHERE id = %s", '[{"kind": "unknown"}]', broken)
+    Broker().q("UPDATE {s}.workflow_node SET size = size + 1 WHERE workflow_id = %s AND path = ''", broken)
     page = admin_client.post(reverse("admin:celery_durable_workflow_changelist"),
                              {"index": 0, "action": "resume", "_selected_action": [wf.id for wf in flows]},
                              follow=True).content.decode()
     fine = [flows[0].id, flows[2].id]
     assert "Resumed 2 workflow(s)" in page and all(wid in page for wid in fine)
-    assert f"{broken}: KeyError" in page
+    assert f"{broken}: WorkflowError" in page
     assert [status(app, wid) for wid in fine] == ["running", "running"]
     assert sorted(LogEntry.objects.filter(action_flag=CHANGE, object_id__in=[wf.id for wf in flows])
                   .values_list("object_id", flat=True)) == sorted(fine)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+import psycopg
 import pytest
 from celery import Celery, chain, chord, group
 from celery.canvas import chunks, xmap, xstarmap
@@ -116,26 +117,58 @@ def test_chord_body_runs_once_after_a_kill_in_its_header(client, db, workers, en
     assert db.q("SELECT key, count(*) FROM {s}.ledger GROUP BY key ORDER BY key") == [(f"k{i}", 1) for i in range(6)]
 
 
-def test_workflow_stored_by_an_older_version_resumes(client, db, workers, env):
-    """Steps in the flat format of the previous version, a group step half checkpointed, failed at its member 1."""
+def test_workflows_stored_by_the_previous_version_finish_after_the_upgrade(pg_url, schema, env, workers):
+    """Version 7 kept the tree in workflow.steps. A running workflow (its group half done, the other members'
+    messages in flight) finishes after the upgrade; a failed one (the older flat format) resumes. Tasks that
+    finished before the upgrade do not run again."""
     from psycopg.types.json import Jsonb
+
+    from celery_durable.config import Settings
+    from celery_durable.db import dsn, pool
+    from celery_durable.headers import STEP_HEADER
+    from tests.support.old_schema import schema_at
+
+    from .conftest import Db
 
     def old_sig(name, *args):
         return {"task": T + name, "args": list(args), "kwargs": {}, "options": {}, "immutable": False}
 
-    steps = [{"kind": "task", "task": T + "start", "signatures": [old_sig("start", "a")]},
-             {"kind": "group", "task": "group", "signatures": [old_sig("member", "m1"), old_sig("member", "m2")]},
-             {"kind": "task", "task": T + "collect", "signatures": [old_sig("collect", "end")]}]
-    wid = "from-an-older-version"
+    def old_task(name, *args):
+        return {"kind": "task", "task": T + name, "signatures": [old_sig(name, *args)]}
+
+    running = [old_task("start", "a"),
+               {"kind": "group", "task": "group(…)", "children": [old_task("member", f"m{i}") for i in (1, 2, 3)]},
+               old_task("collect", "end")]
+    flat = [{"kind": "task", "task": T + "start", "signatures": [old_sig("start", "a2")]},
+            {"kind": "group", "task": "group", "signatures": [old_sig("member", "n1"), old_sig("member", "n2")]},
+            {"kind": "task", "task": T + "collect", "signatures": [old_sig("collect", "end2")]}]
+    db = Db(pg_url, schema)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        schema_at(conn, schema, 7)
+    db.q("INSERT INTO {s}.workflow (id, status, steps, current_step, atomic, result_task_id)"
+         " VALUES ('running-7', 'running', %s, 1, true, 'running-7')", Jsonb(running))
     db.q("INSERT INTO {s}.workflow (id, status, steps, current_step, atomic, result_task_id, failed_path)"
-         " VALUES (%s, 'failed', %s, 1, true, %s, '1')", wid, Jsonb(steps), wid)
-    for path, value in (("0", b'["a"]'), ("1.0", b'"m1"')):
+         " VALUES ('failed-7', 'failed', %s, 1, true, 'failed-7', '1.1')", Jsonb(flat))
+    for workflow_id, path, value in (("running-7", "0", b'["a"]'), ("running-7", "1.0", b'"m1"'),
+                                     ("failed-7", "0", b'["a2"]'), ("failed-7", "1.0", b'"n1"')):
         db.q("INSERT INTO {s}.checkpoint (workflow_id, path, task_id, content_type, result)"
-             " VALUES (%s, %s, 't', 'application/json', %s)", wid, path, value)
+             " VALUES (%s, %s, 't', 'application/json', %s)", workflow_id, path, value)
+    pool.prepare_schema(dsn.from_url(pg_url), Settings(schema=schema))  # the upgrade
+    for table in ("executions (tag text, pid int, at timestamptz DEFAULT now())", "control (key text PRIMARY KEY, value text)",
+                  "ledger (key text PRIMARY KEY, amount int)"):
+        db.q("CREATE TABLE {s}." + table)
+    client = Celery("upgraded-client")
+    client.conf.update(basic.config(env))
+    for member in ("m2", "m3"):  # the previous version sent these before the upgrade: the same messages
+        client.send_task(T + "member", args=(["a"], member), ignore_result=True, headers={
+            STEP_HEADER: {"workflow_id": "running-7", "path": f"1.{int(member[1:]) - 1}",
+                          "generation": 0}})
     workers(APP, env=env)
-    assert len(workflows.resume_workflow(client, wid)) == 1
-    assert client.AsyncResult(wid).get(timeout=60) == ["m1", "m2"]
-    assert (db.runs("a"), db.runs("m1"), db.runs("m2")) == (0, 0, 1)
+    assert client.AsyncResult("running-7").get(timeout=60) == ["m1", "m2", "m3"]
+    assert len(workflows.resume_workflow(client, "failed-7")) == 1
+    assert client.AsyncResult("failed-7").get(timeout=60) == ["n1", "n2"]
+    assert [db.runs(tag) for tag in ("a", "m1", "m2", "m3", "end", "a2", "n1", "n2", "end2")] == [0, 0, 1, 1, 1, 0, 0, 1, 1]
+    client.close()
 
 
 def test_link_callbacks_are_durable_tasks(client, db, workers, env):
@@ -222,3 +255,35 @@ def test_a_chord_with_a_group_body_then_a_chain_under_kills(client, db, workers,
     workers(APP, env=env)
     assert wf.get(timeout=60) == ["f", "g", "h", "i"]
     assert [db.runs(t) for t in "pqcdefghi"] == [1, 1, 1, 1, 1, 1, 2, 2, 1]
+
+
+def test_a_replaced_task_hands_its_link_to_its_replacement(client, db, workers, env):
+    """A group member with a link callback replaces itself with a chain: the callback (its row moved under the
+    chain's last task) runs once, with the replacement's result, and the group completes with that result."""
+    workers(APP, concurrency=2, env=env)
+    linked = sig(client, "replacer", "chain", link=client.signature(T + "callback", args=("cb",)))
+    wf = durable_chain(sig(client, "start", "a"), group(linked, sig(client, "member", "m")),
+                       sig(client, "step", "end")).apply_async()
+    assert wf.get(timeout=60) == [["r", "x", "y"], "m", "end"]
+    wait_for(lambda: db.q("SELECT 1 FROM {s}.checkpoint WHERE workflow_id = %s AND path = '1.0.1~0'",
+                          wf.workflow_id), what="the moved link's checkpoint")
+    marks = {c["path"]: c["result"] for c in workflows.get_workflow(client, workflow_id=wf.workflow_id)["checkpoints"]}
+    assert marks["1.0.1~0"] == ["cb", ["r", "x", "y"]]
+    assert db.runs("cb") == 1
+
+
+def test_tasks_commit_while_their_workflow_row_is_locked(client, db, workers, env, pg_url, schema):
+    """No task waits for its workflow's row: with the row locked elsewhere, the steps of chains inside a group and
+    the group's members finish and checkpoint side by side; only the commit that advances the root chain (past the
+    group) writes the row, so it alone waits for the lock."""
+    members = [chain(sig(client, "start", f"a{i}"), sig(client, "step", f"b{i}")) for i in range(3)]
+    members += [sig(client, "member", None, f"m{i}") for i in range(3)]
+    wf = durable(chain(group(members), sig(client, "step", "end"))).apply_async()
+    with psycopg.connect(pg_url) as locker:
+        locker.execute(psycopg.sql.SQL("SELECT 1 FROM {}.workflow WHERE id = %s FOR UPDATE")
+                       .format(psycopg.sql.Identifier(schema)), (wf.workflow_id,))
+        workers(APP, concurrency=3, env=env)
+        wait_for(lambda: db.q("SELECT count(*) FROM {s}.checkpoint WHERE workflow_id = %s", wf.workflow_id) == [(8,)],
+                 what="every task but the group's last to checkpoint while the row is locked")
+        locker.rollback()
+    assert wf.get(timeout=60) == [["a0", "b0"], ["a1", "b1"], ["a2", "b2"], "m0", "m1", "m2", "end"]

@@ -64,8 +64,10 @@ def test_two_resumes_at_once_send_a_lost_step_once(client, db, workers, env, pg_
                      for _ in range(2)]
         for operator in operators:
             operator.start()
+        # One waits on the row, the other on the workflow's fence, which the first holds (workflow_fence).
         wait_for(lambda: db.q("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                              " AND query LIKE %s", "%workflow%FOR UPDATE%")[0][0] == 2,
+                              " AND (query LIKE %s OR query LIKE %s)", "%workflow%FOR UPDATE%",
+                              "%pg_advisory_xact_lock(hashtextextended(%")[0][0] == 2,
                  what="both resumes to wait on the workflow's row")
         holder.commit()
     for operator in operators:
