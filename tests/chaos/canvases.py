@@ -171,6 +171,18 @@ def plain_celery_errs(c: Any, followed: bool = False) -> bool:
             or plain_celery_errs(c.body, followed))
 
 
+@st.composite
+def large_canvases(draw: Any, tasks: int) -> Any:
+    """A fan-out of at least ``tasks`` tasks: a task, then a group or a chord of small random canvases
+    (members up to 2 deep, up to 4 tasks), then a task."""
+    members: list = []
+    while sum(m.count() for m in members) < tasks:
+        members.append(draw(_canvas(2, 4, no_group=True)))
+    if draw(st.booleans()):
+        return Chain([draw(_LEAF), Chord(members, draw(_LEAF)), draw(_LEAF)])
+    return Chain([draw(_LEAF), Group(members), draw(_LEAF)])
+
+
 def to_celery(c: Any, app: Any, **options: Any) -> Any:
     """The Celery canvas of ``c``; ``options`` (queue, pause) go to every task."""
     if isinstance(c, Leaf):
