@@ -162,6 +162,9 @@ class PostgresBackend(ChainFailureMixin, ChordMixin, Backend, AsyncBackendMixin)
             "ready": state in states.READY_STATES,
             "expires": float(expires) if expires else None,
             "channel": notify.channel(self.settings.schema, meta["task_id"]),
+            # A chord header part's place (result_store): ChordMixin._chord_part_params sets it.
+            "chord_id": None,
+            "chord_index": None,
         }
 
     def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,

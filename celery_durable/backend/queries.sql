@@ -1,63 +1,47 @@
 -- Named queries of the result backend. {schema} is the quoted schema name.
 -- %(channel)s is the task's own NOTIFY channel (notify.channel): a string for pg_notify.
 
+-- result_store --
+-- The upsert of a task's state, included by result_upsert and result_upsert_chord_part. A stored
+-- SUCCESS wins over late duplicates (as Celery's key-value backends do); a chord header part
+-- (%(chord_id)s set) also stores its place in the header, its result's only copy, which a store
+-- of another run's part replaces. Other stores (%(chord_id)s null) leave the place as it is.
+INSERT INTO {schema}.result AS r
+    (task_id, status, name, worker, queue, retries, content_type, content_encoding, meta, date_done, expires_at,
+     chord_id, chord_index)
+VALUES (%(task_id)s, %(status)s, %(name)s, %(worker)s, %(queue)s, %(retries)s,
+        %(content_type)s, %(content_encoding)s, %(meta)s,
+        CASE WHEN %(ready)s THEN now() END,
+        now() + make_interval(secs => %(expires)s::float8),
+        %(chord_id)s, %(chord_index)s)
+ON CONFLICT (task_id) DO UPDATE
+    SET status = EXCLUDED.status,
+        name = coalesce(EXCLUDED.name, r.name),
+        worker = coalesce(EXCLUDED.worker, r.worker),
+        queue = coalesce(EXCLUDED.queue, r.queue),
+        retries = coalesce(EXCLUDED.retries, r.retries),
+        content_type = EXCLUDED.content_type,
+        content_encoding = EXCLUDED.content_encoding,
+        meta = EXCLUDED.meta,
+        date_done = EXCLUDED.date_done,
+        expires_at = EXCLUDED.expires_at,
+        chord_id = coalesce(EXCLUDED.chord_id, r.chord_id),
+        chord_index = CASE WHEN EXCLUDED.chord_id IS NULL THEN r.chord_index ELSE EXCLUDED.chord_index END
+    WHERE r.status <> 'SUCCESS' OR r.chord_id IS DISTINCT FROM coalesce(EXCLUDED.chord_id, r.chord_id)
+RETURNING task_id
+
 -- result_upsert --
--- Store a task's state; a stored SUCCESS wins over late duplicates (as Celery's key-value backends do),
--- and listeners hear of it on commit: the task id, or %(inline)s (the id and the meta itself) when
--- the meta is small ASCII text, so the waiter needs no query.
-WITH stored AS (
-    INSERT INTO {schema}.result AS r
-        (task_id, status, name, worker, queue, retries, content_type, content_encoding, meta, date_done, expires_at)
-    VALUES (%(task_id)s, %(status)s, %(name)s, %(worker)s, %(queue)s, %(retries)s,
-            %(content_type)s, %(content_encoding)s, %(meta)s,
-            CASE WHEN %(ready)s THEN now() END,
-            now() + make_interval(secs => %(expires)s::float8))
-    ON CONFLICT (task_id) DO UPDATE
-        SET status = EXCLUDED.status,
-            name = coalesce(EXCLUDED.name, r.name),
-            worker = coalesce(EXCLUDED.worker, r.worker),
-            queue = coalesce(EXCLUDED.queue, r.queue),
-            retries = coalesce(EXCLUDED.retries, r.retries),
-            content_type = EXCLUDED.content_type,
-            content_encoding = EXCLUDED.content_encoding,
-            meta = EXCLUDED.meta,
-            date_done = EXCLUDED.date_done,
-            expires_at = EXCLUDED.expires_at
-        WHERE r.status <> 'SUCCESS'
-    RETURNING task_id
-)
+-- Store a task's state (result_store), and listeners hear of it on commit: the task id, or
+-- %(inline)s (the id and the meta itself) when the meta is small ASCII text, so the waiter needs no query.
+WITH stored AS ({@result_store})
 SELECT pg_notify(%(channel)s, coalesce(%(inline)s, task_id)) FROM stored
 
 -- result_upsert_chord_part --
--- Store a chord header part's result (its only copy: chord_id, chord_index) and count it in its chord,
--- in one statement. A store that changes nothing (the part's result is already stored for this run)
--- counts nothing; a FAILURE stored twice counts twice, which chord_claim corrects. complete: the
--- header looks complete and nobody holds the claim, so this part checks and claims (chord_claim).
-WITH stored AS (
-    INSERT INTO {schema}.result AS r
-        (task_id, status, name, worker, queue, retries, content_type, content_encoding, meta, date_done, expires_at,
-         chord_id, chord_index)
-    VALUES (%(task_id)s, %(status)s, %(name)s, %(worker)s, %(queue)s, %(retries)s,
-            %(content_type)s, %(content_encoding)s, %(meta)s,
-            CASE WHEN %(ready)s THEN now() END,
-            now() + make_interval(secs => %(expires)s::float8),
-            %(chord_id)s, %(chord_index)s)
-    ON CONFLICT (task_id) DO UPDATE
-        SET status = EXCLUDED.status,
-            name = coalesce(EXCLUDED.name, r.name),
-            worker = coalesce(EXCLUDED.worker, r.worker),
-            queue = coalesce(EXCLUDED.queue, r.queue),
-            retries = coalesce(EXCLUDED.retries, r.retries),
-            content_type = EXCLUDED.content_type,
-            content_encoding = EXCLUDED.content_encoding,
-            meta = EXCLUDED.meta,
-            date_done = EXCLUDED.date_done,
-            expires_at = EXCLUDED.expires_at,
-            chord_id = EXCLUDED.chord_id,
-            chord_index = EXCLUDED.chord_index
-        WHERE r.status <> 'SUCCESS' OR r.chord_id IS DISTINCT FROM EXCLUDED.chord_id
-    RETURNING task_id
-), notified AS (
+-- Store a chord header part's result (result_store) and count it in its chord, in one statement. A
+-- store that changes nothing (the part's result is already stored for this run) counts nothing; a
+-- FAILURE stored twice counts twice, which chord_claim corrects. complete: the header looks complete
+-- and nobody holds the claim, so this part checks and claims (chord_claim).
+WITH stored AS ({@result_store}), notified AS (
     SELECT pg_notify(%(channel)s, coalesce(%(inline)s, task_id)) FROM stored
 )
 INSERT INTO {schema}.chord AS c (group_id, done, expires_at)
