@@ -2,8 +2,8 @@
 
 Settings come from ``broker_transport_options`` (transport), from
 ``result_backend_transport_options``/``app.conf`` (backend) or from keyword
-arguments; every default is a module constant so the README table and the
-code cannot disagree.
+arguments. The docs' settings reference is generated from the fields below
+(their ``#:`` comments and defaults), so docs and code cannot disagree.
 """
 
 from __future__ import annotations
@@ -42,65 +42,94 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 @dataclass(frozen=True)
 class Settings:
-    #: PostgreSQL schema holding every table, view, function and channel.
+    # Each field's ``#:`` comment is its entry in the docs' settings reference (docs/hooks/reference.py
+    # builds the table from these fields, their defaults and _ONLY_IN): write it for users.
+
+    #: PostgreSQL schema holding every table, view and function; the broker's NOTIFY channel is
+    #: `<schema>.message` (results are notified on a channel per task). Give both dicts the same
+    #: schema for atomic durable workflows.
     schema: str = SCHEMA_DEFAULT
-    #: Seconds a claimed message stays invisible to others; renewed every third of it while held.
+    #: Seconds a claimed message stays invisible to other workers; the worker renews it every third of
+    #: it while it holds the message (prefetched, waiting for its ETA, running). A SIGKILLed worker's
+    #: messages come back after it.
     lease_seconds: float = LEASE_SECONDS_DEFAULT
-    #: Seconds between safety polls; NOTIFY wakes workers sooner.
+    #: Seconds between a worker's safety polls (NOTIFY wakes it sooner); a poll also finds the expired
+    #: leases of dead workers.
     polling_interval: float = POLLING_INTERVAL_DEFAULT
     #: Most messages one claim statement takes when no prefetch limit applies.
     claim_batch: int = CLAIM_BATCH_DEFAULT
-    #: Deliveries after which a message moves to the dead-letter table (0: no limit).
+    #: Deliveries after which a message moves to the `dead_letter` table (0: no limit); a warm
+    #: shutdown's restore does not count.
     max_deliveries: int = MAX_DELIVERIES_DEFAULT
-    #: An ETA/countdown further ahead than this waits in the table, not in worker memory (0: never).
+    #: Seconds: an ETA/countdown further ahead than this waits in the table, not in a worker's memory
+    #: (0: never).
     native_delay_threshold: float = NATIVE_DELAY_THRESHOLD_DEFAULT
-    #: Largest message accepted by publish, in bytes.
+    #: Largest message a publish accepts, in bytes (a larger one raises `MessageTooLarge`).
     max_message_bytes: int = MAX_MESSAGE_BYTES_DEFAULT
-    #: Largest encoded result the backend stores, in bytes (PostgreSQL's own limit is 1 GB).
+    #: Largest encoded result the backend stores, in bytes (a larger one fails its task with
+    #: `ResultTooLarge`; PostgreSQL's own limit is 1 GB).
     max_result_bytes: int = MAX_RESULT_BYTES_DEFAULT
-    #: Connections per process and database URL.
+    #: Connections per pool: one pool per process, database and component (see Production, Connections).
     pool_max_size: int = POOL_MAX_SIZE_DEFAULT
-    #: Seconds to wait for a new connection.
+    #: Seconds to wait for a new connection; also how long a silent server is waited for before a
+    #: WARNING says so (pipelined publishes go on waiting).
     connect_timeout: float = CONNECT_TIMEOUT_DEFAULT
-    #: Create or migrate the schema on first use (under an advisory lock).
+    #: Create or upgrade the schema on first use (under an advisory lock). False: a missing or older
+    #: schema is an error (`SchemaError`): for a role that may not change the schema.
     auto_migrate: bool = True
-    #: Seconds between runs of the maintenance thread (expiry of queues, messages, dead letters,
-    #: results and finished workflows; VACUUM when the server does not).
+    #: Seconds between runs of a worker's maintenance thread: unused expiring queues with their
+    #: messages, messages past their TTL, dead letters past `dead_letter_retention`, expired results,
+    #: groups and chords, finished workflows past `workflow_retention`, and a VACUUM of `message` when
+    #: the server's autovacuum is off and acks left many dead rows. One process at a time per schema
+    #: (a transaction-scoped try-lock, so PgBouncer's transaction mode works; the others skip), in
+    #: batches that skip rows in use, bounded in time (the rest waits for the next run). With a broker
+    #: outside the database the durable sweep runs in the same thread. A worker whose maintenance
+    #: cannot start says so in its log (ERROR).
     maintenance_interval: float = MAINTENANCE_INTERVAL_DEFAULT
     #: Seconds dead letters are kept.
     dead_letter_retention: float = DEAD_LETTER_RETENTION_DEFAULT
     #: Seconds finished workflows and their checkpoints are kept.
     workflow_retention: float = WORKFLOW_RETENTION_DEFAULT
-    #: With a broker outside the database: seconds a step may sit unstarted before the sweep re-sends it.
+    #: With a Redis or RabbitMQ broker: seconds a sent task of a durable workflow may show no sign of
+    #: life (past its countdown) before the sweep re-sends it; workers holding one refresh it every
+    #: third of this.
     recovery_after: float = RECOVERY_AFTER_DEFAULT
-    #: A direct (non-PgBouncer) URL for LISTEN; None: the main URL.
+    #: A direct URL (not through PgBouncer) for LISTEN; none: the main URL. Required when the main URL
+    #: goes through PgBouncer in transaction mode (without it a worker stops at start-up and `get()`
+    #: raises `ListenUnavailable`).
     listen_url: str | None = None
-    #: Publishes (transport) and stored results (backend) wait for the WAL flush. False: each
-    #: commit returns before its fsync (see benchmarks/README.md for what it gains); a crash of the
-    #: database server, never of a client, may then lose the last three wal_writer_delay of them.
+    #: Publishes (broker) and stored results (backend) wait for the WAL flush. False: their commits
+    #: return before it; a crash of the database server (never of a client or worker) may then lose
+    #: the last three `wal_writer_delay` of them. Claims, acks and lease renewals never wait for the
+    #: flush (an undone one only redelivers); checkpoints always do.
     synchronous_commit: bool = True
-    #: Server-side prepared statements for repeated queries. None: on, unless a pooler (PgBouncer)
-    #: is detected, which may run a statement on a session that never saw its PREPARE.
+    #: Server-side prepared statements for repeated queries. None (or "auto"): on, unless the
+    #: connection finds a pooler (PgBouncer) in between, which may run a statement on a session that
+    #: never saw its PREPARE; true or false force it.
     prepared_statements: bool | None = None
-    #: Broker: ``delay()`` returns once its message is committed. False: once the statement is written
-    #: to the server (pipelined; see transport/pipeline.py for what a crash may lose). Kombu's name.
+    #: `delay()` returns once its message is committed. False: once the insert is written to the server
+    #: (pipelined, committed in groups; see The broker, "Publishing without waiting", for what a crash
+    #: may lose). Kombu's name for it.
     confirm_publish: bool = True
-    #: Broker: confirmed publishes send the consumers' wake-up in a second transaction after their
-    #: commit, so the commits of several producer processes share WAL flushes (a NOTIFYing commit
-    #: holds PostgreSQL's NOTIFY lock until its flush). It costs a single producer time per publish.
+    #: Confirmed publishes send the workers' wake-up NOTIFY in a second, quick transaction after their
+    #: commit instead of inside it. PostgreSQL holds a cluster-wide lock from a NOTIFYing commit until
+    #: its WAL flush is done, so with many producer processes this lets their commits share flushes;
+    #: for one producer it costs time per publish (see Performance).
     wake_after_commit: bool = False
-    #: Broker: a worker logs a WARNING naming what holds the xmin horizon once it has held it this many
-    #: seconds while the message table holds dead rows; also the warning age of ``durable doctor``.
+    #: Seconds whatever holds the xmin horizon may hold it before a worker logs a WARNING naming it
+    #: (while `message` holds dead rows its claims must walk past), and before `durable doctor` calls
+    #: it a warning (`--warning-age` overrides).
     horizon_warning_age: float = HORIZON_WARNING_AGE_DEFAULT
-    #: Broker: seconds between a worker's checks of the horizon (one catalog query each; 0: never).
+    #: Seconds between a worker's checks of the horizon (one catalog query in its maintenance thread,
+    #: never one per claim): at most one such WARNING per interval; 0: no checks.
     horizon_check_interval: float = HORIZON_CHECK_INTERVAL_DEFAULT
     #: Beat: seconds the active beat's lease lasts (renewed every third of it); another beat takes over
     #: within it when the holder dies. Read from the dict of the database that holds the schedule.
     beat_lease_seconds: float = BEAT_LEASE_SECONDS_DEFAULT
-    #: Beat: what an entry without its own ``catch_up`` does with runs that fell due while no beat held
-    #: the lease: ``once`` (Celery's rule: the latest is sent), ``skip`` (none), ``all`` (each one).
+    #: Beat: what an entry without its own `catch_up` does with runs that fell due while no beat held
+    #: the lease: `once` (Celery's rule: the latest is sent), `skip` (none), `all` (each one).
     beat_catch_up: str = BEAT_CATCH_UP_DEFAULT
-    #: Beat: most runs of one entry sent in one tick (catch-up ``all``, or a long stall); older ones are skipped.
+    #: Beat: most runs of one entry sent in one tick (catch-up `all`, or a long stall); older ones are skipped.
     beat_catch_up_max: int = BEAT_CATCH_UP_MAX_DEFAULT
 
     def __post_init__(self) -> None:
@@ -161,11 +190,16 @@ _ONLY_IN = {
     "horizon_warning_age": BROKER_OPTIONS, "horizon_check_interval": BROKER_OPTIONS,
     "max_result_bytes": BACKEND_OPTIONS, "recovery_after": BACKEND_OPTIONS, "workflow_retention": BACKEND_OPTIONS,
 }
-#: Keys read by someone else than Settings: ours (connect_options) or Kombu's own (connection retries,
+#: Keys of ours read outside Settings: key -> (the dict that reads it, its entry in the docs' reference).
+OTHER_KEYS = {
+    "connect_options": (BROKER_OPTIONS, "extra libpq keywords as a dict (`sslmode`, `application_name`, ...); "
+                                        "the URL takes them as query parameters too"),
+}
+#: Keys read by someone else than Settings: ours (OTHER_KEYS) or Kombu's own (connection retries,
 #: virtual transports' body_encoding and deadletter_queue).
 _OTHER_READERS = {
     BROKER_OPTIONS: frozenset({
-        "connect_options", "max_retries", "interval_start", "interval_step", "interval_max",
+        *OTHER_KEYS, "max_retries", "interval_start", "interval_step", "interval_max",
         "connect_retries_timeout", "errback", "callback", "body_encoding", "deadletter_queue",
     }),
     BACKEND_OPTIONS: frozenset(),

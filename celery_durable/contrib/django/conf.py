@@ -17,15 +17,24 @@ from django.conf import settings
 
 from ...config import SCHEMA_DEFAULT, Settings
 
+JOIN_ATOMIC = "CELERY_DURABLE_JOIN_ATOMIC"
 JOIN_ATOMIC_DEFAULT = True
+DATABASE = "CELERY_DURABLE_DATABASE"
+#: The integration's own settings: (name, default, meaning); the docs' settings reference lists them.
+DJANGO_SETTINGS = (
+    (JOIN_ATOMIC, JOIN_ATOMIC_DEFAULT, "publishes inside `transaction.atomic()` on the broker's database join it; "
+                                       "false: they commit on their own"),
+    (DATABASE, None, "the Django database alias on the broker's database (the admin pages read through it; "
+                     "`default` when none is found); none: found by server address, port and database name"),
+)
 
 
 def join_atomic() -> bool:
-    return bool(getattr(settings, "CELERY_DURABLE_JOIN_ATOMIC", JOIN_ATOMIC_DEFAULT))
+    return bool(getattr(settings, JOIN_ATOMIC, JOIN_ATOMIC_DEFAULT))
 
 
 def database_alias() -> str | None:
-    return getattr(settings, "CELERY_DURABLE_DATABASE", None)
+    return getattr(settings, DATABASE, None)
 
 
 def broker_schema() -> str:
