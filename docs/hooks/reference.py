@@ -8,6 +8,8 @@
 - ``<!-- generated: errors -->`` becomes the tree of ``celery_durable.exceptions``.
 - ``<!-- generated: schema -->`` becomes the list of tables, views and functions of
   ``celery_durable/db/sql/schema.sql`` with the comment above each.
+- After the build, every setting, other key, Django setting and ``CELERY_DURABLE_*`` name in the
+  package's code must have an ``id`` on the built settings page.
 - ``benchmarks/scaling.png`` is published as ``assets/scaling.png`` (the
   benchmark writes it beside itself; the performance page shows it).
 
@@ -175,8 +177,17 @@ def on_files(files, config):
     return files
 
 
+def environment_variables() -> set[str]:
+    """Every ``"CELERY_DURABLE_..."`` string the package's code holds: environment variables and Django settings."""
+    names: set[str] = set()
+    for path in (ROOT / "celery_durable").rglob("*.py"):
+        names.update(re.findall(r"[\"'](CELERY_DURABLE_[A-Z0-9_]+)[\"']", path.read_text(encoding="utf-8")))
+    return names
+
+
 def on_post_build(config) -> None:
-    """Every setting the code defines is on the built settings page (guards against a lost marker)."""
+    """Every setting the code defines is on the built settings page (guards against a lost marker, and
+    against an environment variable the page does not name)."""
     from celery_durable import config as settings_config
     from celery_durable.contrib.django import conf as django_conf
 
@@ -184,6 +195,7 @@ def on_post_build(config) -> None:
     text = built.read_text(encoding="utf-8") if built.exists() else ""
     expected = [f.name for f in fields(settings_config.Settings)] + list(settings_config.OTHER_KEYS)
     expected += [name for name, _, _ in django_conf.DJANGO_SETTINGS]
+    expected += sorted(environment_variables())
     missing = [name for name in expected if f'id="{name}"' not in text]
     if missing:
         raise PluginError(f"{built} does not list these settings: {missing}")
