@@ -176,8 +176,8 @@ def demo_url(name: str = "celery_durable_demo") -> str:
 STOP_COMMAND = "python -m celery_durable.testing.embedded stop"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m celery_durable.testing.embedded start|status|stop [--remove] [--dir PATH]``."""
+def command_line() -> argparse.ArgumentParser:
+    """The parser of ``python -m celery_durable.testing.embedded`` (the docs print its help)."""
     parser = argparse.ArgumentParser(
         prog="python -m celery_durable.testing.embedded",
         description="The embedded PostgreSQL server of the quick start and the tests (it outlives the demo).")
@@ -187,9 +187,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                        ("stop", "stop it; its data stays for the next start unless --remove")):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--dir", metavar="PATH", help="data directory (default: $CELERY_DURABLE_EMBEDDED_DIR, "
-                                                           f"else {DATA_DIR_DEFAULT})")
+                                                           "else celery_durable_pg in the temporary directory)")
         if name == "stop":
             command.add_argument("--remove", action="store_true", help="also delete the data directory")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m celery_durable.testing.embedded start|status|stop [--remove] [--dir PATH]``."""
+    parser = command_line()
     args = parser.parse_args(argv)
     path = data_dir_of(args.dir)
     try:

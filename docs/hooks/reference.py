@@ -6,6 +6,8 @@
   (``config.OTHER_KEYS``) and the Django integration's settings
   (``contrib.django.conf.DJANGO_SETTINGS``).
 - ``<!-- generated: errors -->`` becomes the tree of ``celery_durable.exceptions``.
+- ``<!-- generated: embedded-help -->`` becomes the help of ``python -m celery_durable.testing.embedded``
+  and of each of its commands (argparse's own text).
 - ``<!-- generated: schema -->`` becomes the list of tables, views and functions of
   ``celery_durable/db/sql/schema.sql`` with the comment above each.
 - After the build, every setting, other key, Django setting and ``CELERY_DURABLE_*`` name in the
@@ -20,6 +22,7 @@ page lacks any setting's name: CI builds with ``mkdocs build --strict``.
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import re
 from dataclasses import MISSING, fields
@@ -31,6 +34,7 @@ from mkdocs.structure.files import File
 SETTINGS_MARK = "<!-- generated: settings -->"
 ERRORS_MARK = "<!-- generated: errors -->"
 SCHEMA_MARK = "<!-- generated: schema -->"
+EMBEDDED_MARK = "<!-- generated: embedded-help -->"
 SETTINGS_PAGE = "reference/settings.md"
 ROOT = Path(__file__).resolve().parents[2]
 _FIELD = re.compile(r"^\s{4}(\w+)\s*:")
@@ -162,11 +166,26 @@ def schema_objects() -> str:
     return "\n".join(rows) + "\n"
 
 
+def embedded_help() -> str:
+    from celery_durable.testing import embedded
+
+    parser = embedded.command_line()
+    parsers = [parser] + [sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+                          for sub in action.choices.values()]
+    blocks = []
+    for each in parsers:
+        each.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=100)
+        blocks.append("```text\n" + each.format_help().rstrip() + "\n```")
+    return "\n\n".join(blocks) + "\n"
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if SETTINGS_MARK in markdown:
         markdown = markdown.replace(SETTINGS_MARK, settings_tables())
     if ERRORS_MARK in markdown:
         markdown = markdown.replace(ERRORS_MARK, errors_tree())
+    if EMBEDDED_MARK in markdown:
+        markdown = markdown.replace(EMBEDDED_MARK, embedded_help())
     if SCHEMA_MARK in markdown:
         markdown = markdown.replace(SCHEMA_MARK, schema_objects())
     return markdown
