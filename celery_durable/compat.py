@@ -17,6 +17,11 @@ What differs, per line:
 - ``celery.contrib.django.task.DjangoTask`` (``delay_on_commit``, ``apply_async_on_commit``): from
   Celery 5.4. On 5.3 it is None: our Django app still makes publishes inside ``atomic()`` join the
   transaction; those two methods do not exist (:func:`django_task`, :data:`DJANGO_TASK_CLS`).
+- Crontab arithmetic across a DST change (``celery.schedules.crontab``, ``celery.utils.time.remaining``):
+  from Celery 5.5 a crontab's next run is the same whichever day it is asked and time is
+  subtracted in UTC. Before, a run in the hour a spring-forward night skips can come out an hour
+  early for our beat (which asks Celery for due times) where Celery's own beat sends it an hour
+  late, so that night such an entry can run twice (:data:`CRONTAB_DST_EXACT`). Fall-back nights agree.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ if tuple(celery.VERSION[:2]) < OLDEST_LINE or tuple(kombu.VERSION[:2]) < OLDEST_
         f"celery-durable supports Celery and Kombu {OLDEST_LINE[0]}.{OLDEST_LINE[1]} to 5.7 (the README's "
         f"Supported versions); this environment has Celery {celery.__version__} and Kombu {kombu.__version__}"
     )
+
+#: Whether Celery's crontab due times hold across a DST change (Celery 5.5+; see the module's docstring).
+CRONTAB_DST_EXACT = tuple(celery.VERSION[:2]) >= (5, 5)
 
 #: Celery 5.7's marker in front of a compressed result (``celery.backends.base``).
 COMPRESSED_PAYLOAD_MAGIC = b"\x00celery-compressed\x00"

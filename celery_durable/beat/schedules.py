@@ -164,10 +164,15 @@ def next_due(sched: BaseSchedule, after: datetime, now: datetime) -> datetime:
     (Celery answers "how long from now"; with its clock pinned to ``now`` that
     is the due time itself, whatever ``now`` is.)
     """
+    # In the schedule's own zone, as Celery's beat hands them over (app.now()): Celery before 5.7 computes a
+    # crontab in the frame of the datetimes it is given.
+    # The sum in UTC: added to a zoned datetime, a timedelta moves its wall clock, not time.
+    zone = sched.tz
+    local = now.astimezone(zone)
     pinned = sched.nowfun
-    sched.nowfun = lambda: now
+    sched.nowfun = lambda: local
     try:
-        return now + sched.remaining_estimate(after)
+        return now.astimezone(timezone.utc) + sched.remaining_estimate(after.astimezone(zone))
     finally:
         sched.nowfun = pinned
 
@@ -199,7 +204,14 @@ def plan(sched: BaseSchedule, last_run_at: datetime, now: datetime, held_since: 
     latest = last_run_at
     while len(due) < SCAN_MAX:
         following = next_due(sched, at, now)
-        if following > now or following <= at:
+        if following <= at:
+            # No due time after the last run (Celery before 5.5 across a DST change): Celery's own beat's rule,
+            # the run is due now and the next counts from now.
+            if not due and at < now:
+                due.append(now)
+                latest = now
+            break
+        if following > now:
             break
         due.append(following)
         at = latest = following

@@ -10,6 +10,7 @@ import pytest
 from celery import Celery
 from celery.schedules import crontab, schedule
 
+from celery_durable import compat
 from celery_durable.beat import schedules
 from celery_durable.exceptions import ScheduleError
 
@@ -64,23 +65,28 @@ def _celery_due_moments(sched, last: datetime, start: datetime, end: datetime, s
     """Celery's default scheduler's decisions: each ``step`` of the clock, ``is_due(last_run_at)``; a run sets it to now."""
     found = []
     now = start
+    last = last.astimezone(sched.tz)  # as app.now() gives it: in the app's (here: the entry's) zone
     while now <= end:
-        sched.nowfun = lambda now=now: now
+        sched.nowfun = lambda now=now: now.astimezone(sched.tz)
         if sched.is_due(last)[0]:
             found.append(now)
-            last = now
+            last = now.astimezone(sched.tz)
         now += step
     sched.nowfun = None
     return found
 
 
-def _our_due_times(sched, last: datetime, end: datetime) -> list[datetime]:
+def _our_due_times(sched, last: datetime, end: datetime, step: timedelta = timedelta(minutes=1)) -> list[datetime]:
+    """Our scheduler's decisions: each ``step`` a tick plans the due runs after ``last_run_at`` (Celery before 5.7
+    computes a crontab's next run differently depending on the day it is asked, so a tick asks when a beat would)."""
     found = []
-    while True:
-        last = schedules.next_due(sched, last, end)
-        if last > end:
-            return found
-        found.append(last)
+    now = last
+    while now <= end:
+        plan = schedules.plan(sched, last, now, held_since=last, catch_up="all")
+        found.extend(plan.runs)
+        last = plan.last_run_at
+        now += step
+    return found
 
 
 @pytest.mark.parametrize("stored, app_tz, start", [
@@ -95,6 +101,8 @@ def _our_due_times(sched, last: datetime, end: datetime) -> list[datetime]:
     ({"type": "interval", "every": 3600}, "Europe/Berlin", datetime(2024, 10, 26, 22)),
 ])
 def test_due_times_are_celerys_own_across_a_clock_change(stored, app_tz, start):
+    if stored["type"] == "crontab" and start.month == 3 and not compat.CRONTAB_DST_EXACT:
+        pytest.xfail("Celery before 5.5: a run in the skipped hour comes out an hour early (compat.CRONTAB_DST_EXACT)")
     app = _app(app_tz)
     start = start.replace(tzinfo=UTC)
     end = start + timedelta(days=3)
@@ -107,7 +115,8 @@ def test_due_times_are_celerys_own_across_a_clock_change(stored, app_tz, start):
 def test_an_entry_in_new_york_runs_at_nine_there_across_its_own_clock_change():
     app = _app("Europe/Berlin")
     sched = schedules.parse({"type": "crontab", "minute": "0", "hour": "9", "timezone": "America/New_York"}, app)
-    dues = _our_due_times(sched, datetime(2024, 3, 8, 15, tzinfo=UTC), datetime(2024, 3, 12, 15, tzinfo=UTC))
+    dues = _our_due_times(sched, datetime(2024, 3, 8, 15, tzinfo=UTC), datetime(2024, 3, 12, 15, tzinfo=UTC),
+                          timedelta(minutes=10))
     local = [d.astimezone(ZoneInfo("America/New_York")) for d in dues]
     assert [(d.day, d.hour, d.minute) for d in local] == [(9, 9, 0), (10, 9, 0), (11, 9, 0), (12, 9, 0)]
     # New York moved its clocks on 2024-03-10: nine o'clock there is an hour earlier in UTC from then on.
