@@ -123,13 +123,15 @@ class Settings:
     #: Seconds between a worker's checks of the horizon (one catalog query in its maintenance thread,
     #: never one per claim): at most one such WARNING per interval; 0: no checks.
     horizon_check_interval: float = HORIZON_CHECK_INTERVAL_DEFAULT
-    #: Beat: seconds the active beat's lease lasts (renewed every third of it); another beat takes over
-    #: within it when the holder dies. Read from the dict of the database that holds the schedule.
+    #: `celery_durable.beat:Scheduler`: seconds the active beat's lease lasts (renewed every third of it);
+    #: a waiting beat takes over within it when the holder dies. Read from the dict of the database that
+    #: holds the schedule (the broker's when it is PostgreSQL, else the backend's).
     beat_lease_seconds: float = BEAT_LEASE_SECONDS_DEFAULT
-    #: Beat: what an entry without its own `catch_up` does with runs that fell due while no beat held
+    #: `celery_durable.beat:Scheduler`: what an entry without its own `catch_up` does with runs that fell due while no beat held
     #: the lease: `once` (Celery's rule: the latest is sent), `skip` (none), `all` (each one).
     beat_catch_up: str = BEAT_CATCH_UP_DEFAULT
-    #: Beat: most runs of one entry sent in one tick (catch-up `all`, or a long stall); older ones are skipped.
+    #: `celery_durable.beat:Scheduler`: most runs of one entry sent in one tick (catch-up `all`, a stalled
+    #: beat); older ones are skipped, logged and counted (`skipped_run_count`).
     beat_catch_up_max: int = BEAT_CATCH_UP_MAX_DEFAULT
 
     def __post_init__(self) -> None:
