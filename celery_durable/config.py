@@ -69,7 +69,8 @@ class Settings:
     #: Largest encoded result the backend stores, in bytes (a larger one fails its task with
     #: `ResultTooLarge`; PostgreSQL's own limit is 1 GB).
     max_result_bytes: int = MAX_RESULT_BYTES_DEFAULT
-    #: Connections per pool: one pool per process, database and component (see Production, Connections).
+    #: Connections per pool: one pool per process, database, component and connection options (this,
+    #: ``prepared_statements``, ``connect_timeout``: the broker and the backend share one when these agree).
     pool_max_size: int = POOL_MAX_SIZE_DEFAULT
     #: Seconds to wait for a new connection; also how long a silent server is waited for before a
     #: WARNING says so (pipelined publishes go on waiting).

@@ -13,7 +13,6 @@ in :mod:`celery_durable.backend.chords`.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -41,10 +40,6 @@ from . import notify
 from .consumer import ResultConsumer
 
 logger = logging.getLogger(__name__)
-
-# Per process: when this process last tried an opportunistic expiry run, per database and schema.
-_last_expiry: dict[tuple[str, str, int], float] = {}
-
 
 class PostgresBackend(ChainFailureMixin, ChordMixin, Backend, AsyncBackendMixin):
     """Celery result backend storing results in PostgreSQL; ``get()`` wakes on NOTIFY."""
@@ -299,14 +294,9 @@ class PostgresBackend(ChainFailureMixin, ChordMixin, Backend, AsyncBackendMixin)
         """
         if maintenance.in_worker():
             return
-        key = (self.conninfo, self.settings.schema, os.getpid())
-        now = time.monotonic()
-        last = _last_expiry.get(key)
-        if last is not None and now - last < self.settings.maintenance_interval:
-            return
-        _last_expiry[key] = now
         try:
             service = maintenance.for_database(self.conninfo, self.settings)
-            service.expire(self.expiries(), deadline=now + maintenance.RUN_SECONDS, batches=1)
+            if service.turn(self.settings.maintenance_interval):
+                service.expire(self.expiries(), deadline=time.monotonic() + maintenance.RUN_SECONDS, batches=1)
         except Exception:  # noqa: BLE001 - expiry must never fail a task
             logger.warning("celery_durable: expiring old results failed", exc_info=True)

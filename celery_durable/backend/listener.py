@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import psycopg
 from psycopg import ClientCursor
 
+from .. import runtime
 from ..config import Settings
 from ..db import dsn, listen, pool, waiting
 from ..exceptions import DatabaseUnavailable
@@ -46,30 +47,21 @@ logger = logging.getLogger(__name__)
 #: Attempts (with doubling sleeps from 0.2 s) to re-establish a lost LISTEN connection before get() raises.
 RECONNECT_ATTEMPTS_DEFAULT = 6
 
-_lock = threading.Lock()
-_listeners: dict[tuple[str, int], "Listener"] = {}
+#: The runtime's kind of listeners, keyed by (LISTEN URL, runtime.connection_options(settings)).
+LISTENERS = "result-listener"
 
 
 def get_listener(conninfo: str, settings: Settings) -> "Listener":
-    """This process's listener for a database (a forked child gets its own)."""
+    """This process's listener for a database and connection options (a forked child gets its own)."""
     target = dsn.from_url(settings.listen_url) if settings.listen_url else conninfo
-    key = (target, os.getpid())
-    listener = _listeners.get(key)
-    if listener is None:
-        with _lock:
-            listener = _listeners.get(key)
-            if listener is None:
-                # A parent's listeners stay referenced (never closed) so their sockets are left alone.
-                listener = _listeners[key] = Listener(target, settings)
-    return listener
+    key = (target, runtime.connection_options(settings))
+    return runtime.current().get(LISTENERS, key, lambda: Listener(target, settings))
 
 
 def close_all() -> None:
     """Close this process's listeners (tests, interpreter exit)."""
-    pid = os.getpid()
-    with _lock:
-        for key in [k for k in _listeners if k[1] == pid]:
-            _listeners.pop(key).close()
+    for _key, listener in runtime.current().take(LISTENERS):
+        listener.close()
 
 
 def _commands(verb: str, channels: Iterable[str]) -> list[str]:

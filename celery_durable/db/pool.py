@@ -1,4 +1,4 @@
-"""Psycopg pools per database, process and component: shared by transport, backend and durable chains.
+"""Psycopg pools per database, component and connection options: shared by transport, backend and durable chains.
 
 A worker's fetcher and keeper threads each have a pool of one connection of
 their own, so ``pg_stat_activity`` tells them apart (:mod:`.appname`). Behind
@@ -8,24 +8,25 @@ startup ``options`` (commits that need not wait for the WAL flush set it per
 transaction, see :func:`execute_relaxed`), no session advisory locks, and no
 server-side prepared statements when a pooler is detected (``prepared_statements``).
 
-Pools are keyed by pid because a forked child (Celery prefork) cannot use
-its parent's pool: the pool's threads did not survive the fork and its
-sockets belong to the parent's sessions. The parent's pool object is kept
-referenced in the child, never closed or collected, so libpq never sends a
-Terminate on the parent's sockets.
+The pools belong to the process's :mod:`~celery_durable.runtime`: a forked
+child (Celery prefork) makes its own, and its parent's stay referenced, never
+closed. They are keyed by the options a connection depends on
+(``pool_max_size``, ``prepared_statements``, ``connect_timeout``): the broker
+and the result backend on one URL share a pool when these agree, and each
+gets the pool its own options ask for when they differ.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from .. import runtime
 from ..config import Settings
 from ..exceptions import DatabaseUnavailable
 from . import appname, waiting
@@ -34,9 +35,9 @@ from .migrate import ensure_schema
 
 logger = logging.getLogger(__name__)
 
-_lock = threading.Lock()
-_pools: dict[tuple[str, int, str], ConnectionPool] = {}
-_inherited: list[ConnectionPool] = []
+#: The runtime's kind of pools, keyed by (conninfo, component, runtime.connection_options(settings)).
+POOLS = "pool"
+#: (conninfo, schema) checked or created in this process (a forked child inherits its parent's).
 _ready_schemas: set[tuple[str, str]] = set()
 
 
@@ -125,31 +126,26 @@ def unavailable(conninfo: str, exc: BaseException) -> DatabaseUnavailable:
 
 
 def get_pool(conninfo: str, settings: Settings) -> ConnectionPool:
-    """The pool for this database, process and component, created (and the schema checked) on first use."""
+    """The pool for this database, component and connection options, created (and the schema checked) on first use."""
     if (conninfo, settings.schema) not in _ready_schemas:
         prepare_schema(conninfo, settings)
     component = appname.component()
-    key = (conninfo, os.getpid(), component)
-    pool = _pools.get(key)
-    if pool is not None:
-        return pool
-    with _lock:
-        pool = _pools.get(key)
-        if pool is None:
-            _forget_inherited()
-            pool = ConnectionPool(
-                conninfo,
-                min_size=1,
-                max_size=1 if component in THREAD_COMPONENTS else max(1, settings.pool_max_size),
-                kwargs={"autocommit": True, "application_name": appname.application_name(conninfo, component)},
-                configure=lambda conn: _configure(conn, settings),
-                check=_alive,
-                timeout=settings.connect_timeout,
-                name=f"celery_durable-{os.getpid()}-{component}",
-                open=True,
-            )
-            _pools[key] = pool
-    return pool
+    key = (conninfo, component, runtime.connection_options(settings))
+    return runtime.current().get(POOLS, key, lambda: _new_pool(conninfo, component, settings))
+
+
+def _new_pool(conninfo: str, component: str, settings: Settings) -> ConnectionPool:
+    return ConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=1 if component in THREAD_COMPONENTS else max(1, settings.pool_max_size),
+        kwargs={"autocommit": True, "application_name": appname.application_name(conninfo, component)},
+        configure=lambda conn: _configure(conn, settings),
+        check=_alive,
+        timeout=settings.connect_timeout,
+        name=f"celery_durable-{os.getpid()}-{component}",
+        open=True,
+    )
 
 
 def prepare_schema(conninfo: str, settings: Settings) -> None:
@@ -174,9 +170,8 @@ def probe(conninfo: str, settings: Settings) -> None:
         connect(conninfo, settings=settings).close()
     # A reconnection follows an outage (restart, failover): drop the pools' dead idle
     # connections now, instead of failing on each of them in turn.
-    pid = os.getpid()
-    for (target, owner, _component), known in list(_pools.items()):
-        if target == conninfo and owner == pid:
+    for (target, _component, _options), known in runtime.current().find(POOLS):
+        if target == conninfo:
             known.check()
 
 
@@ -195,16 +190,7 @@ def connection(conninfo: str, settings: Settings) -> Iterator[psycopg.Connection
         raise unavailable(conninfo, exc) from exc
 
 
-def _forget_inherited() -> None:
-    """After a fork, move the parent's pools aside without touching their sockets."""
-    pid = os.getpid()
-    for key in [k for k in _pools if k[1] != pid]:
-        _inherited.append(_pools.pop(key))
-
-
 def close_all() -> None:
     """Close this process's pools (tests, interpreter exit)."""
-    pid = os.getpid()
-    with _lock:
-        for key in [k for k in _pools if k[1] == pid]:
-            _pools.pop(key).close()
+    for _key, known in runtime.current().take(POOLS):
+        known.close()

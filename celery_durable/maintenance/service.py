@@ -21,7 +21,6 @@ and :class:`Chore` objects (VACUUM, the durable sweep) with their own interval.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from time import monotonic
@@ -29,6 +28,7 @@ from typing import Any, Callable, Hashable, Iterable, Mapping
 
 import psycopg
 
+from .. import runtime
 from ..config import Settings
 from ..db import pool, queries
 
@@ -75,6 +75,7 @@ class Maintenance:
         self._thread: threading.Thread | None = None
         #: Set after each run of the thread (tests wait on it instead of sleeping).
         self.ran = threading.Event()
+        self._last_turn: float | None = None
 
     # -- owners -----------------------------------------------------------------------------------
 
@@ -113,6 +114,16 @@ class Maintenance:
             return min((every for every, _, _ in self._owners.values()), default=self.settings.maintenance_interval)
 
     # -- running ----------------------------------------------------------------------------------
+
+    def turn(self, interval: float) -> bool:
+        """True at most once per ``interval`` seconds in this process: a process without the
+        service's thread (a client storing results) may then run a batch itself."""
+        now = monotonic()
+        with self._owners_lock:
+            if self._last_turn is not None and now - self._last_turn < interval:
+                return False
+            self._last_turn = now
+            return True
 
     def run(self) -> dict[str, int]:
         """Run everything now: the expiries (bounded by RUN_SECONDS), then every chore; returns rows deleted."""
@@ -198,15 +209,12 @@ class Maintenance:
         return max(0.05, min(due))
 
 
-_services: dict[tuple[str, str, int], Maintenance] = {}
-_services_lock = threading.Lock()
-
-
 def for_database(conninfo: str, settings: Settings) -> Maintenance:
-    """The maintenance service of this database and schema in this process (a forked child gets its own)."""
-    key = (conninfo, settings.schema, os.getpid())
-    with _services_lock:
-        service = _services.get(key)
-        if service is None:
-            service = _services[key] = Maintenance(conninfo, settings)
-        return service
+    """The maintenance service of this database and schema in this process (a forked child gets its own).
+
+    One per database and schema, whatever the settings of the components that attach their work:
+    each attaches with its own interval, and the first one's settings give the service its
+    connection options.
+    """
+    key = (conninfo, settings.schema)
+    return runtime.current().get("maintenance", key, lambda: Maintenance(conninfo, settings))

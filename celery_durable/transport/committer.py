@@ -27,20 +27,21 @@ its commit is flushed, so the commits of publishers in several processes that
 NOTIFY inside them cannot share a flush. The second transaction costs each
 publish time of its own, which only many producer processes win back.
 
-One committer per database URL, commit mode and process, shared by every
-transport (Kombu gives each pooled producer its own connection and transport).
+One committer per database URL, commit mode and connection options in each
+process (:mod:`celery_durable.runtime`), shared by every transport (Kombu
+gives each pooled producer its own connection and transport).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
+from .. import runtime
 from ..config import Settings
 from ..db import pool
 
@@ -222,24 +223,8 @@ class Committer:
             raise
 
 
-_committers: dict[tuple[str, bool, int], Committer] = {}
-_lock = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()  # another thread of the parent may have held it at the fork
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def committer(conninfo: str, settings: Settings) -> Committer:
-    """The committer for this URL and commit mode in this process (a forked child gets its own)."""
+    """The committer for this URL, commit mode and connection options in this process (a forked child gets its own)."""
     relaxed = not settings.synchronous_commit
-    key = (conninfo, relaxed, os.getpid())
-    found = _committers.get(key)
-    if found is None:
-        with _lock:
-            found = _committers.setdefault(key, Committer(conninfo, settings, relaxed))
-    return found
+    key = (conninfo, relaxed, runtime.connection_options(settings))
+    return runtime.current().get("committer", key, lambda: Committer(conninfo, settings, relaxed))

@@ -56,6 +56,7 @@ import psycopg
 from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
 
+from .. import runtime
 from ..config import Settings
 from ..db import pool, waiting
 from ..exceptions import DatabaseUnavailable, PublishFailed
@@ -369,45 +370,60 @@ class Pipeline:
                     return
 
 
-# Strong references: a forked child keeps its parent's pipelines alive, never collected, so libpq
-# never sends a Terminate on the parent's socket.
-_live: set[Pipeline] = set()
-_live_lock = threading.Lock()
-#: Refusals of this process's pipelines that closed before a flush raised them: (task id, error).
-_closed_failed: list[tuple[str, str]] = []
-_closed_more = 0
+class Ledger:
+    """The pipelines of one process (:mod:`celery_durable.runtime`), and the refusals of those that closed.
+
+    It holds its pipelines strongly: a forked child keeps its parent's runtime, so the parent's
+    pipelines are never collected and libpq never sends a Terminate on the parent's sockets.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: set[Pipeline] = set()
+        #: Refusals of pipelines that closed before a flush raised them: (task id, error); ``_more`` counts the rest.
+        self._failed: list[tuple[str, str]] = []
+        self._more = 0
+        self._exit_hooked = False
+
+    def add(self, pipeline: Pipeline) -> None:
+        with self._lock:
+            self._live.add(pipeline)
+            if not self._exit_hooked:
+                # A multiprocessing child ends in os._exit(), past atexit, after running these.
+                self._exit_hooked = True
+                multiprocessing.util.Finalize(None, close_all, exitpriority=100)
+
+    def remove(self, pipeline: Pipeline, failed: list[tuple[str, str]] = (), more: int = 0) -> None:
+        """Forget a closed pipeline; its refusals not raised yet wait for the next :meth:`take`."""
+        with self._lock:
+            self._live.discard(pipeline)
+            room = max(0, FAILED_KEPT - len(self._failed))
+            self._failed.extend(failed[:room])
+            self._more += more + max(0, len(failed) - room)
+
+    def live(self) -> list[Pipeline]:
+        with self._lock:
+            return list(self._live)
+
+    def take(self) -> tuple[list[Pipeline], list[tuple[str, str]], int]:
+        """The live pipelines, and the closed ones' refusals (given out once) with the count of the others."""
+        with self._lock:
+            refused, more = self._failed, self._more
+            self._failed, self._more = [], 0
+            return list(self._live), refused, more
 
 
-def _after_fork_in_child() -> None:
-    global _live_lock, _closed_more
-    _live_lock = threading.Lock()  # another thread of the parent may have held it at the fork
-    _closed_failed.clear()  # the parent's to raise, not the child's
-    _closed_more = 0
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-_exit_hooked: set[int] = set()
+def ledger() -> Ledger:
+    """This process's ledger (a forked child starts with an empty one: its parent's refusals are not its own)."""
+    return runtime.current().get("pipelines", None, Ledger)
 
 
 def _register(pipeline: Pipeline) -> None:
-    with _live_lock:
-        _live.add(pipeline)
-        if pipeline.pid not in _exit_hooked:
-            # A multiprocessing child ends in os._exit(), past atexit, after running these.
-            _exit_hooked.add(pipeline.pid)
-            multiprocessing.util.Finalize(None, close_all, exitpriority=100)
+    ledger().add(pipeline)
 
 
 def _unregister(pipeline: Pipeline, failed: list[tuple[str, str]] = (), more: int = 0) -> None:
-    """Forget a closed pipeline; its refusals not raised yet wait for the process's next flush_all()."""
-    global _closed_more
-    with _live_lock:
-        _live.discard(pipeline)
-        room = max(0, FAILED_KEPT - len(_closed_failed))
-        _closed_failed.extend(failed[:room])
-        _closed_more += more + max(0, len(failed) - room)
+    ledger().remove(pipeline, failed, more)
 
 
 def flush_all() -> None:
@@ -417,13 +433,7 @@ def flush_all() -> None:
     DatabaseUnavailable when a connection was lost (the unconfirmed task ids
     were logged).
     """
-    global _closed_more
-    pid = os.getpid()
-    with _live_lock:
-        mine = [p for p in _live if p.pid == pid]
-        refused, more = list(_closed_failed), _closed_more
-        _closed_failed.clear()
-        _closed_more = 0
+    mine, refused, more = ledger().take()
     failure: BaseException | None = None
     for pipeline in mine:
         try:
@@ -441,10 +451,7 @@ def flush_all() -> None:
 
 def close_all() -> None:
     """Wait for the answers of every pipeline of this process, then close them (exit, pool child shutdown)."""
-    pid = os.getpid()
-    with _live_lock:
-        mine = [p for p in _live if p.pid == pid]
-    for pipeline in mine:
+    for pipeline in ledger().live():
         try:
             pipeline.close()
         except Exception as exc:  # at exit: report, never raise
