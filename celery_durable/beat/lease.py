@@ -107,4 +107,5 @@ class Lease:
     def fence(self, conn: psycopg.Connection) -> bool:
         """In a run's transaction: the lease is still ours (its row locked until the transaction ends)."""
         return conn.execute(self.place.queries["beat_lease_fence"],
-                            {"name": LEASE_NAME, "token": self.token}).fetchone() is not None
+                            {"name": LEASE_NAME, "token": self.token,
+                             "ms": str(max(1, int(self.seconds * 1000)))}).fetchone() is not None

@@ -24,8 +24,11 @@ FROM {schema}.beat_lease WHERE name = %(name)s AND NOT EXISTS (SELECT FROM took)
 
 -- beat_lease_fence --
 -- First statement of every run's transaction: the lease is still this beat's. The row lock makes a
--- takeover wait for this transaction's end, so no run commits after another beat took the lease.
-SELECT 1 FROM {schema}.beat_lease
+-- takeover wait for this transaction's end, so no run commits after another beat took the lease. A beat
+-- paused (or cut off) inside the transaction holds that lock at most %(ms)s ms: then the server ends its
+-- session, rolling the run back, and the takeover goes on.
+SELECT set_config('idle_in_transaction_session_timeout', %(ms)s, true)
+FROM {schema}.beat_lease
 WHERE name = %(name)s AND token = %(token)s AND expires_at > clock_timestamp()
 FOR SHARE
 

@@ -5,13 +5,14 @@ which no test worker consumes, so every run's message stays in the table to be c
 missed run. CELERY_DURABLE_BEAT_LEASE sets beat_lease_seconds; CELERY_DURABLE_BEAT_SCHEDULER another scheduler
 (the default one, to show what it does). CELERY_DURABLE_BEAT_CRASH names a file: the first beat that publishes
 a run while it does not exist writes the run's task id into it and exits at once, after the publish and before
-the run's transaction commits. CELERY_DURABLE_REDIS_PREFIX: the Redis broker's global_keyprefix.
+the run's transaction commits; CELERY_DURABLE_BEAT_PAUSE likewise, but the beat stops itself (SIGSTOP) there. CELERY_DURABLE_REDIS_PREFIX: the Redis broker's global_keyprefix.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 
 from celery import signals
 from celery.schedules import crontab
@@ -38,17 +39,21 @@ if OURS:
         entry["catch_up"] = "all"
 
 CRASH = os.environ.get("CELERY_DURABLE_BEAT_CRASH")
+PAUSE = os.environ.get("CELERY_DURABLE_BEAT_PAUSE")
 
 
 @signals.after_task_publish.connect
 def _crash_after_publish(headers=None, **_):
-    """Die between the publish and the commit of the run's transaction (once: the marker file says so)."""
-    if not CRASH or not headers or (headers.get("task") or "") != "tests.apps.basic.record":
+    """Die (or stop) between the publish and the commit of the run's transaction (once: the marker file says so)."""
+    marker = CRASH or PAUSE
+    if not marker or not headers or (headers.get("task") or "") != "tests.apps.basic.record":
         return
     try:
-        fd = os.open(CRASH, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     except FileExistsError:
         return
     os.write(fd, json.dumps({"id": headers.get("id"), "args": headers.get("argsrepr")}).encode())
     os.close(fd)
-    os._exit(1)
+    if CRASH:
+        os._exit(1)
+    os.kill(os.getpid(), signal.SIGSTOP)  # paused inside the transaction, holding the lease row's lock

@@ -9,7 +9,9 @@ crossed a minute boundary (the crontab's run) and at least 30 s; the long one fi
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -95,4 +97,53 @@ def test_each_due_run_is_enqueued_once_while_the_active_beat_is_killed(beats, wo
         assert max(takeovers) <= LEASE + TAKEOVER_SLACK, takeovers
     finally:
         for proc in procs:
+            proc.kill()
+
+
+@limit(300, 900)
+def test_a_holder_paused_past_its_lease_sends_nothing_once_another_took_over(pg_url, schema, worker_env, budget):
+    """SIGSTOP the active beat for twice the lease at random moments (inside a run's transaction or not), then
+    SIGCONT it: the other beat takes over meanwhile, and the woken one sends nothing (the fence; a transaction
+    it was paused in is ended by the server after the lease)."""
+    env = {**worker_env, "CELERY_DURABLE_BEAT_LEASE": str(LEASE)}
+    procs = [start_beat(APP, env) for _ in range(2)]
+    pauses, takeovers = 0, []
+    try:
+        wait_for(lambda: (held := lease(pg_url, schema)) and held["expires_at"] > held["now"], budget.timeout(120),
+                 "a beat holds the lease")
+        end = time.monotonic() + per_mode(30, 300)
+        while time.monotonic() < end or pauses < 3:
+            time.sleep(random.uniform(0.5, 2 * LEASE))
+            held = lease(pg_url, schema)
+            pid = int(held["holder"].rsplit(":", 1)[1])
+            victim = next((p for p in procs if p.owns(pid)), None)
+            if victim is None or held["expires_at"] <= held["now"]:
+                continue
+            paused_at = _db_now(pg_url)
+            os.killpg(victim.pid, signal.SIGSTOP)
+            try:
+                new = wait_for(lambda: (h := lease(pg_url, schema)) and h["token"] != held["token"] and h,
+                               budget.timeout(LEASE * 5 + 60), "the other beat takes the lease over")
+                takeovers.append((new["held_since"] - paused_at).total_seconds())
+                time.sleep(LEASE)  # the paused one stays paused well past its lease
+            finally:
+                os.killpg(victim.pid, signal.SIGCONT)
+            pauses += 1
+        wait_for(lambda: _entry(pg_url, schema, "every-second")["last_run_at"] > new["held_since"],
+                 budget.timeout(LEASE * 5 + 30), "a run after the last takeover")
+        for proc in procs:
+            proc.kill()
+        found = runs(pg_url, schema)
+        second = tally(found, schema, "every-second", timedelta(seconds=1))
+        row = _entry(pg_url, schema, "every-second")
+        FIGURES["beat pauses (SIGSTOP past the lease), 2 beats"] = {
+            "runs": second.runs, "pauses": pauses, "takeover max s": round(max(takeovers), 2),
+            "doubled": second.doubled, "missing": second.missing}
+        assert (second.doubled, second.wrong_ids) == (0, 0)
+        assert (second.first, second.last, second.missing) == (row["created_at"] + timedelta(seconds=1),
+                                                               row["last_run_at"], 0)
+    finally:
+        for proc in procs:
+            if proc.proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGCONT)
             proc.kill()

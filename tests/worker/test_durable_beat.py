@@ -38,6 +38,39 @@ def test_a_run_whose_beat_died_before_the_commit_is_sent_once_by_the_next(pg_url
         first.kill()
 
 
+def test_a_beat_paused_inside_a_runs_transaction_does_not_hold_the_lease_for_ever(pg_url, schema, worker_env,
+                                                                                  tmp_path):
+    """It holds the lease row's lock; the server ends its session after the lease, and another beat takes over."""
+    import signal
+
+    from tests.support.beats import lease
+
+    marker = tmp_path / "paused"
+    env = {**worker_env, "CELERY_DURABLE_BEAT_LEASE": "2", "CELERY_DURABLE_BEAT_PAUSE": str(marker)}
+    first = start_beat(APP, env)
+    second = None
+    try:
+        wait_for(lambda: marker.exists() and (held := lease(pg_url, schema)) and held, 120,
+                 "the first beat to stop inside a run's transaction")
+        paused = json.loads(marker.read_text())["id"]
+        token = lease(pg_url, schema)["token"]
+        second = start_beat(APP, env)
+        wait_for(lambda: lease(pg_url, schema)["token"] != token, 60, "the second beat to take the lease over")
+        found = wait_for(lambda: (f := runs(pg_url, schema)) and any(r.id == paused for r in f) and len(f) >= 3 and f,
+                         60, "the second beat's runs, the paused run among them")
+        os.kill(first.pid, signal.SIGCONT)  # the woken beat's transaction is gone: it sends nothing of it
+        wait_for(lambda: len(runs(pg_url, schema)) >= len(found) + 3, 60, "more runs")
+        found = runs(pg_url, schema)
+        assert [r.id for r in found].count(paused) == 1
+        assert len({r.id for r in found}) == len(found)
+    finally:
+        if first.proc.poll() is None:
+            os.kill(first.pid, signal.SIGCONT)
+        first.kill()
+        if second is not None:
+            second.kill()
+
+
 @pytest.fixture
 def redis_db():
     client = redis.Redis(host="127.0.0.1", port=6379, db=13)
