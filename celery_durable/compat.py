@@ -69,7 +69,10 @@ def publish_callback(app: Any, publish: Callable[..., Any], *args: Any, **kwargs
 
 #: Whether this Celery line has ``DjangoTask`` (from 5.4). Found without importing it: that module
 #: imports Django, which ``import celery_durable`` must not do for every app.
-HAS_DJANGO_TASK = find_spec("celery.contrib.django.task") is not None
+#: (5.3 has no ``celery.contrib.django`` at all, and find_spec raises on a missing parent.)
+HAS_DJANGO_TASK = (
+    find_spec("celery.contrib.django") is not None and find_spec("celery.contrib.django.task") is not None
+)
 
 #: The task class a Django project's app names: Celery's DjangoTask where the line has it.
 DJANGO_TASK_CLS = "celery.contrib.django.task:DjangoTask" if HAS_DJANGO_TASK else "celery.app.task:Task"
