@@ -2,7 +2,7 @@
 
 The rest of the package imports from here whatever one of those lines lacks or spells
 differently, and checks no version itself. Supported: Celery 5.3 to 5.7, each with the Kombu of
-its own line (the README's support table; ``python -m tests.support.matrix`` tests each line).
+its own line (docs/reference/supported-versions.md; ``python -m tests.support.matrix`` tests each line).
 
 Older lines than 5.3 are refused when the package is imported, naming the versions found.
 
@@ -37,7 +37,7 @@ from kombu.compression import decompress
 OLDEST_LINE = (5, 3)
 if tuple(celery.VERSION[:2]) < OLDEST_LINE or tuple(kombu.VERSION[:2]) < OLDEST_LINE:
     raise ImportError(
-        f"celery-durable supports Celery and Kombu {OLDEST_LINE[0]}.{OLDEST_LINE[1]} to 5.7 (the README's "
+        f"celery-durable supports Celery and Kombu {OLDEST_LINE[0]}.{OLDEST_LINE[1]} to 5.7 (the docs' "
         f"Supported versions); this environment has Celery {celery.__version__} and Kombu {kombu.__version__}"
     )
 

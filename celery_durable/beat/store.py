@@ -2,7 +2,7 @@
 
 The schedule is in the broker's database and schema when the broker is
 postgresql:// (then a run's message commits with the entry's ``last_run_at``),
-else in the result backend's (Redis or RabbitMQ broker: see the README for what
+else in the result backend's (Redis or RabbitMQ broker: docs/how-to/periodic-tasks.md says what
 then holds). Arguments, keyword arguments and options are encoded with the
 app's task serializer (JSON when the app does not accept it) and decoded only
 with content types the app accepts (``accept_content``), like a task message.

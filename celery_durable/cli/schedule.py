@@ -90,7 +90,7 @@ def schedule_list(target: Target, name: str | None, as_json: bool) -> None:
 @click.option("--every", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="An interval.")
 @click.option("--cron", metavar="'M H DOM MON DOW'", help="A crontab line (five fields).")
 @click.option("--timezone", "zone", metavar="ZONE", help="The crontab's IANA time zone (default: the app's).")
-@click.option("--schedule", "schedule_json", metavar="JSON", help="The schedule as stored (see the README).")
+@click.option("--schedule", "schedule_json", metavar="JSON", help="The schedule as stored (see the docs' Periodic tasks).")
 @click.option("--args", "args_json", metavar="JSON", help="Positional arguments, a JSON list.")
 @click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments, a JSON object.")
 @click.option("--options", "options_json", metavar="JSON", help='apply_async options, e.g. \'{"queue": "reports"}\'.')

@@ -254,8 +254,8 @@ def check_autovacuum(ctx: Context) -> list[Finding]:
                              "need it, and dead rows go uncounted", "ALTER SYSTEM SET track_counts = on", shown))
     if settings.get("autovacuum", ("on",))[0] != "on":
         found.append(Finding("autovacuum", "warning", "autovacuum is off on this server",
-                             "workers VACUUM the message table themselves when their role owns it (README, "
-                             "Least privilege); every other table (results, workflows, dead letters) grows until "
+                             "workers VACUUM the message table themselves when their role owns it (docs: "
+                             "Roles and the schema); every other table (results, workflows, dead letters) grows until "
                              "someone vacuums it: turn autovacuum on", shown))
     if ctx.exists:
         options = ctx.conn.execute(sql("table_options"), {"schema": ctx.schema}).fetchone()
@@ -284,7 +284,7 @@ def check_connections(ctx: Context) -> list[Finding]:
     title = (f"{used} of {available} connections in use ({share:.0%}); ours: {sum(mine.values())}"
              + (f" ({', '.join(f'{k} {v}' for k, v in sorted(mine.items()))})" if mine else ""))
     found = [Finding("connections", severity, title,
-                     "" if severity == "ok" else "a worker -c N holds up to (N + 1) x pool_max_size + 3 (README, "
+                     "" if severity == "ok" else "a worker -c N holds up to (N + 1) x pool_max_size + 3 (docs: "
                      "Connections): lower pool_max_size, put PgBouncer in front, or raise max_connections", facts)]
     if limits["role_limit"] is not None and limits["role_limit"] >= 0 \
             and limits["role_sessions"] >= CONNECTIONS_WARNING * limits["role_limit"]:

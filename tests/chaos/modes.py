@@ -4,7 +4,7 @@ Each test does a fixed amount of work per mode and has a time limit per mode
 (``limit``: its pytest-timeout marker). Waits inside it take their deadlines
 from its ``budget`` fixture (tests/chaos/conftest.py), which ends a little
 before that limit, so a slow run fails with a message saying what was slow
-rather than being cut off. The long run as the README gives it therefore
+rather than being cut off. The long run as CONTRIBUTING.md gives it therefore
 lasts at most the sum of its tests' limits.
 
 Figures a test wants shown (canvases, kills, violations, wall time) go in

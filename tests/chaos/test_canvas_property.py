@@ -83,7 +83,7 @@ class Stack:
             return want
         plain = to_celery(canvas, self.plain, queue=self.plain_queue).apply_async().get(timeout=budget.timeout(120))
         assert plain == want, (f"plain Celery gives {plain!r}, the canvas means {want!r}: a shape plain Celery "
-                               "gets wrong (name it in canvases.plain_celery_errs and the README) or a wrong meant()")
+                               "gets wrong (name it in canvases.plain_celery_errs and docs/how-to/durable-workflows.md) or a wrong meant()")
         return want
 
     def close(self) -> None:

@@ -2,7 +2,7 @@
 
 Each test first shows that the publish did not wait: the message table is
 locked (``LOCK TABLE … IN SHARE MODE`` blocks every insert) while ``delay()``
-returns, and nothing is stored yet. Then it checks what the README promises:
+returns, and nothing is stored yet. Then it checks what docs/how-to/broker.md promises:
 a refused publish is logged with its task id and raised by ``flush_publishes()``
 (never by another caller's ``delay()``, whose message is sent), a server silent
 for longer than ``connect_timeout`` is waited for and loses nothing, an exiting

@@ -1,4 +1,4 @@
-"""README promises of the transport that need no worker: max_deliveries, connect_options."""
+"""Promises of the transport (docs/how-to/broker.md) that need no worker: max_deliveries, connect_options."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 once: with ``TEST_BROKER``/``TEST_BACKEND`` on a private PostgreSQL cluster (the embedded wheel's
 server, ``tests/support/pgcluster.py``), and on the machine's Redis (database 15), in a venv
 of that line (:mod:`tests.support.matrix`'s, plus the suite's pytest plugins). It prints each
-run's counts and every test that passed on Redis but not here; the README's "Coming from Redis"
+run's counts and every test that passed on Redis but not here; the "Coming from Redis or RabbitMQ" page's
 table says why for each that is expected. Long (minutes per line): a documented command, not
 part of ``.ci/run``. ``--files test_canvas.py,test_tasks.py`` picks modules; pytest options
 go after ``--``.

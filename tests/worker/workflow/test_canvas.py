@@ -230,7 +230,7 @@ def test_task_replace_inside_a_durable_workflow(client, db, workers, env, how, e
 
 
 def test_a_chord_with_a_group_body_then_a_chain_under_kills(client, db, workers, env):
-    """Issue 20's shape (plain Celery 5.7 runs ``h`` once per body member, see README), killed between commits.
+    """Issue 20's shape (plain Celery 5.7 runs ``h`` once per body member, see docs/how-to/durable-workflows.md), killed between commits.
 
     A guard: it passed before the issue was looked into. The worker dies after the body's first member
     committed and while the second runs, then while ``h`` runs: the second member's commit sends ``h``

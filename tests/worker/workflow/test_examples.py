@@ -1,6 +1,6 @@
-"""The demos run as their docstrings (and the README) say: a killed worker, only the killed task again.
+"""The demos run as their docstrings (and the docs' Getting started) say: a killed worker, only the killed task again.
 
-examples/checkout_demo.py is the README's quick-start demo; examples/order_fanout_demo.py the fan-out one.
+examples/checkout_demo.py is the README's (and Getting started's) quick-start demo; examples/order_fanout_demo.py the fan-out one.
 """
 
 from __future__ import annotations
