@@ -91,33 +91,37 @@ def hops_client(hops: int, idle: float, admin_url: str) -> dict:
     }
 
 
-def drain_fill(n: int) -> str:
-    """Queue n counted tasks in the drain queue (nobody consumes it yet); return the counter key."""
+def drain_fill(n: int, queue: str = DRAIN_QUEUE, purge_first: bool = True) -> str:
+    """Queue n counted tasks in the drain queue (nobody consumes it yet); return the counter key.
+
+    ``purge_first=False`` keeps what the queue holds (``benchmarks.shared_db`` drains behind a backlog).
+    """
     from benchmarks.workloads import purge
 
     from benchmarks import app as m
 
-    purge(m.app, [DRAIN_QUEUE])
+    if purge_first:
+        purge(m.app, [queue])
     key = f"bench:{uuid.uuid4().hex}"
     with m.app.producer_or_acquire() as producer:
         for _ in range(n):
-            m.count.apply_async((key, n), queue=DRAIN_QUEUE, producer=producer)
+            m.count.apply_async((key, n), queue=queue, producer=producer)
     m.app.close()  # pipelined publishes are flushed
     return key
 
 
-def drain_run(key: str, n: int, workers: int, timeout: float) -> dict:
+def drain_run(key: str, n: int, workers: int, timeout: float, queue: str = DRAIN_QUEUE) -> dict:
     """Start every worker on the drain queue; wait for the n-th execution; then stop them consuming it."""
     from benchmarks.workloads import _counter, wait_count
 
     from benchmarks import app as m
 
     t0 = time.perf_counter()
-    replies = m.app.control.add_consumer(DRAIN_QUEUE, reply=True, timeout=10, limit=workers)
+    replies = m.app.control.add_consumer(queue, reply=True, timeout=10, limit=workers)
     if len(replies) < workers:
         raise RuntimeError(f"only {len(replies)} of {workers} workers answered add_consumer")
     t1, _ = wait_count(_counter(), key, n, timeout)
-    m.app.control.cancel_consumer(DRAIN_QUEUE, reply=True, timeout=10, limit=workers)
+    m.app.control.cancel_consumer(queue, reply=True, timeout=10, limit=workers)
     return {"n": n, "seconds": t1 - t0, "tps": n / (t1 - t0)}
 
 
