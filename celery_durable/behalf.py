@@ -19,7 +19,8 @@ that overrides one without calling ``super()`` publishes as its own code does.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .enqueue import on_behalf
 

@@ -26,8 +26,9 @@ What differs, per line:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.util import find_spec
-from typing import Any, Callable
+from typing import Any
 
 import celery
 import kombu

@@ -12,8 +12,9 @@ import difflib
 import logging
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +129,8 @@ class Settings:
     #: a waiting beat takes over within it when the holder dies. Read from the dict of the database that
     #: holds the schedule (the broker's when it is PostgreSQL, else the backend's).
     beat_lease_seconds: float = BEAT_LEASE_SECONDS_DEFAULT
-    #: `celery_durable.beat:Scheduler`: what an entry without its own `catch_up` does with runs that fell due while no beat held
-    #: the lease: `once` (Celery's rule: the latest is sent), `skip` (none), `all` (each one).
+    #: `celery_durable.beat:Scheduler`: what an entry without its own `catch_up` does with runs that fell due
+    #: while no beat held the lease: `once` (Celery's rule: the latest is sent), `skip` (none), `all` (each one).
     beat_catch_up: str = BEAT_CATCH_UP_DEFAULT
     #: `celery_durable.beat:Scheduler`: most runs of one entry sent in one tick (catch-up `all`, a stalled
     #: beat); older ones are skipped, logged and counted (`skipped_run_count`).
@@ -148,7 +149,7 @@ class Settings:
             raise ValueError(f"beat_catch_up must be once, skip or all, got {self.beat_catch_up!r}")
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None, component: str | None = None) -> "Settings":
+    def from_options(cls, options: Mapping[str, Any] | None, component: str | None = None) -> Settings:
         """Build from a dict; keys that are no setting here are ignored.
 
         ``component`` (``BROKER_OPTIONS`` or ``BACKEND_OPTIONS``) names where the dict

@@ -15,9 +15,10 @@ message with it, while the task's own message is acked.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Callable, Iterator
+from typing import Any
 
 _current: ContextVar[Any] = ContextVar("celery_durable_transaction", default=None)
 _behalf: ContextVar[bool] = ContextVar("celery_durable_on_behalf", default=False)
@@ -94,4 +95,5 @@ def _driver_connection(conn: Any) -> Any:
         return raw.driver_connection  # SQLAlchemy Connection -> pool proxy -> DB-API connection
     if hasattr(conn, "cursor"):
         return conn
-    raise TypeError(f"in_transaction() needs a psycopg connection or a SQLAlchemy Connection/Session, got {type(conn)!r}")
+    raise TypeError(
+        f"in_transaction() needs a psycopg connection or a SQLAlchemy Connection/Session, got {type(conn)!r}")

@@ -43,7 +43,7 @@ class PublishFailed(DurableError):
         return [task_id for task_id, _ in self.failures]
 
     @classmethod
-    def of(cls, failures: list[tuple[str, str]], more: int = 0) -> "PublishFailed":
+    def of(cls, failures: list[tuple[str, str]], more: int = 0) -> PublishFailed:
         listed = "; ".join(f"task {task_id}: {error}" for task_id, error in failures[:5])
         count = len(failures) + more
         return cls(f"{count} pipelined publish(es) were refused by the server and not stored: {listed}"

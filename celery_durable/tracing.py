@@ -11,8 +11,8 @@ installed both are no-ops.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 try:
     from opentelemetry import context as _context

@@ -10,7 +10,8 @@ the workflow's tree (``"2.1.0"``; a durable_chain's steps are ``"0"``, ``"1"``â€
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from celery import states
 
@@ -49,7 +50,7 @@ def list_workflows(app_or_url: Any, schema: str | None = None, status: str | Non
     with pool.connection(conninfo, settings) as conn:
         cur = conn.execute(_queries(settings)["workflow_list"], {"status": status, "limit": limit})
         names = [c.name for c in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def get_workflow(app_or_url: Any, schema: str | None = None, workflow_id: str | None = None,

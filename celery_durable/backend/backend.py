@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 from celery import states
@@ -30,13 +31,13 @@ from kombu.utils.encoding import bytes_to_str
 from .. import maintenance
 from ..compat import decompress_payload
 from ..config import BACKEND_OPTIONS, Settings
-from ..exceptions import DatabaseUnavailable, ResultTooLarge, SchemaError
 from ..db import dsn, pool
 from ..db.queries import load
+from ..exceptions import DatabaseUnavailable, ResultTooLarge, SchemaError
 from ..maintenance import Expiry
+from . import notify
 from .chain_failure import ChainFailureMixin
 from .chords import ChordMixin
-from . import notify
 from .consumer import ResultConsumer
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,10 @@ class PostgresBackend(ChainFailureMixin, ChordMixin, Backend, AsyncBackendMixin)
         )
 
     def _execute_store(self, conn: psycopg.Connection, query: Any, params: dict) -> psycopg.Cursor:
-        """Run a statement that stores a result; its commit skips the WAL flush wait when ``synchronous_commit`` is off."""
+        """Run a statement that stores a result.
+
+        Its commit skips the WAL flush wait when ``synchronous_commit`` is off.
+        """
         if self.settings.synchronous_commit:
             return conn.execute(query, params)
         return pool.execute_relaxed(conn, query, params)

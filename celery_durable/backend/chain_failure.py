@@ -9,7 +9,8 @@ of the members of later groups, so the group's ``get()`` raises the error.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from celery import states
 

@@ -94,8 +94,12 @@ class ChordMixin:
         claimed = conn.execute(self.queries["chord_claim"], params).fetchone()
         return (True, params["token"]) if claimed and claimed[0] else (False, None)
 
-    def _store_chord_part(self, request: Any, state: str, result: Any, traceback: Any = None) -> tuple[bool, str | None]:
-        """Store and count a header part whose result was not stored with the count (ignore_result); ``(claimed, token)``."""
+    def _store_chord_part(self, request: Any, state: str, result: Any,
+                          traceback: Any = None) -> tuple[bool, str | None]:
+        """Store and count a header part whose result was not stored with the count (ignore_result).
+
+        Returns ``(claimed, token)``.
+        """
         part = self._chord_part_params(request, state)
         if part is None:
             return False, None

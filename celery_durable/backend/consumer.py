@@ -13,13 +13,14 @@ database: a process that never waits never listens.
 
 from __future__ import annotations
 
+import builtins
 import os
-import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psycopg
 from celery import states
@@ -134,7 +135,7 @@ class ResultConsumer(BaseResultConsumer):
             previous, self.on_message = self.on_message, on_message
             try:
                 yield from self.drain_events_until(result.on_ready, timeout=timeout, on_interval=on_interval)
-            except socket.timeout:
+            except builtins.TimeoutError:
                 raise TimeoutError("The operation timed out.") from None
             finally:
                 self.on_message = previous
@@ -185,7 +186,7 @@ class ResultConsumer(BaseResultConsumer):
             self._acquire(ids)
             for meta in self._subscribe(ids).values():
                 self.on_state_change(meta, None)
-        for task_id, meta in self._fetch(self._next_ids(1.0 if timeout is None else timeout)).items():
+        for meta in self._fetch(self._next_ids(1.0 if timeout is None else timeout)).values():
             self.on_state_change(meta, None)
 
     # -- waiting -------------------------------------------------------------------------------------
@@ -197,7 +198,10 @@ class ResultConsumer(BaseResultConsumer):
             self._held.update(ids)
 
     def _release(self, ids: list[str]) -> None:
-        """Stop holding the channels of ``ids``; never blocks (the UNLISTEN goes out now only if the connection is free)."""
+        """Stop holding the channels of ``ids``.
+
+        Never blocks: the UNLISTEN goes out now only if the connection is free.
+        """
         if not ids:
             return
         self._held.subtract(ids)

@@ -28,7 +28,8 @@ import threading
 import time
 import weakref
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import ClientCursor
@@ -51,7 +52,7 @@ RECONNECT_ATTEMPTS_DEFAULT = 6
 LISTENERS = "result-listener"
 
 
-def get_listener(conninfo: str, settings: Settings) -> "Listener":
+def get_listener(conninfo: str, settings: Settings) -> Listener:
     """This process's listener for a database and connection options (a forked child gets its own)."""
     target = dsn.from_url(settings.listen_url) if settings.listen_url else conninfo
     key = (target, runtime.connection_options(settings))
@@ -95,7 +96,7 @@ class Listener:
         self._wake_w.setblocking(False)
         self._read_done = threading.Condition()
         self._reads = 0
-        self._consumers: "weakref.WeakSet[ResultConsumer]" = weakref.WeakSet()
+        self._consumers: weakref.WeakSet[ResultConsumer] = weakref.WeakSet()
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -103,7 +104,7 @@ class Listener:
             conn.close()
         self._listening = set()
 
-    def register(self, consumer: "ResultConsumer") -> None:
+    def register(self, consumer: ResultConsumer) -> None:
         self._consumers.add(consumer)
 
     @property

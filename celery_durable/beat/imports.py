@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import shelve
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any
 
 from celery.utils.time import maybe_make_aware
 

@@ -76,7 +76,8 @@ class Lease:
         if row is None:  # (the row was deleted meanwhile: the next take creates it)
             self.held = Holding(False, None, None, 0.0)
             return self.held
-        ours, holder, held_since, expires_at, now = (row[k] for k in ("ours", "holder", "held_since", "expires_at", "now"))
+        ours, holder, held_since, expires_at, now = (
+            row[k] for k in ("ours", "holder", "held_since", "expires_at", "now"))
         self.held = Holding(ours, holder, held_since, (expires_at - now).total_seconds())
         if ours:
             self._renewed = started

@@ -240,7 +240,10 @@ class Scheduler(beat.Scheduler):
 
     def _publish(self, conn: psycopg.Connection, row: dict, args: list, kwargs: dict, options: dict,
                  task_id: str, due: datetime, manual: bool) -> None:
-        """Publish one run: inside ``conn``'s transaction when the broker is this database, else just before it commits."""
+        """Publish one run.
+
+        Inside ``conn``'s transaction when the broker is this database, else just before it commits.
+        """
         name, task_name = row["name"], row["task"]
         options = dict(options)
         options["headers"] = {**(options.get("headers") or {}), "celery_beat_task": True,

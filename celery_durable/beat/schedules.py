@@ -143,7 +143,10 @@ def _only(data: dict, allowed: set[str]) -> None:
 
 
 def describe(data: dict) -> str:
-    """A short human form: ``every 30s``, ``cron */5 * * * mon-fri Europe/Berlin`` (a crontab line's order), ``solar …``."""
+    """A short human form: ``every 30s``, ``cron */5 * * * mon-fri Europe/Berlin``, ``solar …``.
+
+    A crontab is shown in a crontab line's order.
+    """
     kind = data.get("type")
     if kind == "interval":
         return f"every {data.get('every'):g}s" + (" (relative)" if data.get("relative") else "")

@@ -17,7 +17,7 @@ is critical); nothing but ``migrate`` changes the schema.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import dead_letters, doctor, metrics, migrate_from, schedule, schema, workflows  # noqa: F401  (they register their commands)
 from .group import durable

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import click
 import psycopg
@@ -11,8 +12,8 @@ import psycopg
 from ..db.queries import schema_sql
 from .group import durable
 from .output import emit, json_option, table
-from .target import Target, with_target, CommandError, DEAD_LETTER_LIMIT_DEFAULT
 from .schema import _checked
+from .target import DEAD_LETTER_LIMIT_DEFAULT, CommandError, Target, with_target
 
 DEAD_LETTER_COLUMNS = ("id", "queue", "task", "reason", "delivery_count", "dead_at")
 
@@ -57,7 +58,7 @@ def dead_letters_cmd(target: Target, ids: tuple[int, ...], requeue: bool, purge:
             target.schema,
         )
         rows = conn.execute(query, {**params, "limit": limit}).fetchall()
-    data = [dict(zip(DEAD_LETTER_COLUMNS, row)) for row in rows]
+    data = [dict(zip(DEAD_LETTER_COLUMNS, row, strict=True)) for row in rows]
     emit(as_json, data, lambda: table(DEAD_LETTER_COLUMNS, rows) if rows else "no dead letters")
 
 

@@ -77,8 +77,10 @@ def schedule_list(target: Target, name: str | None, as_json: bool) -> None:
         elif held["live"]:
             head = f"beat lease: held by {held['holder']} since {held['held_since']:%Y-%m-%d %H:%M:%S%z}"
         else:
-            head = f"beat lease: FREE, no beat sends (last holder {held['holder']}, expired {held['expires_at']:%Y-%m-%d %H:%M:%S%z})"
-        body = table(LIST_COLUMNS, [[row.get(c) for c in LIST_COLUMNS] for row in rows]) if rows else "no periodic tasks"
+            head = (f"beat lease: FREE, no beat sends (last holder {held['holder']}, "
+                    f"expired {held['expires_at']:%Y-%m-%d %H:%M:%S%z})")
+        body = (table(LIST_COLUMNS, [[row.get(c) for c in LIST_COLUMNS] for row in rows]) if rows
+                else "no periodic tasks")
         return head + "\n" + body
 
     emit(as_json, {"lease": lease, "entries": rows}, text)
@@ -90,11 +92,13 @@ def schedule_list(target: Target, name: str | None, as_json: bool) -> None:
 @click.option("--every", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS", help="An interval.")
 @click.option("--cron", metavar="'M H DOM MON DOW'", help="A crontab line (five fields).")
 @click.option("--timezone", "zone", metavar="ZONE", help="The crontab's IANA time zone (default: the app's).")
-@click.option("--schedule", "schedule_json", metavar="JSON", help="The schedule as stored (see the docs' Periodic tasks).")
+@click.option("--schedule", "schedule_json", metavar="JSON",
+              help="The schedule as stored (see the docs' Periodic tasks).")
 @click.option("--args", "args_json", metavar="JSON", help="Positional arguments, a JSON list.")
 @click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments, a JSON object.")
 @click.option("--options", "options_json", metavar="JSON", help='apply_async options, e.g. \'{"queue": "reports"}\'.')
-@click.option("--catch-up", type=click.Choice(["once", "skip", "all"]), help="Runs missed while no beat held the lease.")
+@click.option("--catch-up", type=click.Choice(["once", "skip", "all"]),
+              help="Runs missed while no beat held the lease.")
 @click.option("--paused", is_flag=True, help="Add it paused.")
 @click.option("--replace", is_flag=True, help="Replace an entry of that name.")
 @json_option

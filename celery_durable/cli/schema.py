@@ -11,6 +11,7 @@ from .group import durable
 from .output import emit, json_option, table
 from .target import Target, with_target
 
+
 @durable.command("migrate")
 @json_option
 @with_target
@@ -63,7 +64,7 @@ def queues_cmd(target: Target, as_json: bool) -> None:
     with target.connect() as conn:
         _checked(conn, target)
         rows = conn.execute(query).fetchall()
-    data = [dict(zip(QUEUE_COLUMNS + QUEUE_EXTRA, row)) for row in rows]
+    data = [dict(zip(QUEUE_COLUMNS + QUEUE_EXTRA, row, strict=True)) for row in rows]
     emit(as_json, data, lambda: _queue_table(rows, target.schema))
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import click
 import psycopg
@@ -13,7 +14,6 @@ from click.core import ParameterSource
 from ..config import SCHEMA_DEFAULT, Settings
 from ..db import dsn, pool
 from ..exceptions import DurableError, SchemaError
-
 
 URL_ENV = "CELERY_DURABLE_URL"
 SCHEMA_ENV = "CELERY_DURABLE_SCHEMA"
@@ -64,8 +64,9 @@ class Target:
         """The ``-A`` app, or a minimal app on this database for commands that send tasks."""
         if self.app is not None:
             return self.app
-        import celery_durable  # noqa: F401  (registers postgresql:// with Kombu)
         from celery import Celery
+
+        import celery_durable  # noqa: F401  (registers postgresql:// with Kombu)
 
         url = self.url()
         app = Celery("celery_durable_cli", broker=url, backend=url, set_as_current=False)

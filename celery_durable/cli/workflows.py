@@ -9,8 +9,8 @@ import click
 
 from .group import durable
 from .output import _cell, emit, json_option, table
-from .target import WORKFLOW_LIMIT_DEFAULT, CommandError, Target, with_target
 from .schema import _checked
+from .target import WORKFLOW_LIMIT_DEFAULT, CommandError, Target, with_target
 
 WORKFLOW_COLUMNS = ("id", "name", "status", "current_step", "step_count", "current_task", "age", "updated_at", "error")
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 import ssl as _ssl
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 import psycopg
@@ -201,7 +202,7 @@ def _hosts(params: dict[str, Any]) -> str:
     if len(ports) != len(hosts):  # libpq would refuse it too; keep both lists as they are
         params["port"] = ",".join(ports)
         ports = [""] * len(hosts)
-    return ",".join(quote(h, safe="") + (f":{p}" if p else "") for h, p in zip(hosts, ports))
+    return ",".join(quote(h, safe="") + (f":{p}" if p else "") for h, p in zip(hosts, ports, strict=True))
 
 
 def split_password(url: str) -> tuple[str, str | None]:

@@ -10,7 +10,7 @@ upsert's column list) is written once; nothing else is templated.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 _BLOCK = re.compile(r"^-- ([a-z0-9_]+) --\n(.*?)(?=^-- [a-z0-9_]+ --\n|\Z)", re.M | re.S)
@@ -22,7 +22,7 @@ def schema_sql(text: str, schema: str) -> str:
     return text.replace("{schema}", f'"{schema}"')
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(package: str, filename: str, schema: str) -> dict[str, str]:
     """``{name: sql}`` for one component's query file and schema; raises ValueError on a bad ``{@name}``."""
     text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")

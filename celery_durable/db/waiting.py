@@ -15,7 +15,7 @@ import errno
 import math
 import os
 import select
-from typing import Iterable
+from collections.abc import Iterable
 
 _IN = getattr(select, "POLLIN", 0) | getattr(select, "POLLPRI", 0)
 _OUT = getattr(select, "POLLOUT", 0)

@@ -9,9 +9,10 @@ when one is critical.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -265,7 +266,7 @@ def check_autovacuum(ctx: Context) -> list[Finding]:
             found.append(Finding("autovacuum", "critical", "autovacuum is disabled on the message table",
                                  f'ALTER TABLE "{ctx.schema}".message RESET (autovacuum_enabled)', shown))
     if not found:
-        found.append(Finding("autovacuum", "ok", "autovacuum on (naptime {0}, {1} workers, cost limit {2})".format(
+        found.append(Finding("autovacuum", "ok", "autovacuum on (naptime {}, {} workers, cost limit {})".format(
             shown.get("autovacuum_naptime"), shown.get("autovacuum_max_workers"),
             shown.get("autovacuum_vacuum_cost_limit")), facts=shown))
     return found

@@ -71,6 +71,6 @@ def missing(conn: psycopg.Connection, schema: str, role: str) -> list[tuple[str,
               for kind, oid, name in objects for privilege in sorted(expected.expected(kind, name))]
     if not wanted:
         return []
-    kinds, oids, names, privileges = (list(column) for column in zip(*wanted))
+    kinds, oids, names, privileges = (list(column) for column in zip(*wanted, strict=True))
     return conn.execute(sql("privileges_missing"), {"kinds": kinds, "oids": oids, "names": names,
                                                    "privileges": privileges, "role": role}).fetchall()

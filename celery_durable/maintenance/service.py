@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import Any, Callable, Hashable, Iterable, Mapping
+from typing import Any
 
 import psycopg
 
@@ -168,7 +169,7 @@ class Maintenance:
                     break  # the run's time ran out inside a statement (its round is undone)
                 if counts is None:
                     break  # another process is at it
-                for expiry, count in zip(list(pending), counts):
+                for expiry, count in zip(list(pending), counts, strict=True):
                     deleted[expiry.name] += count
                     if count < BATCH_ROWS:
                         pending.remove(expiry)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterator
 from time import monotonic
-from typing import Callable, Iterator
 
 import psycopg
 

@@ -9,9 +9,12 @@ FIGURES: dict[str, tuple[list[str], str]] = {
     "queue_depth": (["queue"], "Messages in the queue (ready, delayed and leased)."),
     "queue_ready": (["queue"], "Messages a worker may claim now."),
     "queue_delayed": (["queue"], "Messages waiting for their ETA or countdown in the table."),
-    "queue_leased": (["queue"], "Messages held by a live lease (prefetched, running, or waiting for an ETA in a worker)."),
-    "queue_lease_expired": (["queue"], "Messages whose lease expired (their worker died or stalled); the next claim redelivers them."),
-    "queue_redeliveries": (["queue"], "Deliveries beyond the first of the messages now in the queue (expired leases, requeues)."),
+    "queue_leased": (["queue"],
+                     "Messages held by a live lease (prefetched, running, or waiting for an ETA in a worker)."),
+    "queue_lease_expired": (["queue"], "Messages whose lease expired (their worker died or stalled); "
+                                       "the next claim redelivers them."),
+    "queue_redeliveries": (["queue"],
+                           "Deliveries beyond the first of the messages now in the queue (expired leases, requeues)."),
     "queue_oldest_age_seconds": (["queue"], "Age of the oldest message in the queue (0 when empty)."),
     "queue_estimated": (["queue"], "1: the queue holds more than 10,000 messages and its figures are estimated "
                                    "from a sample of the table; 0: they are exact."),

@@ -39,7 +39,7 @@ def read(conn: psycopg.Connection, schema: str, timeout: float, clock: horizon.C
     ended = monotonic()
     ages = (clock or horizon.Clock()).ages(holders, ended)
     held: dict[tuple[str, str], tuple[float, int]] = {}
-    for holder, seconds in zip(holders, ages):
+    for holder, seconds in zip(holders, ages, strict=True):
         key = (holder.kind, holder.name or "")
         before = held.get(key, (0.0, 0))
         held[key] = (max(before[0], seconds), max(before[1], holder.age_xids))

@@ -20,8 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import quote
 
 import psycopg
@@ -99,7 +99,10 @@ def _running(path: Path):
 
 
 def _owner(path: Path) -> str | None:
-    """The user pg_ctl must run as: the data directory's owner when we are root (the wheel runs the server as another user)."""
+    """The user pg_ctl must run as: the data directory's owner when we are root.
+
+    The wheel runs the server as another user.
+    """
     if os.geteuid() != 0:
         return None
     owner = pwd.getpwuid(path.stat().st_uid).pw_name

@@ -62,7 +62,8 @@ def _shape(sig: Any, app: Any) -> Node:
     if isinstance(sig, chunks):
         return node_of(sig.group(), app)
     if isinstance(sig, Signature):
-        return Node("task", sig=_plain(sig, app), links=[node_of(link, app) for link in listed(sig.options.get("link"))])
+        links = [node_of(link, app) for link in listed(sig.options.get("link"))]
+        return Node("task", sig=_plain(sig, app), links=links)
     raise WorkflowError(f"not a signature: {sig!r}")
 
 
@@ -158,7 +159,10 @@ def _surely_unknown(app: Any, name: str) -> bool:
 # -- storage ------------------------------------------------------------------------------------
 
 def encode_args(nodes: Any, app: Any) -> None:
-    """Encode every task's arguments with its task serializer (JSON stays readable); raises WorkflowError if they cannot be."""
+    """Encode every task's arguments with its task serializer (JSON stays readable).
+
+    Raises WorkflowError if they cannot be.
+    """
     for node in nodes:
         if node.kind == "task":
             node.sig = _encoded(node.sig, app)

@@ -8,8 +8,8 @@ from typing import Any
 from celery import current_app
 from celery.result import AsyncResult
 
-from ..tracing import carrier
 from ..exceptions import WorkflowError
+from ..tracing import carrier
 from . import rows
 from .canvas import add_errbacks, build, encode_args, listed, node_of
 from .dispatch import plan, send, stage

@@ -66,7 +66,7 @@ class StepRef:
         return "~" in self.path
 
     @classmethod
-    def from_headers(cls, header: dict, lease: str | None) -> "StepRef":
+    def from_headers(cls, header: dict, lease: str | None) -> StepRef:
         """Read a step header (``workflow_id``/``path``/``generation``, or an older version's ``w/s/m/g``)."""
         parsed = None
         if lease:
@@ -338,7 +338,8 @@ def _commit_checked(store: Store, conn: psycopg.Connection, ref: StepRef, before
         if then == known:
             starts = before.starts
         else:
-            starts = rows.starts(conn, q, wid, conn.execute(q["node_rows"], {"id": wid, "paths": [then.path]}).fetchall())
+            found = conn.execute(q["node_rows"], {"id": wid, "paths": [then.path]}).fetchall()
+            starts = rows.starts(conn, q, wid, found)
         entries += [(node, value) for node in starts]
     # The rest goes out in one more round trip, COMMIT included; a failing statement
     # aborts the transaction and surfaces when the pipeline syncs (rolled back by the caller).
@@ -485,7 +486,8 @@ def release_only(store: Store, ref: StepRef, retry_when: Any = None) -> None:
             })
 
 
-def ready_tasks(store: Store, conn: psycopg.Connection, workflow_id: str, tree: Tree) -> tuple[list[tuple[Node, Any]], set[str]]:
+def ready_tasks(store: Store, conn: psycopg.Connection, workflow_id: str,
+                tree: Tree) -> tuple[list[tuple[Node, Any]], set[str]]:
     """Tasks of a whole tree that should be running now (input ready, no checkpoint), each with its input;
     and the finished paths."""
     done = {row[0] for row in conn.execute(store.queries["checkpoint_paths"], {"id": workflow_id})}

@@ -8,15 +8,16 @@ lazily: a step that never touches it holds no transaction while it runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 
 from .tree import top_of
 
-_current: ContextVar["StepContext | None"] = ContextVar("celery_durable_step", default=None)
+_current: ContextVar[StepContext | None] = ContextVar("celery_durable_step", default=None)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from .store import Store
 
 logger = logging.getLogger(__name__)
 
-_held: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
+_held: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
 def _ref(request: Any) -> checkpoint.StepRef | None:

@@ -17,9 +17,10 @@ its part meets the others in the group's own row.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from math import isqrt
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import psycopg
 from kombu.utils.json import dumps, loads
@@ -99,7 +100,8 @@ def params(workflow_id: str, nodes: Iterable[Node], then: Callable[[Node], Then]
         if node.kind == "group":
             size = len(node.children)
             count = parts(size)
-            rows = [(-1, size)] if count == 1 else [(-1, count)] + [(p, len(range(p, size, count))) for p in range(count)]
+            rows = ([(-1, size)] if count == 1
+                    else [(-1, count)] + [(p, len(range(p, size, count))) for p in range(count)])
             for part, members in rows:
                 counts["paths"].append(node.path)
                 counts["parts"].append(part)

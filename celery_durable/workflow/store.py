@@ -9,9 +9,10 @@ sent right after the commit, and a sweep re-sends what a crash lost.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 
@@ -33,7 +34,7 @@ class Store:
         return queries.load("celery_durable.workflow", "queries.sql", self.settings.schema)
 
     @classmethod
-    def for_app(cls, app: Any) -> "Store":
+    def for_app(cls, app: Any) -> Store:
         """The store of ``app`` (cached); raises WorkflowError without a postgresql:// result backend."""
         store = getattr(app, "_celery_durable_store", None)
         if store is not None and store.backend is app.backend:

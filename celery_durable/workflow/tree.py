@@ -20,8 +20,9 @@ whole trees, a running task only the rows it needs, by path.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..exceptions import WorkflowError
 
@@ -34,16 +35,16 @@ class Node:
     """One node: a task (``sig`` set), or a chain or group of ``children``."""
 
     kind: str
-    children: list["Node"] = field(default_factory=list)
+    children: list[Node] = field(default_factory=list)
     sig: dict | None = None
     chord: bool = False
     #: Put in a task's place by Task.replace(): it starts from nothing, not from what preceded the task.
     replaced: bool = False
-    links: list["Node"] = field(default_factory=list)
+    links: list[Node] = field(default_factory=list)
     path: str = ""
-    parent: "Node | None" = field(default=None, repr=False)
+    parent: Node | None = field(default=None, repr=False)
     #: The task a link callback hangs on (set on the link's own node).
-    owner: "Node | None" = field(default=None, repr=False)
+    owner: Node | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -63,7 +64,7 @@ class Node:
         last = self.path.rpartition(".")[2]
         return int(last.partition("~")[2] if self.owner is not None else last)
 
-    def tasks(self) -> Iterator["Node"]:
+    def tasks(self) -> Iterator[Node]:
         """Every task under this node (itself for a task) and its link callbacks, in path order."""
         if self.kind == "task":
             yield self
@@ -72,7 +73,7 @@ class Node:
         for child in self.children:
             yield from child.tasks()
 
-    def terminals(self) -> list["Node"]:
+    def terminals(self) -> list[Node]:
         """The tasks whose checkpoints complete this node: then its value is known."""
         if self.kind == "task":
             return [self]
@@ -167,7 +168,10 @@ def top_of(path: str) -> int:
 
 
 def split(path: str) -> tuple[str, str, int]:
-    """``(parent, separator, index)``: ``"2.1"`` is child 1 of ``"2"``, ``"2~0"`` link 0 of ``"2"``, ``"3"`` child 3 of ``""``."""
+    """``(parent, separator, index)``.
+
+    ``"2.1"`` is child 1 of ``"2"``, ``"2~0"`` link 0 of ``"2"``, ``"3"`` child 3 of ``""``.
+    """
     cut = max(path.rfind("."), path.rfind("~"))
     if cut < 0:
         return "", ".", int(path)

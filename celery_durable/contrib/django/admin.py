@@ -57,7 +57,8 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Workflow)
 class WorkflowAdmin(ReadOnlyAdmin):
-    list_display = ("id", "name", "status", "current_step", "step_count", "current_task", "age", "stalled", "updated_at")
+    list_display = ("id", "name", "status", "current_step", "step_count", "current_task", "age", "stalled",
+                    "updated_at")
     list_filter = ("status", "stalled")
     search_fields = ("id", "name")
     readonly_fields = ("steps", "operate")
@@ -80,8 +81,10 @@ class WorkflowAdmin(ReadOnlyAdmin):
             result = "; ".join(_short(m.get("result")) for m in marks) if marks else ""
             finished = max((m["finished_at"] for m in marks), default=None)
             attempts = sum(m["attempts"] for m in marks) if marks else ""
-            rows.append((step["index"], step["task"], state or ("done" if marks else ""), attempts, finished or "", result))
-        body = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>", rows)
+            rows.append((step["index"], step["task"], state or ("done" if marks else ""), attempts, finished or "",
+                         result))
+        body = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>", rows)
         return format_html(
             '<table class="celery-durable-steps"><thead><tr><th>step</th><th>task</th><th>state</th>'
             "<th>attempts</th><th>finished</th><th>result</th></tr></thead><tbody>{}</tbody></table>", body)
@@ -217,7 +220,10 @@ class QueueAdmin(ReadOnlyAdmin):
 
 @admin.register(BeatEntry)
 class BeatEntryAdmin(ReadOnlyAdmin):
-    """Periodic tasks: every change goes through celery_durable.beat.entries, seen by the active beat at its next tick."""
+    """Periodic tasks: every change goes through celery_durable.beat.entries.
+
+    The active beat sees a change at its next tick.
+    """
 
     list_display = ("name", "task", "schedule_text", "enabled", "origin", "next_run_at", "last_run_at", "last_task_id",
                     "last_status", "overdue", "error", "beat_holder")
@@ -384,9 +390,10 @@ class EntryForm(forms.Form):
         else:
             fields = cron.split()
             if len(fields) != 5:
-                raise forms.ValidationError("a crontab line has five fields: minute hour day-of-month month day-of-week")
-            data["schedule"] = dict(zip(("minute", "hour", "day_of_month", "month_of_year", "day_of_week"), fields),
-                                    type="crontab", timezone=zone or None)
+                raise forms.ValidationError(
+                    "a crontab line has five fields: minute hour day-of-month month day-of-week")
+            names = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+            data["schedule"] = dict(zip(names, fields, strict=True), type="crontab", timezone=zone or None)
         try:
             schedules.to_json(data["schedule"])
         except DurableError as exc:

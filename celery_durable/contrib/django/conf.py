@@ -81,6 +81,7 @@ def _uses_schema(app: Any, name: str) -> bool:
     conf = app.conf
     for url, options in ((conf.broker_url, conf.broker_transport_options),
                          (conf.result_backend, conf.result_backend_transport_options)):
-        if str(url or "").startswith(("postgresql", "postgres")) and (options or {}).get("schema", SCHEMA_DEFAULT) == name:
+        if (str(url or "").startswith(("postgresql", "postgres"))
+                and (options or {}).get("schema", SCHEMA_DEFAULT) == name):
             return True
     return False
