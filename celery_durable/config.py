@@ -164,7 +164,7 @@ class Settings:
             if key in known and value is not None:
                 values[key] = value
         settings = cls()
-        coerced = {}
+        coerced: dict[str, Any] = {}
         for key, value in values.items():
             default = getattr(settings, key)
             if key == "prepared_statements" and isinstance(value, str):

@@ -19,7 +19,7 @@ try:
     from opentelemetry import propagate as _propagate
     from opentelemetry import trace as _trace
 except ImportError:  # the [otel] extra is not installed
-    _context = _propagate = _trace = None
+    _context = _propagate = _trace = None  # type: ignore[assignment]
 
 
 def carrier() -> dict[str, str]:

@@ -10,14 +10,14 @@ the workflow's tree (``"2.1.0"``; a durable_chain's steps are ``"0"``, ``"1"``â€
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery import states
 
 from . import content
 from .config import Settings
-from .db import dsn, pool, queries
+from .db import dsn, fetch, pool, queries
 from .exceptions import WorkflowError
 from .headers import STEP_HEADER
 from .workflow import rows
@@ -49,7 +49,7 @@ def list_workflows(app_or_url: Any, schema: str | None = None, status: str | Non
     conninfo, settings = _reader(app_or_url, schema)
     with pool.connection(conninfo, settings) as conn:
         cur = conn.execute(_queries(settings)["workflow_list"], {"status": status, "limit": limit})
-        names = [c.name for c in cur.description]
+        names = [c.name for c in cur.description or ()]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
@@ -201,7 +201,9 @@ def restart_workflow(app: Any, workflow_id: str, from_step: int | str, args: lis
         if args is not None:
             if node.kind != "task":
                 raise WorkflowError(f"new args can only replace a task's arguments; {path} is a {node.kind}")
-            node.sig = with_args(node.sig, args, call_args(node.sig, app, path)[1])
+            sig = node.sig
+            assert sig is not None  # a task's node carries its signature
+            node.sig = with_args(sig, args, call_args(sig, app, path)[1])
             encode_args([node], app)
             conn.execute(store.queries["node_sig"], {"id": workflow_id, "path": path, "sig": rows.sig_json(node.sig)})
         again = [t.path for t in tree.downstream(path)]
@@ -211,7 +213,8 @@ def restart_workflow(app: Any, workflow_id: str, from_step: int | str, args: lis
     return _resend(store, workflow_id, change)
 
 
-def _resend(store: Store, workflow_id: str, change, leave_live: bool = False) -> list[str]:
+def _resend(store: Store, workflow_id: str, change: Callable[[Any, tuple, Tree], int],
+            leave_live: bool = False) -> list[str]:
     q = store.queries
     with store.connection() as conn:
         with conn.transaction():
@@ -228,9 +231,9 @@ def _resend(store: Store, workflow_id: str, change, leave_live: bool = False) ->
             # Counts follow the checkpoints (a restart dropped some; a task finished while failed counted).
             stored = conn.execute(q["fan_in_list"], {"id": workflow_id}).fetchall()
             conn.execute(q["fan_in_set"], {"id": workflow_id, **rows.counts(tree, done, stored)})
-            generation = conn.execute(q["workflow_restart"], {
+            generation = fetch.value(conn.execute(q["workflow_restart"], {
                 "id": workflow_id, "step": tree.current_step(done), "bump": bump,
-            }).fetchone()[0]
+            }))
             # The old outcome (failure, revocation or result) must not answer wf.get() any more.
             conn.execute(store.backend.queries["result_delete"], (row[3],))
             if not entries and tree.root.complete(done):

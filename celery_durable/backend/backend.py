@@ -31,7 +31,7 @@ from kombu.utils.encoding import bytes_to_str
 from .. import maintenance
 from ..compat import decompress_payload
 from ..config import BACKEND_OPTIONS, Settings
-from ..db import dsn, pool
+from ..db import dsn, fetch, pool
 from ..db.queries import load
 from ..exceptions import DatabaseUnavailable, ResultTooLarge, SchemaError
 from ..maintenance import Expiry
@@ -212,7 +212,7 @@ class PostgresBackend(ChainFailureMixin, ChordMixin, Backend, AsyncBackendMixin)
 
     def task_result_exists(self, task_id: str) -> bool:
         with self._db() as conn:
-            return bool(conn.execute(self.queries["result_exists"], (str(task_id),)).fetchone()[0])
+            return bool(fetch.value(conn.execute(self.queries["result_exists"], (str(task_id),))))
 
     def get_many(self, task_ids: Any, timeout: float | None = None, interval: float = 0.5, no_ack: bool = True,
                  on_message: Any = None, on_interval: Any = None, max_iterations: int | None = None,

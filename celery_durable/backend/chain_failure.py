@@ -10,12 +10,17 @@ of the members of later groups, so the group's ``get()`` raises the error.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import states
 
+if TYPE_CHECKING:  # a mixin of our result backend: what it uses of the backend is there (Celery has no types)
+    from celery.backends.base import BaseBackend as _Backend
+else:
+    _Backend = object
 
-class ChainFailureMixin:
+
+class ChainFailureMixin(_Backend):
     def mark_as_failure(self, task_id: Any, exc: BaseException, traceback: Any = None, request: Any = None,
                         store_result: bool = True, call_errbacks: bool = True,
                         state: str = states.FAILURE) -> None:

@@ -18,7 +18,7 @@ fails the body with a ChordError naming it.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 import psycopg
@@ -37,7 +37,13 @@ NO_INDEX = 2**31 - 1
 PUBLISH_CLAIM_SECONDS_DEFAULT = 60.0
 
 
-class ChordMixin:
+if TYPE_CHECKING:  # a mixin of our result backend: what it uses of the backend is there (Celery has no types)
+    from celery.backends.base import BaseBackend as _Backend
+else:
+    _Backend = object
+
+
+class ChordMixin(_Backend):
     """set_chord_size / apply_chord / add_to_chord / on_chord_part_return for PostgresBackend."""
 
     def _chord_expires(self) -> float | None:

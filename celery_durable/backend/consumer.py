@@ -43,6 +43,9 @@ def _awaited_ids(result: Any) -> list[str]:
 class ResultConsumer(BaseResultConsumer):
     """Celery's result consumer for PostgresBackend: resolves pending results on NOTIFY."""
 
+    #: Set by Celery's consumer; a wait swaps in its own for its length.
+    on_message: Any
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._consuming: set[str] = set()
@@ -132,7 +135,8 @@ class ResultConsumer(BaseResultConsumer):
                                                      on_message=on_message, **kwargs)
                 return
             self.on_wait_for_pending(result, timeout=timeout, **kwargs)
-            previous, self.on_message = self.on_message, on_message
+            previous = self.on_message
+            self.on_message = on_message
             try:
                 yield from self.drain_events_until(result.on_ready, timeout=timeout, on_interval=on_interval)
             except builtins.TimeoutError:

@@ -147,6 +147,7 @@ class Listener:
         if conn is None or conn.closed:
             self._connect()
             conn = self._conn
+            assert conn is not None  # _connect() set it, or raised
         self._settle(conn)
         return conn
 

@@ -10,9 +10,11 @@ start writes the code's definition over it again (pause and run history stay).
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 
 from ..db import pool
@@ -26,7 +28,7 @@ __all__ = ["add_entry", "beat_lease", "change_entry", "list_entries", "pause_ent
 _UNSET: Any = object()
 
 
-def _connection(app: Any):
+def _connection(app: Any) -> tuple[store.Place, AbstractContextManager[psycopg.Connection]]:
     where = store.place(app)
     return where, pool.connection(where.conninfo, where.settings)
 

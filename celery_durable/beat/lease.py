@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from time import monotonic
+from typing import Any
 
 import psycopg
 
@@ -66,7 +67,7 @@ class Lease:
             return max(0.0, self._renewed + self.seconds / 3 - monotonic())
         return max(0.0, min(self.held.left + MARGIN, self.seconds / 3))
 
-    def hold(self, conn: psycopg.Connection) -> Holding:
+    def hold(self, conn: psycopg.Connection[Any]) -> Holding:
         """Take or renew the lease now (autocommit ``conn``); logs each change of hands seen from here."""
         started = monotonic()
         row = conn.execute(self.place.queries["beat_lease_take"],
@@ -99,13 +100,13 @@ class Lease:
                            "this beat sends nothing until it holds it again")
             self.held = Holding(False, None, None, 0.0)
 
-    def release(self, conn: psycopg.Connection) -> None:
+    def release(self, conn: psycopg.Connection[Any]) -> None:
         """Let the lease run out now so a waiting beat takes over at its next check."""
         if self.held is not None and self.held.ours:
             conn.execute(self.place.queries["beat_lease_release"], {"name": LEASE_NAME, "token": self.token})
             self.held = None
 
-    def fence(self, conn: psycopg.Connection) -> bool:
+    def fence(self, conn: psycopg.Connection[Any]) -> bool:
         """In a run's transaction: the lease is still ours (its row locked until the transaction ends)."""
         return conn.execute(self.place.queries["beat_lease_fence"],
                             {"name": LEASE_NAME, "token": self.token,

@@ -50,7 +50,7 @@ class Scheduler(beat.Scheduler):
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self._place: store.Place | None = None
-        self._conn: psycopg.Connection | None = None
+        self._conn: psycopg.Connection[Any] | None = None
         self._lease: Lease | None = None
         self._schedules: dict[str, tuple[Any, Any]] = {}  # name -> (stored JSON, Celery schedule)
         super().__init__(app, *args, **kwargs)
@@ -104,10 +104,12 @@ class Scheduler(beat.Scheduler):
         logger.info("beat: %d periodic task(s) from beat_schedule in %s schema %s", len(rows),
                     dsn.describe(self.place.conninfo), self.place.settings.schema)
 
-    def _connection(self) -> psycopg.Connection:
+    def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = pool.connect(self.place.conninfo, settings=self.place.settings, component="beat")
-            self._conn.row_factory = dict_row
+            conn: psycopg.Connection[Any] = pool.connect(self.place.conninfo, settings=self.place.settings,
+                                                         component="beat")
+            conn.row_factory = dict_row
+            self._conn = conn
         return self._conn
 
     def _drop_connection(self) -> None:
@@ -146,7 +148,7 @@ class Scheduler(beat.Scheduler):
             wake = min(wake, self._visit(conn, row, now))
         return max(0.0, min(wake, lease.due_in(), self.max_interval))
 
-    def _visit(self, conn: psycopg.Connection, row: dict, now: datetime) -> float:
+    def _visit(self, conn: psycopg.Connection[Any], row: dict, now: datetime) -> float:
         """Send what ``row`` has due; the seconds until it needs a look again."""
         name = row["name"]
         try:
@@ -159,8 +161,10 @@ class Scheduler(beat.Scheduler):
         if not row["enabled"]:
             return self.max_interval
         settings = self.place.settings
+        held = self.lease.held
+        assert held is not None and held.held_since is not None  # only the lease's holder visits entries
         try:
-            plan = schedules.plan(sched, row["last_run_at"], now, self.lease.held.held_since,
+            plan = schedules.plan(sched, row["last_run_at"], now, held.held_since,
                                   row["catch_up"], settings.beat_catch_up_max)
         except Exception as exc:  # Celery's computation failed for this entry (Celery's beat logs and goes on too)
             self._failed(conn, row, f"cannot compute the next run: {type(exc).__name__}: {exc}")
@@ -182,7 +186,7 @@ class Scheduler(beat.Scheduler):
         self._schedules[row["name"]] = (stored, sched)
         return sched
 
-    def _failed(self, conn: psycopg.Connection, row: dict, error: str) -> None:
+    def _failed(self, conn: psycopg.Connection[Any], row: dict, error: str) -> None:
         if row["error"] != error:
             logger.error("beat: periodic task %r cannot be sent: %s", row["name"], error)
         conn.execute(self.place.queries["beat_entry_error"],
@@ -190,7 +194,7 @@ class Scheduler(beat.Scheduler):
 
     # -- sending -------------------------------------------------------------------------------------
 
-    def _send(self, conn: psycopg.Connection, row: dict, runs: tuple, plan: schedules.Plan | None = None,
+    def _send(self, conn: psycopg.Connection[Any], row: dict, runs: tuple, plan: schedules.Plan | None = None,
               manual: datetime | None = None) -> None:
         """Send ``runs`` (or one run-now) in one transaction fenced by the lease; nothing if the entry moved."""
         name = row["name"]
@@ -216,6 +220,7 @@ class Scheduler(beat.Scheduler):
                     moved = conn.execute(q["beat_entry_ran_now"], {"name": name, "requested": manual,
                                                                     "task_id": sends[0][1]}).fetchone()
                 else:
+                    assert plan is not None  # scheduled runs come with their plan
                     moved = conn.execute(q["beat_entry_ran"], {
                         "name": name, "revision": row["revision"], "previous": row["last_run_at"],
                         "last_run_at": plan.last_run_at, "next_run_at": plan.next_run_at, "runs": len(sends),
@@ -238,7 +243,7 @@ class Scheduler(beat.Scheduler):
                            "not sent (catch_up %s, at most %d per tick)", name, plan.skipped, row["catch_up"],
                            self.place.settings.beat_catch_up_max)
 
-    def _publish(self, conn: psycopg.Connection, row: dict, args: list, kwargs: dict, options: dict,
+    def _publish(self, conn: psycopg.Connection[Any], row: dict, args: list, kwargs: dict, options: dict,
                  task_id: str, due: datetime, manual: bool) -> None:
         """Publish one run.
 

@@ -123,7 +123,7 @@ def parse(data: Any, app: Any) -> BaseSchedule:
                 found = ZonedCrontab(**fields, zone=zone, app=app)
         elif kind == "solar":
             _only(data, {"type", "event", "lat", "lon"})
-            found = solar(data.get("event"), float(data.get("lat")), float(data.get("lon")), app=app)
+            found = solar(data.get("event"), float(data["lat"]), float(data["lon"]), app=app)
         else:
             raise ScheduleError(f"unknown schedule type {kind!r} (interval, crontab, solar)")
     except ScheduleError:
@@ -202,7 +202,7 @@ def plan(sched: BaseSchedule, last_run_at: datetime, now: datetime, held_since: 
     only, ``skip`` none, ``all`` each one; runs due while the lease was held are
     sent, each one. At most the latest ``limit`` runs are sent; the rest count as skipped.
     """
-    due = []
+    due: list[datetime] = []
     at = last_run_at
     latest = last_run_at
     while len(due) < SCAN_MAX:

@@ -82,7 +82,7 @@ def encode(app: Any, name: str, args: Any, kwargs: Any, options: Any) -> dict[st
     kwargs = dict(kwargs or {})
     options = dict(options or {})
     chosen = serializer(app)
-    encoded = {}
+    encoded: dict[str, Any] = {}
     for field, value in (("args", args), ("kwargs", kwargs), ("options", options)):
         try:
             content_type, encoding, data = dumps(value, serializer=chosen)

@@ -9,6 +9,7 @@ from typing import Any
 import click
 import psycopg
 
+from ..db import fetch
 from ..db.queries import schema_sql
 from .group import durable
 from .output import emit, json_option, table
@@ -63,7 +64,8 @@ def dead_letters_cmd(target: Target, ids: tuple[int, ...], requeue: bool, purge:
 
 
 def _dead_letter_filter(ids: Sequence[int] | None, queue: str | None) -> tuple[str, dict[str, Any]]:
-    clauses, params = [], {}
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
     if ids:
         clauses.append("id = ANY(%(ids)s)")
         params["ids"] = list(ids)
@@ -90,11 +92,11 @@ def _requeue(conn: psycopg.Connection, schema: str, where: str, params: dict[str
         for dead_id, queue, task, payload, created_at in sorted(rows):
             conn.execute(schema_sql("INSERT INTO {schema}.queue (name) VALUES (%s) ON CONFLICT (name) DO NOTHING",
                                     schema), (queue,))
-            new_id = conn.execute(
+            new_id = fetch.value(conn.execute(
                 schema_sql("INSERT INTO {schema}.message (queue, priority, task, payload, created_at) "
                            "VALUES (%s, %s, %s, %s, %s) RETURNING id", schema),
                 (queue, _payload_priority(payload), task, payload, created_at),
-            ).fetchone()[0]
+            ))
             moved.append({"dead_letter_id": dead_id, "message_id": new_id, "queue": queue})
     return moved
 

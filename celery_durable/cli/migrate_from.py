@@ -195,7 +195,7 @@ def _refuse_if_workers_answer(source: str, options: dict) -> None:
 
 def _restore_redis_unacked(old: kombu.Connection) -> int:
     """Put every message of Kombu's Redis unacked hash back in its queue; one transaction each."""
-    channel = old.default_channel
+    channel: Any = old.default_channel  # Kombu's Redis channel (typed as the base class)
     qos = channel.qos
     with channel.conn_or_acquire() as client:
         # The index, not HKEYS: Kombu prefixes ZRANGE's key under global_keyprefix, not HKEYS'.

@@ -182,12 +182,12 @@ def canonical(params: Mapping[str, Any]) -> str:
 def to_url(conninfo: str, *, mask: str | None = None) -> str:
     """A ``postgresql://`` URL for a conninfo (multi-host lists kept); ``mask`` replaces the password."""
     params = conninfo_to_dict(conninfo)
-    user = quote(params.pop("user", "") or "", safe="")
+    user = quote(str(params.pop("user", "") or ""), safe="")
     password = params.pop("password", None)
     if password and mask is not None:
         password = mask
-    auth = f"{user}:{quote(password, safe='*')}@" if password else (f"{user}@" if user else "")
-    dbname = quote(params.pop("dbname", "") or "", safe="")
+    auth = f"{user}:{quote(str(password), safe='*')}@" if password else (f"{user}@" if user else "")
+    dbname = quote(str(params.pop("dbname", "") or ""), safe="")
     hosts = _hosts(params)
     query = f"?{urlencode(params, quote_via=quote)}" if params else ""
     return f"postgresql://{auth}{hosts}/{dbname}{query}"

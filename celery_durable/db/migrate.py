@@ -22,7 +22,7 @@ _SQL = "celery_durable.db"
 
 def migrations() -> list[tuple[int, str]]:
     """``[(version, filename)]`` of every migration after version 1, in order."""
-    folder = resources.files(_SQL).joinpath("sql", "migrations")
+    folder = resources.files(_SQL).joinpath("sql").joinpath("migrations")
     found = []
     for entry in folder.iterdir():
         match = _MIGRATION.match(entry.name)
@@ -37,14 +37,14 @@ def latest_version() -> int:
 
 def ddl(schema: str) -> str:
     """The SQL a DBA runs to create the current schema by hand."""
-    text = resources.files(_SQL).joinpath("sql", "schema.sql").read_text(encoding="utf-8")
+    text = resources.files(_SQL).joinpath("sql").joinpath("schema.sql").read_text(encoding="utf-8")
     version = f"\nINSERT INTO {{schema}}.schema_version (version) VALUES ({latest_version()});\n"
     return schema_sql(text + version, schema)
 
 
 def grants(schema: str, role: str) -> str:
     """The GRANTs a DML-only application role needs (``sql/grants.sql``), ``role`` quoted as an identifier."""
-    text = resources.files(_SQL).joinpath("sql", "grants.sql").read_text(encoding="utf-8")
+    text = resources.files(_SQL).joinpath("sql").joinpath("grants.sql").read_text(encoding="utf-8")
     return schema_sql(text, schema).replace("{role}", '"' + role.replace('"', '""') + '"')
 
 
@@ -91,7 +91,7 @@ def ensure_schema(conn: psycopg.Connection, schema: str, *, migrate: bool = True
         if version is None:
             conn.execute(ddl(schema))
         elif version < target:
-            folder = resources.files(_SQL).joinpath("sql", "migrations")
+            folder = resources.files(_SQL).joinpath("sql").joinpath("migrations")
             for number, name in migrations():
                 if number > version:
                     conn.execute(schema_sql(folder.joinpath(name).read_text(encoding="utf-8"), schema))

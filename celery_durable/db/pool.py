@@ -22,6 +22,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, cast
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -170,7 +171,8 @@ def probe(conninfo: str, settings: Settings) -> None:
         connect(conninfo, settings=settings).close()
     # A reconnection follows an outage (restart, failover): drop the pools' dead idle
     # connections now, instead of failing on each of them in turn.
-    for (target, _component, _options), known in runtime.current().find(POOLS):
+    for key, known in runtime.current().find(POOLS):
+        target, _component, _options = cast("tuple[str, str, Any]", key)
         if target == conninfo:
             known.check()
 

@@ -31,8 +31,8 @@ def ready(read: Iterable[int], write: Iterable[int] = (), timeout: float | None 
     """
     read, write = set(read), set(write)
     if not hasattr(select, "poll"):
-        readable, writable, _ = select.select(list(read), list(write), [], timeout)
-        return set(readable), set(writable)
+        ready_r, ready_w, _ = select.select(list(read), list(write), [], timeout)
+        return set(ready_r), set(ready_w)
     poller = select.poll()
     for fd in read | write:
         poller.register(fd, (_IN if fd in read else 0) | (_OUT if fd in write else 0))

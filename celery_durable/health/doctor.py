@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from ..db import appname, migrate
+from ..db import appname, fetch, migrate
 from . import grants, horizon
 from .findings import Finding, human_age
 from .queries import sql
@@ -72,7 +72,7 @@ class Context:
     @cached_property
     def exists(self) -> bool:
         """Whether the schema exists (any role may ask: a catalog read)."""
-        return self.conn.execute(sql("schema_exists"), {"schema": self.schema}).fetchone()[0]
+        return fetch.value(self.conn.execute(sql("schema_exists"), {"schema": self.schema}))
 
     @cached_property
     def message_dead_rows(self) -> int:
@@ -81,7 +81,7 @@ class Context:
 
 def diagnose(conn: psycopg.Connection, schema: str, limits: Limits, role: str | None = None) -> list[Finding]:
     """Every check's findings, worst first (``conn``: autocommit, so one failed check spoils no other)."""
-    ctx = Context(conn, schema, role or conn.execute("SELECT current_user").fetchone()[0], limits)
+    ctx = Context(conn, schema, role or fetch.value(conn.execute("SELECT current_user")), limits)
     found: list[Finding] = []
     for name, check in CHECKS.items():
         try:

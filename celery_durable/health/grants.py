@@ -37,7 +37,7 @@ class Rules:
 
 
 def rules() -> Rules:
-    text = resources.files("celery_durable.db").joinpath("sql", "grants.sql").read_text(encoding="utf-8")
+    text = resources.files("celery_durable.db").joinpath("sql").joinpath("grants.sql").read_text(encoding="utf-8")
     by_kind: dict[str, set[str]] = {}
     revoked: dict[str, set[str]] = {}
     for statement in _statements(text):

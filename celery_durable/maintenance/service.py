@@ -31,7 +31,7 @@ import psycopg
 
 from .. import runtime
 from ..config import Settings
-from ..db import pool, queries
+from ..db import fetch, pool, queries
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +181,8 @@ class Maintenance:
         q = self.queries
         share = None if remaining is None else str(max(1, int(remaining * 1000 / len(expiries))))
         with conn.transaction():
-            locked = conn.execute(q["maintenance_lock" if wait else "maintenance_try_lock"],
-                                  {"key": self.lock_key, "ms": share}).fetchone()[0]
+            locked = fetch.value(conn.execute(q["maintenance_lock" if wait else "maintenance_try_lock"],
+                                              {"key": self.lock_key, "ms": share}))
             if not locked:
                 return None
             with conn.pipeline():

