@@ -230,8 +230,9 @@ def check_tables(ctx: Context) -> list[Finding]:
                 f"{t['size']}); last vacuum {_when(t)}",
                 "VACUUM cannot remove rows an older snapshot may still see: end what holds the xmin horizon "
                 "(see horizon); if nothing does, autovacuum is behind (see autovacuum). "
-                + ("Claims walk past every dead row at the head of message_claim_idx." if t["table"] == "message"
-                   else ""), {"table": t}))
+                + ("Claims after a wake-up start past them, but each worker's safety poll (polling_interval) "
+                   "and first claim still walk every dead row at the head of message_claim_idx."
+                   if t["table"] == "message" else ""), {"table": t}))
     message = next((t for t in tables if t["table"] == "message"), None)
     if message is not None:
         found.append(Finding("tables", "ok" if not found else "info",

@@ -205,7 +205,7 @@ class Channel(virtual.Channel):
 
     def basic_get(self, queue, no_ack=False, **kwargs):
         self.connection.publisher.settle()
-        payloads = self.connection.delivery.claim([queue], 1)
+        payloads = self.connection.delivery.claim([queue], 1, whole=True)
         if not payloads:
             return None
         message = self.Message(payloads[0], channel=self)

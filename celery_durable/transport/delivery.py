@@ -21,6 +21,7 @@ from ..db import pool
 from ..headers import LEASE_HEADER, STEP_HEADER
 from .channel import Channel, UndecodableBody
 from .delayed import DelayedWakeups
+from .floors import EVERY, NONE, Floors, Plan
 from .leases import Lease
 from .notifier import Wakeup
 
@@ -41,6 +42,8 @@ class Delivery:
         self.delayed = DelayedWakeups()
         #: Told when an announced due time becomes the earliest, so an event loop can set its timer.
         self.on_delayed: Callable[[float], None] | None = None
+        #: Where each consumed queue's next claim starts.
+        self.floors = Floors()
 
     # -- readiness ---------------------------------------------------------------------------
 
@@ -56,11 +59,17 @@ class Delivery:
                     if self.on_delayed is not None:
                         self.on_delayed(wakeup.at)
             else:
+                if wakeup.first_ids is None:
+                    self.floors.forget(wakeup.queue)
+                else:
+                    self.floors.hint(wakeup.queue, wakeup.first_ids, wakeup.xid)
                 self.mark_ready(wakeup.queue)
         return delivered
 
     def mark_ready(self, queue: str | None = None) -> None:
         """Claim soon from ``queue``'s consumers, or (None: the safety poll) from every durable queue's."""
+        if queue is None:
+            self.floors.forget()  # the safety poll reads whole queues: what no wake-up announced
         for channel in self.transport.channels:
             if queue is None:
                 if any(q not in channel.notify_only_queues for q in channel._active_queues):
@@ -75,6 +84,7 @@ class Delivery:
     def release_due(self) -> None:
         """Delayed messages whose time has come make their queues ready."""
         for queue in self.delayed.pop_due(time()):
+            self.floors.forget(queue)  # a delayed row's id is behind the floors: read the whole queue
             self.mark_ready(queue)
         self.delayed.keep_only(q for channel in self.transport.channels for q in channel._active_queues)
 
@@ -102,8 +112,14 @@ class Delivery:
 
     # -- claiming ------------------------------------------------------------------------------
 
-    def claim(self, queues: list[str], n: int) -> list[dict]:
-        """Lease up to ``n`` messages of ``queues`` now (pending acks go along); return decoded payloads."""
+    def claim(self, queues: list[str], n: int, *, whole: bool = False) -> list[dict]:
+        """Lease up to ``n`` messages of ``queues`` now (pending acks go along); return decoded payloads.
+
+        ``whole``: read the whole queues, not from their floors (a poll that no wake-up led to).
+        """
+        if whole:
+            for queue in queues:
+                self.floors.forget(queue)
         token, (rows,) = self.claim_rows([(list(queues), n)], self.leases.take_pending())
         return self.accept(token, rows)
 
@@ -114,27 +130,42 @@ class Delivery:
         worker pays one round trip per batch of acks and claims, not one per statement.
         """
         token = uuid.uuid4()
-        q = self.db.queries
         claim = {"lease": self.db.settings.lease_seconds, "token": token, "worker": WORKER_ID}
-        statements = [self._claim_statement(claim, queues, n) for queues, n in requests]
-        with self.db.connection() as conn:
-            if not acks and len(statements) == 1:
-                name, params = statements[0]
-                return token, [self.db.run(conn, name, params, relaxed=True).fetchall()]
-            with conn.pipeline():
-                conn.execute(pool.NO_FLUSH_WAIT)  # one implicit transaction up to the pipeline's end
-                acked = conn.execute(q["message_ack"], self.leases.ack_params(acks)) if acks else None
-                cursors = [conn.cursor().execute(q[name], params) for name, params in statements]
-            if acked is not None:
-                self.leases.check_acked(acks, acked.fetchall())
-            return token, [cur.fetchall() for cur in cursors]
+        plans = [self.floors.plan(queues) for queues, _n in requests]
+        try:
+            found = self._claim_rows([_claim_statement(claim, plan, n) for plan, (_q, n) in zip(plans, requests)],
+                                     acks)
+        except BaseException:
+            for plan in plans:
+                self.floors.abandon(plan)
+            raise
+        rows = []
+        for plan, (_queues, n), claimed in zip(plans, requests, found):
+            # Each claim's last column is its snapshot; a claim that took nothing is one row of NULLs.
+            snapshot = claimed[0][-1] if claimed else None
+            taken = [row[:-1] for row in claimed if row[0] is not None]
+            self.floors.learn(plan, n, taken, snapshot)
+            rows.append(taken)
+        return token, rows
 
-    @staticmethod
-    def _claim_statement(claim: dict, queues: list[str], n: int) -> tuple[str, dict]:
-        """The claim for ``queues``: one queue (the usual case) has a statement that is quicker to plan."""
-        if len(queues) == 1:
-            return "message_claim_queue", dict(claim, queue=queues[0], n=n)
-        return "message_claim", dict(claim, queues=queues, n=n)
+    def _claim_rows(self, statements: list[tuple[str, dict] | None], acks: list[Lease]) -> list[list]:
+        q = self.db.queries
+        sent = [s for s in statements if s is not None]
+        with self.db.connection() as conn:
+            if not acks and len(sent) == 1:
+                name, params = sent[0]
+                found = iter([self.db.run(conn, name, params, relaxed=True).fetchall()])
+            elif not acks and not sent:
+                found = iter([])
+            else:
+                with conn.pipeline():
+                    conn.execute(pool.NO_FLUSH_WAIT)  # one implicit transaction up to the pipeline's end
+                    acked = conn.execute(q["message_ack"], self.leases.ack_params(acks)) if acks else None
+                    cursors = [conn.cursor().execute(q[name], params) for name, params in sent]
+                if acked is not None:
+                    self.leases.check_acked(acks, acked.fetchall())
+                found = iter([cur.fetchall() for cur in cursors])
+        return [[] if s is None else next(found) for s in statements]
 
     def accept(self, token: uuid.UUID, rows: list) -> list[dict]:
         """Register the leases of claimed rows; return their decoded payloads in delivery order.
@@ -233,3 +264,21 @@ class Delivery:
 
     def fetch_ready(self) -> int:
         return sum(self.fetch(channel) for channel in list(self.transport.channels))
+
+
+def _claim_statement(claim: dict, plan: Plan, n: int) -> tuple[str, dict] | None:
+    """The claim statement for ``plan`` (None: nothing can be ready there): the usual cases have
+    statements that are quicker to plan than the general ``message_claim``."""
+    floors = [(queue, priority, first) for queue, known in plan.queues.items()
+              for priority, first in known.floors.items()]
+    scans = [(queue, known.below) for queue, known in plan.queues.items() if known.below > NONE]
+    if not floors and not scans:
+        return None
+    if len(plan.queues) == 1 and not floors and scans[0][1] == EVERY:
+        return "message_claim_queue", dict(claim, queue=scans[0][0], n=n)
+    if len(floors) == 1 and not scans:
+        queue, priority, first = floors[0]
+        return "message_claim_from", dict(claim, queue=queue, priority=priority, floor=first, n=n)
+    return "message_claim", dict(claim, n=n, queues=[f[0] for f in floors], priorities=[f[1] for f in floors],
+                                 floors=[f[2] for f in floors], scan_queues=[s[0] for s in scans],
+                                 below=[s[1] for s in scans])

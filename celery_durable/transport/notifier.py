@@ -1,7 +1,8 @@
 """LISTEN/NOTIFY wake-ups: a dedicated connection whose socket joins Kombu's event loop.
 
 Publishers' inserts fire a statement trigger that notifies ``<schema>.message``
-with ``r<queue>`` (ready now) or ``d<epoch>:<queue>`` (first delayed message);
+with ``r<xid>/<priority>:<first id>[,...];<queue>`` (ready now, and where: see
+:mod:`.floors`) or ``d<epoch>:<queue>`` (first delayed message);
 broadcasts to transient queues travel whole as ``m<bytes>:<queue><message>``.
 An idle worker therefore sends no queries until something arrives; a slow
 safety poll (``polling_interval``) covers what no notification announces,
@@ -13,6 +14,7 @@ carry LISTEN; :mod:`celery_durable.db.listen` refuses such a URL).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import psycopg
@@ -35,15 +37,30 @@ NOTIFY_MESSAGE_MAX = 6000
 
 @dataclass(frozen=True)
 class Wakeup:
-    """A queue has a message ready now (``at`` None) or at epoch ``at``; or ``message`` came inline."""
+    """A queue has messages ready now (``at`` None) or at epoch ``at``; or ``message`` came inline.
+
+    ``first_ids`` maps each priority of the ready messages to the lowest new id (None: not said, as an
+    older publisher's ``r<queue>``); ``xid`` is the transaction that made them ready.
+    """
 
     queue: str
     at: float | None = None
     message: str | None = None
+    first_ids: dict[int, int] | None = None
+    xid: int | None = None
+
+
+_FIRST_IDS = re.compile(r"(\d+)/(-?\d+:\d+(?:,-?\d+:\d+)*)")
 
 
 def parse(payload: str) -> Wakeup | None:
     if payload.startswith("r"):
+        head, sep, queue = payload[1:].partition(";")
+        found = _FIRST_IDS.fullmatch(head) if sep else None
+        if found:
+            pairs = (pair.split(":") for pair in found[2].split(","))
+            return Wakeup(queue, first_ids={int(priority): int(first) for priority, first in pairs},
+                          xid=int(found[1]))
         return Wakeup(payload[1:])
     if payload.startswith("m"):
         size, sep, rest = payload[1:].partition(":")

@@ -146,49 +146,103 @@ SELECT set_config('celery_durable.wake_after_commit', 'on', true)
 -- needs the WAL flush, so PostgreSQL's NOTIFY lock is held only for an instant.
 SELECT set_config('synchronous_commit', 'off', true), {schema}.message_wake_v1()
 
+-- message_claim_queue --
+-- Lease up to n visible messages of one queue, the whole queue in index order (priority, then age),
+-- skipping rows another worker is claiming: a worker's first claim, and its safety poll, which finds
+-- what no wake-up announced (a dead worker's expired lease, a delayed message come due). It walks every
+-- dead, leased and delayed row ahead of the first ready one; claims after a wake-up start where it
+-- says (message_claim_from). A lease is visible_at in the future plus a fresh token; delivery_count
+-- counts claims for the dead-letter limit. Every claim also returns its snapshot (one row of NULLs and
+-- the snapshot when it took nothing): a wake-up from a transaction it saw tells of rows it already
+-- read; so a row is due by the clock after that snapshot was taken, not by the transaction's start
+-- (now()), which a row committed just before the snapshot may postdate. (Every claim is planned anew:
+-- a cached generic plan would outlive a change of the table's size, and a claim must never scan a
+-- backlog.)
+WITH claimed AS (
+    UPDATE {schema}.message m
+    SET visible_at = now() + %(lease)s * interval '1 second',
+        lease_token = %(token)s,
+        leased_by = %(worker)s,
+        delivery_count = m.delivery_count + 1
+    WHERE m.id = ANY(ARRAY(
+        SELECT c.id FROM {schema}.message c
+        WHERE c.queue = %(queue)s AND c.visible_at <= (SELECT clock_timestamp())
+        ORDER BY c.priority DESC, c.id
+        LIMIT %(n)s
+        FOR UPDATE SKIP LOCKED))
+    RETURNING m.id, m.queue, m.priority, m.delivery_count, m.expires_at <= now() AS expired, m.payload
+)
+SELECT c.id, c.queue, c.priority, c.delivery_count, c.expired, c.payload, s.snapshot
+FROM (SELECT pg_current_snapshot()::text AS snapshot) AS s
+LEFT JOIN claimed AS c ON true
+
+-- message_claim_from --
+-- The usual claim: one queue and priority, from the first id a wake-up announced (or just past the
+-- last claimed row). The index descends straight to it, past the rows acked, leased or delayed
+-- before it, however many a held snapshot keeps from VACUUM.
+WITH claimed AS (
+    UPDATE {schema}.message m
+    SET visible_at = now() + %(lease)s * interval '1 second',
+        lease_token = %(token)s,
+        leased_by = %(worker)s,
+        delivery_count = m.delivery_count + 1
+    WHERE m.id = ANY(ARRAY(
+        SELECT c.id FROM {schema}.message c
+        WHERE c.queue = %(queue)s AND c.priority = %(priority)s AND c.id >= %(floor)s AND c.visible_at <= (SELECT clock_timestamp())
+        ORDER BY c.id
+        LIMIT %(n)s
+        FOR UPDATE SKIP LOCKED))
+    RETURNING m.id, m.queue, m.priority, m.delivery_count, m.expires_at <= now() AS expired, m.payload
+)
+SELECT c.id, c.queue, c.priority, c.delivery_count, c.expired, c.payload, s.snapshot
+FROM (SELECT pg_current_snapshot()::text AS snapshot) AS s
+LEFT JOIN claimed AS c ON true
+
 -- message_claim --
--- Lease up to n visible messages of the given queues: per queue in index order (priority,
--- then age), skipping rows another worker is claiming. A lease is visible_at in the future
--- plus a fresh token; delivery_count counts claims for the dead-letter limit.
+-- The general claim, for several queues or priorities: each (queue, priority, floor) from its floor,
+-- and each (queue, below) over its priorities under below from the index's head (what no wake-up
+-- told about); together in claim order (priority, then age), up to n.
 WITH candidate AS (
     SELECT c.id
-    FROM unnest(%(queues)s::text[]) AS q(name)
-    CROSS JOIN LATERAL (
-        SELECT m.id, m.priority
-        FROM {schema}.message m
-        WHERE m.queue = q.name AND m.visible_at <= now()
-        ORDER BY m.priority DESC, m.id
-        LIMIT %(n)s
-        FOR UPDATE SKIP LOCKED
+    FROM (
+        SELECT k.id, k.priority
+        FROM unnest(%(queues)s::text[], %(priorities)s::smallint[], %(floors)s::bigint[]) AS f(queue, priority, floor)
+        CROSS JOIN LATERAL (
+            SELECT m.id, m.priority
+            FROM {schema}.message m
+            WHERE m.queue = f.queue AND m.priority = f.priority AND m.id >= f.floor AND m.visible_at <= (SELECT clock_timestamp())
+            ORDER BY m.id
+            LIMIT %(n)s
+            FOR UPDATE SKIP LOCKED
+        ) AS k
+        UNION ALL
+        SELECT k.id, k.priority
+        FROM unnest(%(scan_queues)s::text[], %(below)s::smallint[]) AS u(queue, below)
+        CROSS JOIN LATERAL (
+            SELECT m.id, m.priority
+            FROM {schema}.message m
+            WHERE m.queue = u.queue AND m.priority < u.below AND m.visible_at <= (SELECT clock_timestamp())
+            ORDER BY m.priority DESC, m.id
+            LIMIT %(n)s
+            FOR UPDATE SKIP LOCKED
+        ) AS k
     ) AS c
     ORDER BY c.priority DESC, c.id
     LIMIT %(n)s
+),
+claimed AS (
+    UPDATE {schema}.message m
+    SET visible_at = now() + %(lease)s * interval '1 second',
+        lease_token = %(token)s,
+        leased_by = %(worker)s,
+        delivery_count = m.delivery_count + 1
+    FROM candidate
+    WHERE m.id = candidate.id
+    RETURNING m.id, m.queue, m.priority, m.delivery_count, m.expires_at <= now() AS expired, m.payload
 )
-UPDATE {schema}.message m
-SET visible_at = now() + %(lease)s * interval '1 second',
-    lease_token = %(token)s,
-    leased_by = %(worker)s,
-    delivery_count = m.delivery_count + 1
-FROM candidate
-WHERE m.id = candidate.id
-RETURNING m.id, m.queue, m.priority, m.delivery_count, m.expires_at <= now() AS expired, m.payload
-
--- message_claim_queue --
--- message_claim for one queue, the usual worker: the same rows in the same order, in a statement
--- PostgreSQL plans in about half the time (every claim is planned anew: a cached generic plan
--- would outlive a change of the table's size, and a claim must never scan a backlog).
-UPDATE {schema}.message m
-SET visible_at = now() + %(lease)s * interval '1 second',
-    lease_token = %(token)s,
-    leased_by = %(worker)s,
-    delivery_count = m.delivery_count + 1
-WHERE m.id = ANY(ARRAY(
-    SELECT c.id FROM {schema}.message c
-    WHERE c.queue = %(queue)s AND c.visible_at <= now()
-    ORDER BY c.priority DESC, c.id
-    LIMIT %(n)s
-    FOR UPDATE SKIP LOCKED))
-RETURNING m.id, m.queue, m.priority, m.delivery_count, m.expires_at <= now() AS expired, m.payload
+SELECT c.id, c.queue, c.priority, c.delivery_count, c.expired, c.payload, s.snapshot
+FROM (SELECT pg_current_snapshot()::text AS snapshot) AS s
+LEFT JOIN claimed AS c ON true
 
 -- message_ack --
 -- Delete acknowledged messages, but only rows this lease still holds (fencing). Like every
@@ -206,7 +260,8 @@ WHERE m.id = held.id
 RETURNING m.id
 
 -- message_requeue --
--- Make held messages visible again now and wake consumers; a graceful restore
+-- Make held messages visible again now and wake consumers, telling them where each priority's
+-- requeued rows start (they keep their ids, behind where claims have moved on); a graceful restore
 -- (restored = 1) does not count as a delivery. Rows are locked in id order.
 WITH held AS (
     SELECT m.id
@@ -221,9 +276,13 @@ requeued AS (
         delivery_count = greatest(m.delivery_count - %(restored)s, 0)
     FROM held
     WHERE m.id = held.id
-    RETURNING m.queue
+    RETURNING m.id, m.queue, m.priority
 )
-SELECT pg_notify(%(channel)s, 'r' || queue) FROM (SELECT DISTINCT queue FROM requeued) AS q
+SELECT pg_notify(%(channel)s, 'r' || pg_current_xact_id() || '/'
+                              || string_agg(r.priority || ':' || r.first_id, ',' ORDER BY r.priority DESC)
+                              || ';' || r.queue)
+FROM (SELECT queue, priority, min(id) AS first_id FROM requeued GROUP BY queue, priority) AS r
+GROUP BY r.queue
 
 -- message_dead_letter --
 -- Move held messages to the dead-letter table with a reason, in one statement; rows are locked
