@@ -555,7 +555,8 @@ def main(argv=None) -> int:
     from tests.support.pgcluster import PG15_BIN, start_cluster
 
     cluster = start_cluster(conf=CLUSTER_CONF, binaries=PG15_BIN if (PG15_BIN / "initdb").exists() else None)
-    results: dict = {"params": {**vars(args), "sizes": sizes, "rounds": rounds},
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    results: dict = {"params": {**vars(args), "sizes": sizes, "rounds": rounds, "commit": commit.stdout.strip()},
                      "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}, "runs": []}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
