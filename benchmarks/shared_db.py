@@ -263,7 +263,7 @@ class Run:
         self.worker = start_worker(self.env, 2)
         self.conn = None
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         try:
             self.worker.wait_ready(180)
             self.conn = self.cluster.connect(self.db)
@@ -369,7 +369,8 @@ def run_spiral(cluster, args, sizes: dict, drain_tps: float | None, timeout: flo
                     release(conn)
                     spans.append((opened, now))
                 if stagger is not None and now >= next_open:
-                    holders.append((now, hold_snapshot(run.url)))
+                    # on the schedule's time, not the tick's: the one it replaces closes on the same tick
+                    holders.append((next_open, hold_snapshot(run.url)))
                     next_open += stagger
                 if now >= next_sample:
                     sample(now)
@@ -437,7 +438,7 @@ def plot_spirals(spirals: list[tuple[str, dict]], png: Path) -> Path | None:
     for i, (label, spiral) in enumerate(spirals):
         s = spiral["samples"]
         t = [row["t"] for row in s]
-        for ax, (name, title) in zip(axes.flat, panels):
+        for ax, (name, title) in zip(axes.flat, panels, strict=True):
             values = [float("nan") if row.get(name) is None else row[name] for row in s]
             ax.plot(t, values, marker=".", color=f"C{i}", label=label or None)
             if name == "done_per_s":
@@ -585,7 +586,8 @@ def main(argv=None) -> int:
     lines = report(results["runs"]) if results["runs"] else []
     if results.get("spiral"):
         lines += [""] + spiral_report(results["spiral"])
-        lines += [f"spiral samples: {p}" for p in write_spiral(results["spiral"], RESULTS / f"shared-db-spiral-{stamp}")]
+        written = write_spiral(results["spiral"], RESULTS / f"shared-db-spiral-{stamp}")
+        lines += [f"spiral samples: {p}" for p in written]
     load = results["machine"]
     print(f"\nload average {load['loadavg_start'][0]:.1f} at the start, {load['loadavg_end'][0]:.1f} at the end, "
           f"{load['cpus']} CPUs (a shared machine: compare ratios measured side by side)")
