@@ -376,7 +376,8 @@ def run_spiral(cluster, args, sizes: dict, drain_tps: float | None, timeout: flo
                     sample(now)
                     next_sample += args.spiral_interval
                 time.sleep(0.2)
-            sample(time.monotonic() - t0)
+            if time.monotonic() - t0 - last[0] >= args.spiral_interval / 2:
+                sample(time.monotonic() - t0)
         finally:
             end = time.monotonic() - t0
             for opened, conn in holders:
