@@ -263,7 +263,7 @@ class Run:
         self.worker = start_worker(self.env, 2)
         self.conn = None
 
-    def __enter__(self) -> Run:
+    def __enter__(self) -> "Run":
         try:
             self.worker.wait_ready(180)
             self.conn = self.cluster.connect(self.db)
@@ -369,15 +369,13 @@ def run_spiral(cluster, args, sizes: dict, drain_tps: float | None, timeout: flo
                     release(conn)
                     spans.append((opened, now))
                 if stagger is not None and now >= next_open:
-                    # on the schedule's time, not the tick's: the one it replaces closes on the same tick
-                    holders.append((next_open, hold_snapshot(run.url)))
+                    holders.append((now, hold_snapshot(run.url)))
                     next_open += stagger
                 if now >= next_sample:
                     sample(now)
                     next_sample += args.spiral_interval
                 time.sleep(0.2)
-            if time.monotonic() - t0 - last[0] >= args.spiral_interval / 2:
-                sample(time.monotonic() - t0)
+            sample(time.monotonic() - t0)
         finally:
             end = time.monotonic() - t0
             for opened, conn in holders:
@@ -439,7 +437,7 @@ def plot_spirals(spirals: list[tuple[str, dict]], png: Path) -> Path | None:
     for i, (label, spiral) in enumerate(spirals):
         s = spiral["samples"]
         t = [row["t"] for row in s]
-        for ax, (name, title) in zip(axes.flat, panels, strict=True):
+        for ax, (name, title) in zip(axes.flat, panels):
             values = [float("nan") if row.get(name) is None else row[name] for row in s]
             ax.plot(t, values, marker=".", color=f"C{i}", label=label or None)
             if name == "done_per_s":
@@ -557,8 +555,7 @@ def main(argv=None) -> int:
     from tests.support.pgcluster import PG15_BIN, start_cluster
 
     cluster = start_cluster(conf=CLUSTER_CONF, binaries=PG15_BIN if (PG15_BIN / "initdb").exists() else None)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    results: dict = {"params": {**vars(args), "sizes": sizes, "rounds": rounds, "commit": commit.stdout.strip()},
+    results: dict = {"params": {**vars(args), "sizes": sizes, "rounds": rounds},
                      "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}, "runs": []}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -587,8 +584,7 @@ def main(argv=None) -> int:
     lines = report(results["runs"]) if results["runs"] else []
     if results.get("spiral"):
         lines += [""] + spiral_report(results["spiral"])
-        written = write_spiral(results["spiral"], RESULTS / f"shared-db-spiral-{stamp}")
-        lines += [f"spiral samples: {p}" for p in written]
+        lines += [f"spiral samples: {p}" for p in write_spiral(results["spiral"], RESULTS / f"shared-db-spiral-{stamp}")]
     load = results["machine"]
     print(f"\nload average {load['loadavg_start'][0]:.1f} at the start, {load['loadavg_end'][0]:.1f} at the end, "
           f"{load['cpus']} CPUs (a shared machine: compare ratios measured side by side)")

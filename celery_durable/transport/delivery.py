@@ -21,7 +21,7 @@ from ..db import pool
 from ..headers import LEASE_HEADER, STEP_HEADER
 from .channel import Channel, UndecodableBody
 from .delayed import DelayedWakeups
-from .floors import EVERY, NONE, Floors, Plan
+from .floors import Floors, Plan
 from .leases import Lease
 from .notifier import Wakeup
 
@@ -133,18 +133,19 @@ class Delivery:
         claim = {"lease": self.db.settings.lease_seconds, "token": token, "worker": WORKER_ID}
         plans = [self.floors.plan(queues) for queues, _n in requests]
         try:
-            found = self._claim_rows([_claim_statement(claim, plan, n) for plan, (_q, n) in zip(plans, requests)],
-                                     acks)
+            found = self._claim_rows([None if plan is None else _claim_statement(claim, plan, n)
+                                      for plan, (_q, n) in zip(plans, requests, strict=True)], acks)
         except BaseException:
             for plan in plans:
-                self.floors.abandon(plan)
+                if plan is not None:
+                    self.floors.abandon(plan)
             raise
         rows = []
-        for plan, (_queues, n), claimed in zip(plans, requests, found):
+        for plan, (_queues, n), claimed in zip(plans, requests, found, strict=True):
             # Each claim's last column is its snapshot; a claim that took nothing is one row of NULLs.
-            snapshot = claimed[0][-1] if claimed else None
             taken = [row[:-1] for row in claimed if row[0] is not None]
-            self.floors.learn(plan, n, taken, snapshot)
+            if plan is not None:
+                self.floors.learn(plan, n, taken, claimed[0][-1] if claimed else None)
             rows.append(taken)
         return token, rows
 
@@ -258,27 +259,21 @@ class Delivery:
         n = self.claim_size(channel)
         if n <= 0:
             return 0
-        payloads = self.claim(list(dict.fromkeys(channel._active_queues)), n)
-        channel.ready = len(payloads) >= n
+        queues = list(dict.fromkeys(channel._active_queues))
+        payloads = self.claim(queues, n)
+        channel.ready = len(payloads) >= n or self.floors.pending(queues)
         return self.deliver_claimed(channel, payloads)
 
     def fetch_ready(self) -> int:
         return sum(self.fetch(channel) for channel in list(self.transport.channels))
 
 
-def _claim_statement(claim: dict, plan: Plan, n: int) -> tuple[str, dict] | None:
-    """The claim statement for ``plan`` (None: nothing can be ready there): the usual cases have
-    statements that are quicker to plan than the general ``message_claim``."""
-    floors = [(queue, priority, first) for queue, known in plan.queues.items()
-              for priority, first in known.floors.items()]
-    scans = [(queue, known.below) for queue, known in plan.queues.items() if known.below > NONE]
-    if not floors and not scans:
-        return None
-    if len(plan.queues) == 1 and not floors and scans[0][1] == EVERY:
-        return "message_claim_queue", dict(claim, queue=scans[0][0], n=n)
-    if len(floors) == 1 and not scans:
-        queue, priority, first = floors[0]
-        return "message_claim_from", dict(claim, queue=queue, priority=priority, floor=first, n=n)
-    return "message_claim", dict(claim, n=n, queues=[f[0] for f in floors], priorities=[f[1] for f in floors],
-                                 floors=[f[2] for f in floors], scan_queues=[s[0] for s in scans],
-                                 below=[s[1] for s in scans])
+def _claim_statement(claim: dict, plan: Plan, n: int) -> tuple[str, dict]:
+    """The statement that reads what ``plan`` says: whole queues, or one queue's priority from its floor."""
+    if plan.whole:
+        if len(plan.queues) == 1:
+            return "message_claim_queue", dict(claim, queue=next(iter(plan.queues)), n=n)
+        return "message_claim", dict(claim, queues=list(plan.queues), n=n)
+    (queue, read), = plan.queues.items()
+    (priority, first), = read.floors.items()
+    return "message_claim_from", dict(claim, queue=queue, priority=priority, floor=first, n=n)

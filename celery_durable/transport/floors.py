@@ -8,15 +8,16 @@ claim slower for as long as it lives, and a backlog of scheduled tasks does
 so for good. Instead, every wake-up says where its new ready rows start (the
 lowest id of each priority, see ``message_notify_v3`` and ``message_requeue``),
 and a worker remembers, per queue and priority, the first id it has not yet
-seen claimed: its *floor*. A claim starts at the floors, and the index descends
-straight to them.
+seen claimed: its *floor*. A claim starts at one floor (the highest priority's,
+the oldest among equals), and the index descends straight to it.
 
 What no wake-up announces (a dead worker's lease running out, a delayed message
 coming due, a wake-up missed while the listener reconnected) is found by a
 claim over the whole queue, as before: the worker's first claim of a queue,
 every safety poll, and every announced due time make the queue *unknown* again.
-Priorities below ``below`` are unknown: a claim reads them from the index's
-head. A queue nobody has heard of is wholly unknown.
+A queue is unknown in part when a whole-queue claim stopped at its limit
+(priorities below ``below``, which it did not reach); either way the next
+claim reads it whole. A queue nobody has heard of is unknown.
 
 A wake-up can arrive after the claim that took its rows (a busy loop reads
 its notifications late): each says which transaction sent it, each claim
@@ -37,8 +38,8 @@ from dataclasses import dataclass, field
 
 #: ``below`` when every priority is unknown (message.priority is a smallint).
 EVERY = 32767
-#: ``below`` when no priority is unknown.
-NONE = -32768
+#: ``below`` when no priority is unknown: publishes store priorities from 0 (transport/publish.py).
+NONE = 0
 #: Ranges of recent claims kept per queue and priority, to recognise old wake-ups.
 COVERAGES_KEPT = 16
 
@@ -74,9 +75,6 @@ class QueueFloors:
         if priority >= self.below:
             self.floors[priority] = min(self.floors.get(priority, first_id), first_id)
 
-    def lower_below(self, below: int) -> None:
-        """Priorities under ``below`` stay unknown; those from it up to the old bound were exhausted."""
-        self.below = min(self.below, below)
 
 
 INFINITE = float("inf")
@@ -127,10 +125,15 @@ class Coverage:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one claim reads: the floors of its queues when it was sent, and the hints' count then."""
+    """What one claim reads, and the hints' count when it was sent.
+
+    ``whole``: every priority of ``queues`` from the head of the index; else the one queue and priority
+    of ``queues`` from its floor.
+    """
 
     queues: dict[str, QueueFloors]
     seen: int
+    whole: bool
 
 
 class Floors:
@@ -169,11 +172,34 @@ class Floors:
             else:
                 self._queues.pop(queue, None)
 
-    def plan(self, queues: list[str]) -> Plan:
-        """The floors a claim of ``queues`` starts from; pass it to :meth:`learn` or :meth:`abandon`."""
+    def plan(self, queues: list[str]) -> Plan | None:
+        """What a claim of ``queues`` reads now (None: nothing can be ready); pass it to :meth:`learn`
+        or :meth:`abandon`.
+
+        Queues with priorities nobody told about are read whole; else the floor of the highest
+        priority (of the oldest row among equals), alone: a statement the index serves straight,
+        where one for several floors is planned over the primary key. The others follow in the
+        claims after (:meth:`pending`).
+        """
         with self._lock:
+            unknown = [q for q in queues if (self._queues.get(q) or QueueFloors()).below > NONE]
+            if unknown:
+                plan = Plan({q: QueueFloors() for q in unknown}, self._count, whole=True)
+            else:
+                floors = [(priority, first, queue) for queue in queues
+                          for priority, first in self._queues[queue].floors.items()]
+                if not floors:
+                    return None
+                priority, first, queue = min(floors, key=lambda f: (-f[0], f[1]))
+                plan = Plan({queue: QueueFloors({priority: first}, NONE)}, self._count, whole=False)
             self._in_flight[self._count] = self._in_flight.get(self._count, 0) + 1
-            return Plan({q: (self._queues.get(q) or QueueFloors()).copy() for q in queues}, self._count)
+            return plan
+
+    def pending(self, queues: list[str]) -> bool:
+        """Whether a claim of ``queues`` has somewhere to read (an unknown queue or a floor)."""
+        with self._lock:
+            return any(q not in self._queues or self._queues[q].below > NONE or self._queues[q].floors
+                       for q in queues)
 
     def learn(self, plan: Plan, n: int, rows: list, snapshot: str | None) -> None:
         """What a claim of up to ``n`` found (rows: id, queue, priority, ...) in ``snapshot`` moves its floors."""
@@ -181,35 +207,48 @@ class Floors:
             self._done(plan)
             exhausted = len(rows) < n
             lowest = NONE if exhausted else min(row[2] for row in rows)
-            learnt = {}
             for queue, read in plan.queues.items():
                 mine = [row[0] for row in rows if row[1] == queue and row[2] == lowest]
                 if snapshot is not None:
                     self._cover(queue, read, exhausted, lowest, mine, Snapshot.parse(snapshot))
-                if exhausted:
-                    # Everything ready from the floors was taken (or is being taken by another worker).
-                    learnt[queue] = QueueFloors(below=NONE)
-                    continue
-                after = read.copy()
-                for priority in [p for p in after.floors if p > lowest]:
-                    del after.floors[priority]  # claimed in priority order: those are exhausted
-                if mine:
-                    after.lower_below(lowest)
-                    after.floors[lowest] = max(mine) + 1
-                elif after.below > lowest + 1:
-                    after.lower_below(lowest + 1)  # this queue's rows of that priority may come next
-                learnt[queue] = after
-            for number, queue, priority, first_id, xid in self._hints:
-                if number > plan.seen and queue in learnt and not self._is_old(queue, xid, priority, first_id):
-                    learnt[queue].hint(priority, first_id)
-            for number, forgotten in self._forgets:
-                if number > plan.seen:  # forgotten since the claim was sent: stays unknown
-                    for queue in list(learnt) if forgotten is None else [forgotten]:
-                        learnt.pop(queue, None)
-            for queue in plan.queues:
-                self._queues.pop(queue, None)
-            self._queues.update(learnt)
+                if plan.whole:
+                    self._learn_whole(plan, queue, exhausted, lowest, mine)
+                else:
+                    self._learn_floor(plan, queue, read, exhausted, mine)
             self._trim()
+
+    def _learn_whole(self, plan: Plan, queue: str, exhausted: bool, lowest: int, mine: list[int]) -> None:
+        after = QueueFloors(below=NONE)
+        if not exhausted:
+            # Claimed in priority order: the priorities above the lowest claimed are exhausted.
+            if mine:
+                after.below = lowest
+                after.floors[lowest] = max(mine) + 1
+            else:
+                after.below = lowest + 1  # this queue's rows of that priority may come next
+            if after.below <= NONE:
+                after.below = NONE
+        for number, hinted, priority, first_id, xid in self._hints:
+            if number > plan.seen and hinted == queue and not self._is_old(queue, xid, priority, first_id):
+                after.hint(priority, first_id)
+        if not self._forgotten_since(plan, queue):
+            self._queues[queue] = after
+
+    def _learn_floor(self, plan: Plan, queue: str, read: QueueFloors, exhausted: bool, mine: list[int]) -> None:
+        current = self._queues.get(queue)
+        if current is None or self._forgotten_since(plan, queue):
+            return  # unknown again: the next claim reads it whole
+        (priority, _first), = read.floors.items()
+        current.floors.pop(priority, None)
+        if not exhausted:
+            current.floors[priority] = max(mine) + 1
+        for number, hinted, hinted_priority, first_id, xid in self._hints:
+            if (number > plan.seen and hinted == queue and hinted_priority == priority
+                    and not self._is_old(queue, xid, priority, first_id)):
+                current.hint(priority, first_id)
+
+    def _forgotten_since(self, plan: Plan, queue: str) -> bool:
+        return any(number > plan.seen and forgotten in (None, queue) for number, forgotten in self._forgets)
 
     def abandon(self, plan: Plan) -> None:
         """A claim that failed: its queues are unknown again."""
@@ -231,9 +270,11 @@ class Floors:
             elif priority == lowest and mine:
                 coverage.add(priority, start, max(mine), snapshot)
         top = read.below - 1
+        if read.below <= NONE:
+            return
         if exhausted:
             coverage.add_whole(NONE, top, snapshot)
-        elif read.below > NONE:
+        else:
             if lowest < top:
                 coverage.add_whole(lowest + 1, top, snapshot)
             if lowest <= top and mine:

@@ -153,12 +153,12 @@ class HubLoop:
                 channel.claiming = 0
             if token is None:
                 raise rows
-            for (channel, (_queues, n)), claimed in zip(requests.items(), rows):
+            for (channel, (queues, n)), claimed in zip(requests.items(), rows):
                 if channel.closed or channel not in channels:
                     self.delivery.give_back(token, claimed)
                     continue
-                if len(claimed) >= n:
-                    channel.ready = True  # there may be more
+                if len(claimed) >= n or self.delivery.floors.pending(queues):
+                    channel.ready = True  # there may be more, or another queue or priority to read
                 self.delivery.deliver_claimed(channel, self.delivery.accept(token, claimed))
         self._request_claims()
 

@@ -179,7 +179,8 @@ LEFT JOIN claimed AS c ON true
 -- message_claim_from --
 -- The usual claim: one queue and priority, from the first id a wake-up announced (or just past the
 -- last claimed row). The index descends straight to it, past the rows acked, leased or delayed
--- before it, however many a held snapshot keeps from VACUUM.
+-- before it, however many a held snapshot keeps from VACUUM. One floor per statement: with several
+-- (from unnest), PostgreSQL plans the reads over the primary key and fetches every row past them.
 WITH claimed AS (
     UPDATE {schema}.message m
     SET visible_at = now() + %(lease)s * interval '1 second',
@@ -199,33 +200,18 @@ FROM (SELECT pg_current_snapshot()::text AS snapshot) AS s
 LEFT JOIN claimed AS c ON true
 
 -- message_claim --
--- The general claim, for several queues or priorities: each (queue, priority, floor) from its floor,
--- and each (queue, below) over its priorities under below from the index's head (what no wake-up
--- told about); together in claim order (priority, then age), up to n.
+-- message_claim_queue for several queues: per queue in index order, together in claim order (priority,
+-- then age), up to n.
 WITH candidate AS (
     SELECT c.id
-    FROM (
-        SELECT k.id, k.priority
-        FROM unnest(%(queues)s::text[], %(priorities)s::smallint[], %(floors)s::bigint[]) AS f(queue, priority, floor)
-        CROSS JOIN LATERAL (
-            SELECT m.id, m.priority
-            FROM {schema}.message m
-            WHERE m.queue = f.queue AND m.priority = f.priority AND m.id >= f.floor AND m.visible_at <= (SELECT clock_timestamp())
-            ORDER BY m.id
-            LIMIT %(n)s
-            FOR UPDATE SKIP LOCKED
-        ) AS k
-        UNION ALL
-        SELECT k.id, k.priority
-        FROM unnest(%(scan_queues)s::text[], %(below)s::smallint[]) AS u(queue, below)
-        CROSS JOIN LATERAL (
-            SELECT m.id, m.priority
-            FROM {schema}.message m
-            WHERE m.queue = u.queue AND m.priority < u.below AND m.visible_at <= (SELECT clock_timestamp())
-            ORDER BY m.priority DESC, m.id
-            LIMIT %(n)s
-            FOR UPDATE SKIP LOCKED
-        ) AS k
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT m.id, m.priority
+        FROM {schema}.message m
+        WHERE m.queue = q.name AND m.visible_at <= (SELECT clock_timestamp())
+        ORDER BY m.priority DESC, m.id
+        LIMIT %(n)s
+        FOR UPDATE SKIP LOCKED
     ) AS c
     ORDER BY c.priority DESC, c.id
     LIMIT %(n)s
