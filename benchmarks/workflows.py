@@ -9,6 +9,8 @@ synchronous_commit on) that is both broker and result backend, with the ``benchm
 (``echo``, ``inc``, ``tsum``) and one ``celery worker -P prefork`` (``-c 2`` unless a goal says
 otherwise). Plain and durable runs of a goal alternate within a round. A run's time goes from the
 first ``apply_async()`` to the last result read, so "per task" includes the workflow's start and end.
+A canvas of fewer than 1,000 tasks (the small sizes the goals compare with) is run 5 times in a
+row and its median run kept: one run of it lasts a fraction of a second.
 
 Goals (the report prints each ratio next to its target):
 
@@ -44,6 +46,8 @@ from benchmarks.processes import processes, start_worker  # noqa: E402
 
 CLUSTER_CONF = ["fsync = on", "synchronous_commit = on", "shared_buffers = 128MB", "max_connections = 200"]
 GOALS = ("fanout", "length", "many", "concurrency", "memory")
+#: A canvas smaller than this runs in well under a second: it is run SMALL_REPEATS times, the median kept.
+SMALL_BELOW, SMALL_REPEATS = 1000, 5
 
 
 # --------------------------------------------------------------------------- the client side
@@ -104,7 +108,10 @@ def client(spec: dict) -> dict:
         run_many(spec["kind"], 10, spec["steps"], spec["timeout"])
         return run_many(spec["kind"], spec["workflows"], spec["steps"], spec["timeout"])
     run_once(spec["kind"], spec["shape"], 30, spec["timeout"])
-    return run_once(spec["kind"], spec["shape"], spec["n"], spec["timeout"])
+    if spec["n"] >= SMALL_BELOW:
+        return run_once(spec["kind"], spec["shape"], spec["n"], spec["timeout"])
+    runs = [run_once(spec["kind"], spec["shape"], spec["n"], spec["timeout"]) for _ in range(SMALL_REPEATS)]
+    return {**sorted(runs, key=lambda r: r["seconds"])[SMALL_REPEATS // 2], "repeats": SMALL_REPEATS}
 
 
 # --------------------------------------------------------------------------- the run
@@ -229,7 +236,8 @@ def report(results: list[dict]) -> list[str]:
             lines.append(f"- {name}: {a / b:.2f} (target {target})")
 
     for shape in ("group", "chord", "chains"):
-        durables = sorted(find(f"durable {shape} of "), key=lambda s: int(s.rsplit(" ", 1)[1]))
+        durables = sorted((label for label in find(f"durable {shape} of ") if "," not in label),
+                          key=lambda s: int(s.rsplit(" ", 1)[1]))  # not the -c 8 group
         if len(durables) == 2:
             small, large = durables
             ratio(f"{large} per task / {small}", large, small, "ms_per_task", "≤ 1.2")

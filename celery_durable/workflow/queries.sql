@@ -162,13 +162,21 @@ FROM {schema}.workflow_node WHERE workflow_id = %(id)s AND path = ANY(%(paths)s)
 
 -- node_next --
 -- Before a task runs: the node its completion enters (the next element of its chain) and its link
--- callbacks, by primary key; when they are chains or groups their first tasks are read next (node_rows).
-SELECT path, kind, size, links, sig::text, chord, replaced, then_kind, then_path, then_part
-FROM {schema}.workflow_node
-WHERE workflow_id = %(id)s
-  AND path = ANY((SELECT array_remove(ARRAY[CASE WHEN o.then_kind = 'enter' THEN o.then_path END], NULL)
-                         || ARRAY(SELECT o.path || '~' || i FROM generate_series(0, o.links - 1) AS i)
-                  FROM {schema}.workflow_node o WHERE o.workflow_id = %(id)s AND o.path = %(path)s)::text[])
+-- callbacks, each read by its whole primary key; when they are chains or groups their first tasks are
+-- read next (node_rows). Each wanted path is looked up on its own (OFFSET 0 keeps the lookup a nested
+-- probe of the key): matched against the workflow's rows as a set, or as `path = ANY(array)`, the
+-- planner may scan every row of the workflow when the table's statistics predate a large workflow.
+SELECT n.path, n.kind, n.size, n.links, n.sig::text, n.chord, n.replaced, n.then_kind, n.then_path, n.then_part
+FROM {schema}.workflow_node o
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN o.then_kind = 'enter' THEN o.then_path END
+    UNION ALL
+    SELECT o.path || '~' || i FROM generate_series(0, o.links - 1) AS i
+) AS wanted (path)
+CROSS JOIN LATERAL (
+    SELECT * FROM {schema}.workflow_node n WHERE n.workflow_id = %(id)s AND n.path = wanted.path OFFSET 0
+) AS n
+WHERE o.workflow_id = %(id)s AND o.path = %(path)s
 
 -- node_then --
 -- What a node's completion does (a group that just completed).
