@@ -69,6 +69,7 @@ CORE = (
     "tests/migration/test_migration.py",
     "tests/worker/test_transport_enqueue.py::test_transactional_enqueue[psycopg]",
     "tests/worker/test_transport_delivery.py::test_killed_worker_loses_no_acks_late_task",
+    "tests/integration/test_claim_floors.py",
     "tests/worker/test_backend_worker.py::test_chords_without_chord_unlock",
     "tests/worker/test_backend_worker.py::test_chord_with_a_failing_header_member",
     "tests/worker/workflow/test_chain.py::test_killed_mid_step_reruns_that_step_only",
