@@ -213,6 +213,17 @@ def claim_stats(conn) -> tuple[int, float]:
     return int(row[0]), float(row[1])
 
 
+def top_statements(conn, limit: int = 8) -> list[dict]:
+    """The statements this database spent the most time in (``pg_stat_statements``): what a run cost."""
+    rows = conn.execute(
+        "SELECT calls, total_exec_time, mean_exec_time, shared_blks_hit + shared_blks_read, "
+        "left(regexp_replace(query, '\\s+', ' ', 'g'), 160) FROM pg_stat_statements "
+        "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+        "ORDER BY total_exec_time DESC LIMIT %s", (limit,)).fetchall()
+    return [{"calls": r[0], "total_ms": round(r[1], 1), "mean_ms": round(r[2], 3),
+             "blocks_per_call": round(r[3] / max(r[0], 1), 1), "query": r[4]} for r in rows]
+
+
 def claim_ms(before: tuple[int, float], after: tuple[int, float]) -> float | None:
     calls = after[0] - before[0]
     return (after[1] - before[1]) / calls if calls > 0 else None
@@ -263,7 +274,7 @@ class Run:
         self.worker = start_worker(self.env, 2)
         self.conn = None
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         try:
             self.worker.wait_ready(180)
             self.conn = self.cluster.connect(self.db)
@@ -303,11 +314,13 @@ def run_workload(cluster, name: str, rnd: int, sizes: dict, timeout: float) -> d
                 _step(run.env, "resume", timeout)
             run.vacuum()
             out["before"] = {**queue_rows(run.conn), **table_stats(run.conn)}
+            run.conn.execute("SELECT pg_stat_statements_reset()")
             c0 = claim_stats(run.conn)
             out["hops"] = _step(run.env, "hops", timeout, n=sizes["hops"])
             c1 = claim_stats(run.conn)
             out["drain"] = _step(run.env, "drain", timeout, n=sizes["drain"])
             c2 = claim_stats(run.conn)
+            out["statements"] = top_statements(run.conn)
             out["claim_ms_hops"], out["claim_ms_drain"] = claim_ms(c0, c1), claim_ms(c1, c2)
             time.sleep(STATS_SETTLE)  # idle backends flush their counters up to 10 s late
             out["after"] = {**queue_rows(run.conn), **table_stats(run.conn),
@@ -369,13 +382,15 @@ def run_spiral(cluster, args, sizes: dict, drain_tps: float | None, timeout: flo
                     release(conn)
                     spans.append((opened, now))
                 if stagger is not None and now >= next_open:
-                    holders.append((now, hold_snapshot(run.url)))
+                    # on the schedule's time, not the tick's: the one it replaces closes on the same tick
+                    holders.append((next_open, hold_snapshot(run.url)))
                     next_open += stagger
                 if now >= next_sample:
                     sample(now)
                     next_sample += args.spiral_interval
                 time.sleep(0.2)
-            sample(time.monotonic() - t0)
+            if time.monotonic() - t0 - last[0] >= args.spiral_interval / 2:
+                sample(time.monotonic() - t0)
         finally:
             end = time.monotonic() - t0
             for opened, conn in holders:
@@ -437,7 +452,7 @@ def plot_spirals(spirals: list[tuple[str, dict]], png: Path) -> Path | None:
     for i, (label, spiral) in enumerate(spirals):
         s = spiral["samples"]
         t = [row["t"] for row in s]
-        for ax, (name, title) in zip(axes.flat, panels):
+        for ax, (name, title) in zip(axes.flat, panels, strict=True):
             values = [float("nan") if row.get(name) is None else row[name] for row in s]
             ax.plot(t, values, marker=".", color=f"C{i}", label=label or None)
             if name == "done_per_s":
@@ -555,7 +570,8 @@ def main(argv=None) -> int:
     from tests.support.pgcluster import PG15_BIN, start_cluster
 
     cluster = start_cluster(conf=CLUSTER_CONF, binaries=PG15_BIN if (PG15_BIN / "initdb").exists() else None)
-    results: dict = {"params": {**vars(args), "sizes": sizes, "rounds": rounds},
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    results: dict = {"params": {**vars(args), "sizes": sizes, "rounds": rounds, "commit": commit.stdout.strip()},
                      "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}, "runs": []}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -584,7 +600,8 @@ def main(argv=None) -> int:
     lines = report(results["runs"]) if results["runs"] else []
     if results.get("spiral"):
         lines += [""] + spiral_report(results["spiral"])
-        lines += [f"spiral samples: {p}" for p in write_spiral(results["spiral"], RESULTS / f"shared-db-spiral-{stamp}")]
+        written = write_spiral(results["spiral"], RESULTS / f"shared-db-spiral-{stamp}")
+        lines += [f"spiral samples: {p}" for p in written]
     load = results["machine"]
     print(f"\nload average {load['loadavg_start'][0]:.1f} at the start, {load['loadavg_end'][0]:.1f} at the end, "
           f"{load['cpus']} CPUs (a shared machine: compare ratios measured side by side)")

@@ -164,8 +164,8 @@ WITH claimed AS (
         lease_token = %(token)s,
         leased_by = %(worker)s,
         delivery_count = m.delivery_count + 1
-    WHERE m.id = ANY(ARRAY(
-        SELECT c.id FROM {schema}.message c
+    WHERE m.ctid = ANY(ARRAY(
+        SELECT c.ctid FROM {schema}.message c
         WHERE c.queue = %(queue)s AND c.visible_at <= (SELECT clock_timestamp())
         ORDER BY c.priority DESC, c.id
         LIMIT %(n)s
@@ -187,8 +187,8 @@ WITH claimed AS (
         lease_token = %(token)s,
         leased_by = %(worker)s,
         delivery_count = m.delivery_count + 1
-    WHERE m.id = ANY(ARRAY(
-        SELECT c.id FROM {schema}.message c
+    WHERE m.ctid = ANY(ARRAY(
+        SELECT c.ctid FROM {schema}.message c
         WHERE c.queue = %(queue)s AND c.priority = %(priority)s AND c.id >= %(floor)s AND c.visible_at <= (SELECT clock_timestamp())
         ORDER BY c.id
         LIMIT %(n)s
@@ -203,10 +203,10 @@ LEFT JOIN claimed AS c ON true
 -- message_claim_queue for several queues: per queue in index order, together in claim order (priority,
 -- then age), up to n.
 WITH candidate AS (
-    SELECT c.id
+    SELECT c.ctid
     FROM unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (
-        SELECT m.id, m.priority
+        SELECT m.ctid, m.id, m.priority
         FROM {schema}.message m
         WHERE m.queue = q.name AND m.visible_at <= (SELECT clock_timestamp())
         ORDER BY m.priority DESC, m.id
@@ -222,8 +222,7 @@ claimed AS (
         lease_token = %(token)s,
         leased_by = %(worker)s,
         delivery_count = m.delivery_count + 1
-    FROM candidate
-    WHERE m.id = candidate.id
+    WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM candidate))
     RETURNING m.id, m.queue, m.priority, m.delivery_count, m.expires_at <= now() AS expired, m.payload
 )
 SELECT c.id, c.queue, c.priority, c.delivery_count, c.expired, c.payload, s.snapshot
@@ -232,17 +231,20 @@ LEFT JOIN claimed AS c ON true
 
 -- message_ack --
 -- Delete acknowledged messages, but only rows this lease still holds (fencing). Like every
--- statement on held rows, it locks them in id order first, so it never deadlocks with another.
+-- statement on held rows, it locks them in id order first, so it never deadlocks with another; then
+-- it changes the rows it locked by their ctid (a TID scan). Statistics say the table is empty when a
+-- held snapshot has left only dead rows in it, however many pages they fill, and PostgreSQL then
+-- plans any other way to find them (a join, an index on id) as a full index scan.
 WITH held AS (
-    SELECT m.id
+    SELECT m.ctid
     FROM {schema}.message m
     JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token) ON m.id = a.id AND m.lease_token = a.token
+    WHERE m.id = ANY(%(ids)s::bigint[])
     ORDER BY m.id
     FOR UPDATE OF m
 )
 DELETE FROM {schema}.message m
-USING held
-WHERE m.id = held.id
+WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM held))
 RETURNING m.id
 
 -- message_requeue --
@@ -250,9 +252,10 @@ RETURNING m.id
 -- requeued rows start (they keep their ids, behind where claims have moved on); a graceful restore
 -- (restored = 1) does not count as a delivery. Rows are locked in id order.
 WITH held AS (
-    SELECT m.id
+    SELECT m.ctid
     FROM {schema}.message m
     JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token) ON m.id = a.id AND m.lease_token = a.token
+    WHERE m.id = ANY(%(ids)s::bigint[])
     ORDER BY m.id
     FOR UPDATE OF m
 ),
@@ -260,8 +263,7 @@ requeued AS (
     UPDATE {schema}.message m
     SET visible_at = now(), lease_token = NULL, leased_by = NULL,
         delivery_count = greatest(m.delivery_count - %(restored)s, 0)
-    FROM held
-    WHERE m.id = held.id
+    WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM held))
     RETURNING m.id, m.queue, m.priority
 )
 SELECT pg_notify(%(channel)s, 'r' || pg_current_xact_id() || '/'
@@ -274,16 +276,16 @@ GROUP BY r.queue
 -- Move held messages to the dead-letter table with a reason, in one statement; rows are locked
 -- in id order.
 WITH held AS (
-    SELECT m.id
+    SELECT m.ctid
     FROM {schema}.message m
     JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token) ON m.id = a.id AND m.lease_token = a.token
+    WHERE m.id = ANY(%(ids)s::bigint[])
     ORDER BY m.id
     FOR UPDATE OF m
 ),
 moved AS (
     DELETE FROM {schema}.message m
-    USING held
-    WHERE m.id = held.id
+    WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM held))
     RETURNING m.*
 )
 INSERT INTO {schema}.dead_letter (id, queue, task, reason, delivery_count, payload, created_at)
@@ -293,16 +295,16 @@ SELECT id, queue, task, %(reason)s, delivery_count, payload, created_at FROM mov
 -- Extend the leases this worker still holds; rows missing from the result were acked
 -- elsewhere or lost. Rows are locked in id order (claim order differs from ack order).
 WITH held AS (
-    SELECT m.id
+    SELECT m.ctid
     FROM {schema}.message m
     JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token) ON m.id = a.id AND m.lease_token = a.token
+    WHERE m.id = ANY(%(ids)s::bigint[])
     ORDER BY m.id
     FOR UPDATE OF m
 )
 UPDATE {schema}.message m
 SET visible_at = now() + %(lease)s * interval '1 second'
-FROM held
-WHERE m.id = held.id
+WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM held))
 RETURNING m.id
 
 -- message_count --
