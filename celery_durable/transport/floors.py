@@ -76,7 +76,6 @@ class QueueFloors:
             self.floors[priority] = min(self.floors.get(priority, first_id), first_id)
 
 
-
 INFINITE = float("inf")
 
 
