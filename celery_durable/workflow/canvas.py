@@ -45,8 +45,15 @@ def build(signatures: tuple | list, app: Any, *, chain: bool = True) -> Tree:
 
 def node_of(sig: Any, app: Any) -> Node:
     """The tree node of one signature or canvas (paths are given when its Tree is built)."""
-    sig = maybe_signature(sig, app=app)
+    sig = _signature(sig, app)
     return _callbacks(_shape(sig, app), sig, app)
+
+
+def _signature(value: Any, app: Any) -> Any:
+    """``value`` as a Signature; raises WorkflowError for anything else (maybe_signature raises AttributeError)."""
+    if value is not None and not isinstance(value, (dict, Signature)):
+        raise WorkflowError(f"not a signature: {value!r}")
+    return maybe_signature(value, app=app)
 
 
 def _shape(sig: Any, app: Any) -> Node:
@@ -102,7 +109,7 @@ def add_errbacks(node: Node, errbacks: list) -> None:
 def _chain_node(elements: list, app: Any) -> Node:
     children: list[Node] = []
     for element in elements:
-        element = maybe_signature(element, app=app)
+        element = _signature(element, app)
         if isinstance(element, group) and not isinstance(element, _chord) and len(element.tasks) == 1:
             element = element.tasks[0]  # Celery runs a one-member group in a chain as that member
         child = node_of(element, app)
