@@ -167,17 +167,37 @@ class Settings:
         coerced: dict[str, Any] = {}
         for key, value in values.items():
             default = getattr(settings, key)
-            if key == "prepared_statements" and isinstance(value, str):
-                coerced[key] = None if value.lower() == "auto" else value.lower() in ("1", "true", "yes")
-            elif isinstance(default, bool):
-                coerced[key] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-            elif isinstance(default, int) and not isinstance(default, bool):
-                coerced[key] = int(value)
-            elif isinstance(default, float):
-                coerced[key] = float(value)
-            else:
-                coerced[key] = value
+            try:
+                if key == "prepared_statements" and isinstance(value, str):
+                    coerced[key] = None if value.lower() == "auto" else _flag(value)
+                elif isinstance(default, bool):
+                    coerced[key] = _flag(value)
+                elif isinstance(default, int) and not isinstance(default, bool):
+                    coerced[key] = int(value)
+                elif isinstance(default, float):
+                    coerced[key] = float(value)
+                else:
+                    coerced[key] = value
+            except (TypeError, ValueError):
+                raise ValueError(f"{key} must be {_KINDS.get(key) or _KINDS[type(default)]}, got {value!r}") from None
         return replace(settings, **coerced)
+
+
+#: What a setting's value must be, for the error that names it.
+_KINDS: dict[Any, str] = {bool: "true or false (also on/off, yes/no, 1/0)", int: "an integer", float: "a number",
+                          "prepared_statements": "true, false or auto"}
+
+
+def _flag(value: Any) -> bool:
+    """A boolean option, also spelt as text (PostgreSQL's on/off too); raises ValueError for anything else."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
 
 
 # -- which option belongs where --------------------------------------------------------------------
