@@ -9,6 +9,7 @@ BENCH_QUEUE     queue the worker consumes (default ``bench``)
 BENCH_SYNCHRONOUS_COMMIT  "0": our transport and backend with synchronous_commit off
 BENCH_CONFIRM_PUBLISH     "0": our transport pipelines publishes (confirm_publish off);
                           "1" with an amqp:// broker: RabbitMQ publisher confirms on
+BENCH_DESIGNATED_WAKES    "0" or "1": our transport's designated_wakes setting (unset: its default)
 BENCH_TRACE_DIR           a directory: each worker process writes there when it received, started and
                           finished each task (``benchmarks.breakdown``)
 
@@ -56,6 +57,8 @@ CONFIRM_PUBLISH = os.environ.get("BENCH_CONFIRM_PUBLISH", "")
 if _is_ours(BROKER):
     conf["broker_transport_options"] = {"schema": SCHEMA, "synchronous_commit": SYNCHRONOUS_COMMIT,
                                         "confirm_publish": CONFIRM_PUBLISH != "0"}
+    if os.environ.get("BENCH_DESIGNATED_WAKES"):
+        conf["broker_transport_options"]["designated_wakes"] = os.environ["BENCH_DESIGNATED_WAKES"] == "1"
 elif BROKER.startswith("amqp") and CONFIRM_PUBLISH == "1":
     conf["broker_transport_options"] = {"confirm_publish": True}
 if _is_ours(BACKEND):

@@ -23,7 +23,9 @@ database nothing else uses, so its counters and its processes' CPU are ours.
   own CPU per 1,000 tasks, and transactions per task.
 
 Each figure is also given as a ratio to the run with the fewest workers in the
-same round. Every figure goes to ``benchmarks/results/many-workers-<time>.json``.
+same round. ``--wakes designated,all`` runs each count with the transport's
+``designated_wakes`` on and off in turn (the default, ``default``, leaves the
+setting alone). Every figure goes to ``benchmarks/results/many-workers-<time>.json``.
 """
 
 from __future__ import annotations
@@ -179,12 +181,13 @@ def report(runs: list[dict]) -> None:
             continue
         print(f"\n{part}:")
         for r in rows:
-            base = min((b for b in rows if b["round"] == r["round"]), key=lambda b: b["workers"])
+            base = min((b for b in rows if b["round"] == r["round"] and b["wakes"] == r["wakes"]),
+                       key=lambda b: b["workers"])
             cells = []
             for name in names:
                 v, b = r[part][name], base[part][name]
                 cells.append(f"{name} {v:.2f}" + (f" ({v / b:.2f}x)" if b and r is not base else ""))
-            print(f"  r{r['round']} {r['workers']:3d} workers: " + ", ".join(cells))
+            print(f"  r{r['round']} {r['wakes']:>10} {r['workers']:3d} workers: " + ", ".join(cells))
 
 
 def main(argv=None) -> int:
@@ -195,6 +198,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=6000, help="tasks the drain part queues")
     ap.add_argument("--idle", type=float, default=30.0, help="seconds of the idle-background window")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--wakes", default="default",
+                    help="designated_wakes settings to run in turn: designated, all, default (comma-separated)")
     ap.add_argument("--timeout", type=float, default=300)
     args = ap.parse_args(argv)
     hop_counts = {int(x) for x in args.hop_workers.split(",") if x.strip()}
@@ -208,14 +213,18 @@ def main(argv=None) -> int:
         cluster.create_database(DATABASE)
         url, admin_url = cluster.url(DATABASE), cluster.url("postgres")
         env = CONFIGS["pg"].env(BENCH_BROKER=url, BENCH_BACKEND=url)
+        wakes = [w.strip() for w in args.wakes.split(",") if w.strip()]
         for rnd in range(1, args.rounds + 1):
             for count in sorted(hop_counts | drain_counts):
-                res = measure(env, cluster.data, admin_url, count, args.hops if count in hop_counts else None,
-                              args.n if count in drain_counts else None, args.idle, args.timeout)
-                res["round"] = rnd
-                results["runs"].append(res)
-                print(f"r{rnd} {count} workers: {json.dumps({k: v for k, v in res.items() if k != 'round'})}",
-                      flush=True)
+                for wake in wakes:
+                    flag = {"designated": {"BENCH_DESIGNATED_WAKES": "1"}, "all": {"BENCH_DESIGNATED_WAKES": "0"}}
+                    res = measure({**env, **flag.get(wake, {})}, cluster.data, admin_url, count,
+                                  args.hops if count in hop_counts else None,
+                                  args.n if count in drain_counts else None, args.idle, args.timeout)
+                    res["round"], res["wakes"] = rnd, wake
+                    results["runs"].append(res)
+                    print(f"r{rnd} {wake} {count} workers: "
+                          f"{json.dumps({k: v for k, v in res.items() if k not in ('round', 'wakes')})}", flush=True)
     finally:
         cluster.destroy()
     results["machine"]["loadavg_end"] = os.getloadavg()

@@ -118,6 +118,10 @@ class Settings:
     #: its WAL flush is done, so with many producer processes this lets their commits share flushes;
     #: for one producer it costs time per publish (see Performance).
     wake_after_commit: bool = False
+    #: A wake-up makes one idle worker claim, the one idle longest, not every worker of the queue: the
+    #: workers tell each other on the wake-up channel when they are idle (a note riding on their acks),
+    #: and a full claim wakes the other idle ones. False: every worker claims on every wake-up.
+    designated_wakes: bool = True
     #: Seconds whatever holds the xmin horizon may hold it before a worker logs a WARNING naming it
     #: (while `message` holds dead rows its claims must walk past), and before `durable doctor` calls
     #: it a warning (`--warning-age` overrides).
@@ -211,6 +215,7 @@ _ONLY_IN = {
     "max_deliveries": BROKER_OPTIONS, "native_delay_threshold": BROKER_OPTIONS,
     "max_message_bytes": BROKER_OPTIONS, "dead_letter_retention": BROKER_OPTIONS,
     "confirm_publish": BROKER_OPTIONS, "wake_after_commit": BROKER_OPTIONS,
+    "designated_wakes": BROKER_OPTIONS,
     "horizon_warning_age": BROKER_OPTIONS, "horizon_check_interval": BROKER_OPTIONS,
     "max_result_bytes": BACKEND_OPTIONS, "recovery_after": BACKEND_OPTIONS, "workflow_retention": BACKEND_OPTIONS,
 }

@@ -5,6 +5,8 @@ consuming, a NOTIFY named one of its queues, the safety poll ran, or its last
 claim came back full. Claims lease rows (see :mod:`.leases`); accepted rows
 become payloads with a delivery tag ``<row id>:<lease token>``; rows past their
 TTL are dropped, rows delivered too often or undecodable become dead letters.
+In a worker's event loop a wake-up makes only the worker it designates ready
+(:mod:`.designation`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from .channel import Channel, UndecodableBody
 from .delayed import DelayedWakeups
 from .floors import Floors, Plan
 from .leases import Lease
-from .notifier import Wakeup
+from .notifier import Wakeup, channel_name
+from .roster import Note
 
 if TYPE_CHECKING:
+    from .designation import Designation
     from .transport import Transport
 
 logger = logging.getLogger(__name__)
@@ -52,27 +56,51 @@ class Delivery:
         self.on_delayed: Callable[[float], None] | None = None
         #: Where each consumed queue's next claim starts.
         self.floors = Floors()
+        #: Which wake-ups this worker takes (None: all of its queues'; the event loop sets it).
+        self.designation: Designation | None = None
 
     # -- readiness ---------------------------------------------------------------------------
 
-    def wake(self, wakeups: list[Wakeup]) -> int:
+    def wake(self, wakeups: list[Wakeup | Note]) -> int:
         """Act on notifications; return how many inline messages were delivered."""
         now = time()
         delivered = 0
         for wakeup in wakeups:
-            if wakeup.message is not None:
+            if isinstance(wakeup, Note):
+                self._heard(wakeup)
+            elif wakeup.message is not None:
                 delivered += self.deliver_inline(wakeup.queue, wakeup.message)
             elif wakeup.at is not None and wakeup.at > now:
                 if self.consumes(wakeup.queue) and self.delayed.add(wakeup.queue, wakeup.at):
                     if self.on_delayed is not None:
                         self.on_delayed(wakeup.at)
-            else:
-                if wakeup.first_ids is None:
-                    self.floors.forget(wakeup.queue)
-                else:
-                    self.floors.hint(wakeup.queue, wakeup.first_ids, wakeup.xid)
-                self.mark_ready(wakeup.queue)
+            elif (self.designation is None or wakeup.first_ids is None
+                  or self.designation.wake(wakeup.queue, wakeup.first_ids, wakeup.xid)):
+                self.claim_from(wakeup.queue, wakeup.first_ids, wakeup.xid)
         return delivered
+
+    def _heard(self, note: Note) -> None:
+        """Another worker's note (or this one's, heard back): claim what it hands on to this worker."""
+        if self.designation is None:
+            return
+        for queue, floors in self.designation.heard(note):
+            self.claim_from(queue, floors)
+
+    def claim_from(self, queue: str, floors: dict[int, int] | None, xid: int | None = None) -> None:
+        """Claim soon from ``queue``, starting where ``floors`` say (None: the whole queue)."""
+        if floors is None:
+            self.floors.forget(queue)
+        else:
+            self.floors.hint(queue, floors, xid)
+        self.mark_ready(queue)
+
+    def has_room(self, queue: str) -> bool:
+        """Whether a channel consuming ``queue`` takes more now or once its claim in flight is back."""
+        return any(queue in channel._active_queues and (channel.claiming or self.room(channel) > 0)
+                   for channel in self.transport.channels)
+
+    def note_params(self, payload: str) -> dict:
+        return {"channel": channel_name(self.db.settings.schema), "payload": payload}
 
     def mark_ready(self, queue: str | None = None) -> None:
         """Claim soon from ``queue``'s consumers, or (None: the safety poll) from every durable queue's."""
@@ -107,8 +135,13 @@ class Delivery:
         is free: one claim then serves several tasks, and its pool never starves
         since half stays queued locally.
         """
-        if (not channel.ready or channel.claiming or not channel._consumers or not channel._active_queues
-                or channel.closed):
+        if not channel.ready or channel.claiming:
+            return 0
+        return self.room(channel)
+
+    def room(self, channel: Channel) -> int:
+        """How many messages ``channel`` would claim if it were ready (0: none now)."""
+        if not channel._consumers or not channel._active_queues or channel.closed:
             return 0
         capacity = channel.qos.can_consume_max_estimate()
         if capacity is None:
@@ -131,8 +164,9 @@ class Delivery:
         token, (rows,) = self.claim_rows([(list(queues), n)], self.leases.take_pending())
         return self.accept(token, rows)
 
-    def claim_rows(self, requests: list[tuple[list[str], int]], acks: list[Lease]) -> tuple[uuid.UUID, list[list]]:
-        """Send ``acks`` and one claim per ``(queues, n)`` request in one round trip.
+    def claim_rows(self, requests: list[tuple[list[str], int]], acks: list[Lease],
+                   notes: list[str] | None = None) -> tuple[uuid.UUID, list[list]]:
+        """Send ``acks``, one claim per ``(queues, n)`` request and the worker's ``notes`` in one round trip.
 
         Returns the lease token and the claimed rows of each request. Pipeline mode: a busy
         worker pays one round trip per batch of acks and claims, not one per statement.
@@ -142,7 +176,7 @@ class Delivery:
         plans = [self.floors.plan(queues) for queues, _n in requests]
         try:
             found = self._claim_rows([None if plan is None else _claim_statement(claim, plan, n)
-                                      for plan, (_q, n) in zip(plans, requests, strict=True)], acks)
+                                      for plan, (_q, n) in zip(plans, requests, strict=True)], acks, notes or [])
         except BaseException:
             for plan in plans:
                 if plan is not None:
@@ -157,16 +191,19 @@ class Delivery:
             rows.append(taken)
         return token, rows
 
-    def _claim_rows(self, statements: list[tuple[str, dict] | None], acks: list[Lease]) -> list[list]:
+    def _claim_rows(self, statements: list[tuple[str, dict] | None], acks: list[Lease],
+                    notes: list[str]) -> list[list]:
         q = self.db.queries
         sent = [s for s in statements if s is not None]
-        if not acks and not sent:
+        if not acks and not sent and not notes:
             return [[] for _ in statements]
         with self.db.connection() as conn:
             with conn.pipeline():
                 conn.execute(CLAIM_SETTINGS)  # one implicit transaction up to the pipeline's end
                 acked = conn.execute(q["message_ack"], self.leases.ack_params(acks)) if acks else None
                 cursors = [conn.cursor().execute(q[name], params) for name, params in sent]
+                for payload in notes:
+                    conn.execute(q["worker_note"], self.note_params(payload))
             if acked is not None:
                 self.leases.check_acked(acks, acked.fetchall())
             found = iter([cur.fetchall() for cur in cursors])

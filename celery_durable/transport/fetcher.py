@@ -7,7 +7,8 @@ of the loop's time). So the loop only asks: it queues a claim request or a flush
 acks and goes on. This thread sends the pending acks and every requested claim
 in one pipelined round trip, then writes a byte to the loop's pipe; the loop
 delivers the claimed rows in that reader callback. While a round trip is in
-flight, acks and requests pile up and share the next one.
+flight, acks and requests pile up and share the next one. The worker's notes to
+the others (:mod:`.roster`) ride along too; one sent alone makes a round trip.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class Fetcher:
         self.done: deque = deque()
         self._requests: dict["Channel", tuple[list[str], int]] = {}
         self._acks = False
+        #: Notes waiting for a round trip: (kind, payload); ``_notes_now``: one of them may not wait.
+        self._notes: list[tuple[str, str]] = []
+        self._notes_now = False
         self._stop = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="celery-durable-fetch", daemon=True)
@@ -45,6 +49,19 @@ class Fetcher:
         with self._cond:
             self._requests[channel] = (queues, n)
             self._cond.notify()
+
+    def note(self, kind: str, payload: str, alone: bool) -> None:
+        """Send ``payload`` with the next round trip (``alone``: make one now)."""
+        with self._cond:
+            self._notes.append((kind, payload))
+            if alone:
+                self._notes_now = True
+                self._cond.notify()
+
+    def drop_notes(self, kind: str) -> None:
+        """Forget the notes of ``kind`` not sent yet (what they said is no longer true)."""
+        with self._cond:
+            self._notes = [note for note in self._notes if note[0] != kind]
 
     def flush_acks(self) -> None:
         with self._cond:
@@ -63,17 +80,18 @@ class Fetcher:
         transport = self.transport
         while True:
             with self._cond:
-                while not (self._stop or self._requests or self._acks):
+                while not (self._stop or self._requests or self._acks or self._notes_now):
                     self._cond.wait()
                 if self._stop:
                     return
                 requests, self._requests = self._requests, {}
-                self._acks = False
+                notes = [payload for _kind, payload in self._notes]
+                self._notes, self._notes_now, self._acks = [], False, False
             acks = transport.leases.take_pending()
-            if not requests and not acks:
+            if not requests and not acks and not notes:
                 continue
             try:
-                token, rows = transport.delivery.claim_rows(list(requests.values()), acks)
+                token, rows = transport.delivery.claim_rows(list(requests.values()), acks, notes)
             except BaseException as exc:  # the loop raises it: Celery reconnects on connection errors
                 self.done.append((requests, None, exc))
                 self._kick()

@@ -194,6 +194,12 @@ class Floors:
             self._in_flight[self._count] = self._in_flight.get(self._count, 0) + 1
             return plan
 
+    def known(self, queue: str) -> dict[int, int] | None:
+        """``queue``'s floors when every priority of it is known (None: its next claim reads it whole)."""
+        with self._lock:
+            read = self._queues.get(queue)
+            return dict(read.floors) if read is not None and read.below <= NONE and read.floors else None
+
     def pending(self, queues: list[str]) -> bool:
         """Whether a claim of ``queues`` has somewhere to read (an unknown queue or a floor)."""
         with self._lock:

@@ -3,7 +3,9 @@
 Publishers' inserts fire a statement trigger that notifies ``<schema>.message``
 with ``r<xid>/<priority>:<first id>[,...];<queue>`` (ready now, and where: see
 :mod:`.floors`) or ``d<epoch>:<queue>`` (first delayed message);
-broadcasts to transient queues travel whole as ``m<bytes>:<queue><message>``.
+broadcasts to transient queues travel whole as ``m<bytes>:<queue><message>``;
+workers' notes to each other (``w<json>``, :mod:`.roster`) say which of them
+takes a wake-up.
 An idle worker therefore sends no queries until something arrives; a slow
 safety poll (``polling_interval``) covers what no notification announces,
 such as a dead worker's lease running out. The connection goes to
@@ -23,6 +25,7 @@ from psycopg import sql
 from ..config import Settings
 from ..db import listen, waiting
 from ..db.pool import unavailable
+from .roster import Note, parse_note
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +56,12 @@ class Wakeup:
 _FIRST_IDS = re.compile(r"(\d+)/(-?\d+:\d+(?:,-?\d+:\d+)*)")
 
 
-def parse(payload: str) -> Wakeup | None:
+def parse(payload: str) -> Wakeup | Note | None:
+    if payload.startswith("w"):
+        note = parse_note(payload[1:])
+        if note is None:
+            logger.warning("ignoring malformed worker note %r", payload[:100])
+        return note
     if payload.startswith("r"):
         head, sep, queue = payload[1:].partition(";")
         found = _FIRST_IDS.fullmatch(head) if sep else None
@@ -91,7 +99,7 @@ class Notifier:
     def fileno(self) -> int:
         return self.conn.pgconn.socket
 
-    def drain(self) -> list[Wakeup]:
+    def drain(self) -> list[Wakeup | Note]:
         """Read the notifications that have arrived, without blocking."""
         try:
             received = [parse(n.payload) for n in self.conn.notifies(timeout=0)]
@@ -99,7 +107,7 @@ class Notifier:
             raise unavailable(self.conninfo, exc) from exc
         return [w for w in received if w is not None]
 
-    def wait(self, timeout: float) -> list[Wakeup]:
+    def wait(self, timeout: float) -> list[Wakeup | Note]:
         """Block up to ``timeout`` seconds for notifications (synchronous drain_events)."""
         if timeout > 0:
             try:

@@ -365,3 +365,8 @@ WHERE s.relid = %(table)s::regclass
 -- (No advisory lock: VACUUM cannot run in a transaction, and a session lock would stay behind on a
 -- server session when PgBouncer sends the unlock elsewhere.)
 VACUUM (ANALYZE, SKIP_LOCKED) {schema}.message
+
+-- worker_note --
+-- A worker's note to the others on the wake-up channel (transport/roster.py): it rides in a round trip
+-- the worker makes anyway, and reaches every listener in commit order with the wake-ups.
+SELECT pg_notify(%(channel)s, %(payload)s)

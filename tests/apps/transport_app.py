@@ -11,7 +11,8 @@ test process. Environment (all optional except the first two):
   (native_delay_threshold, default 60), CELERY_DURABLE_PREFETCH
   (worker_prefetch_multiplier, default 4), CELERY_DURABLE_SYNCHRONOUS_COMMIT and
   CELERY_DURABLE_CONFIRM_PUBLISH (the settings, default true),
-  CELERY_DURABLE_WAKE_AFTER_COMMIT (the setting, default false), CELERY_DURABLE_MAINTENANCE
+  CELERY_DURABLE_WAKE_AFTER_COMMIT (the setting, default false), CELERY_DURABLE_DESIGNATED_WAKES
+  (the setting, default true), CELERY_DURABLE_MAINTENANCE
   (maintenance_interval, default 30).
 
 Executions are counted in ``<schema>.executions`` through a connection of the
@@ -58,6 +59,7 @@ def make_app(env: dict | None = None) -> Celery:
         "synchronous_commit": env.get("CELERY_DURABLE_SYNCHRONOUS_COMMIT", "true"),
         "confirm_publish": env.get("CELERY_DURABLE_CONFIRM_PUBLISH", "true"),
         "wake_after_commit": env.get("CELERY_DURABLE_WAKE_AFTER_COMMIT", "false"),
+        "designated_wakes": env.get("CELERY_DURABLE_DESIGNATED_WAKES", "true"),
     }
     app = Celery("transport_app")
     app.conf.update(
