@@ -118,7 +118,7 @@ class Settings:
     #: its WAL flush is done, so with many producer processes this lets their commits share flushes;
     #: for one producer it costs time per publish (see Performance).
     wake_after_commit: bool = False
-    #: A wake-up makes one idle worker claim, the one idle longest, not every worker of the queue: the
+    #: A wake-up makes one idle worker claim (the one idle the shortest), not every worker of the queue: the
     #: workers tell each other on the wake-up channel when they are idle (a note riding on their acks),
     #: and a full claim wakes the other idle ones. False: every worker claims on every wake-up.
     designated_wakes: bool = True

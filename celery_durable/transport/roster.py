@@ -6,8 +6,9 @@ nothing: a transaction each. Instead the workers tell each other, on that
 channel, when they wait idle (``i``), and every listener keeps the same roster:
 notifications reach every listener in commit order, so each applies the same
 notes and wake-ups in the same order and picks the same worker. The worker that
-has waited longest takes the wake-up; the others leave it alone. Nothing here
-reads the clock, so two rosters that heard the same notes agree.
+said so last takes the wake-up (its process is the likeliest to be running and
+cached still); the others leave it alone. Nothing here reads the clock, so two
+rosters that heard the same notes agree.
 
 A worker's entry is reset by its own notes: a hello (``h``, riding on its first
 claim and on each safety poll's) says it is busy claiming; it says idle again
@@ -141,7 +142,7 @@ class Roster:
         return Heard(newcomer=newcomer)
 
     def designate(self, queue: str) -> set[str] | None:
-        """Who takes a wake-up of ``queue``: the worker idle longest (None: nobody is known idle: everyone)."""
+        """Who takes a wake-up of ``queue``: the worker idle the shortest (None: nobody is known idle: everyone)."""
         return self._one(queue)
 
     def has_peers(self) -> bool:
@@ -159,7 +160,7 @@ class Roster:
         idle = self._idle(queue)
         if not idle:
             return None
-        _since, worker = idle[0]
+        _since, worker = idle[-1]
         self.entries[worker].idle_since = None  # taken: idle again when it says so
         return {worker}
 

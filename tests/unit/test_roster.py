@@ -25,15 +25,15 @@ def designate(all_rosters: dict[str, Roster], queue: str) -> dict[str, set[str] 
     return {name: roster.designate(queue) for name, roster in all_rosters.items()}
 
 
-def test_each_wake_up_goes_to_one_idle_worker_the_one_idle_longest_and_every_roster_agrees():
+def test_each_wake_up_goes_to_one_idle_worker_the_last_to_say_so_and_every_roster_agrees():
     workers = rosters("a", "b", "c")
     for name in "abc":
         hear(workers, Note(HELLO, name, ("celery",)))
     for name in "cab":
         hear(workers, Note(IDLE, name, ("celery",)))
-    assert designate(workers, "celery") == {"a": {"c"}, "b": {"c"}, "c": {"c"}}
-    assert designate(workers, "celery") == {"a": {"a"}, "b": {"a"}, "c": {"a"}}
     assert designate(workers, "celery") == {"a": {"b"}, "b": {"b"}, "c": {"b"}}
+    assert designate(workers, "celery") == {"a": {"a"}, "b": {"a"}, "c": {"a"}}
+    assert designate(workers, "celery") == {"a": {"c"}, "b": {"c"}, "c": {"c"}}
 
 
 def test_with_nobody_known_idle_every_worker_claims():
@@ -68,10 +68,10 @@ def test_a_designated_worker_without_room_passes_the_wake_up_to_the_next_idle_on
     workers = rosters("a", "b", "c")
     for name in "abc":
         hear(workers, Note(IDLE, name, ("celery",)))
-    designate(workers, "celery")  # a
-    assert hear(workers, Note(PASS, "a", ("celery",), {0: 42})) == {n: {"celery": {"b"}} for n in "abc"}
     designate(workers, "celery")  # c
-    assert hear(workers, Note(PASS, "c", ("celery",))) == {n: {"celery": None} for n in "abc"}
+    assert hear(workers, Note(PASS, "c", ("celery",), {0: 42})) == {n: {"celery": {"b"}} for n in "abc"}
+    designate(workers, "celery")  # a
+    assert hear(workers, Note(PASS, "a", ("celery",))) == {n: {"celery": None} for n in "abc"}
 
 
 def test_a_full_claim_wakes_every_idle_worker_and_nobody_when_none_is_idle():
