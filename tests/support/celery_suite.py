@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hashlib
 import os
 import subprocess
 import sys
@@ -26,8 +27,11 @@ from tests.support import matrix
 
 CACHE = matrix.REPO / ".cache" / "celery-sdist"
 REDIS_URL = "redis://127.0.0.1:6379/15"
-#: What the suite imports besides ours (its requirements/test.txt): pytest plugins, test_security's cryptography.
-SUITE_REQUIREMENTS = ("pytest-rerunfailures", "pytest-subtests", "pytest-order", "pytest-click", "cryptography")
+#: What the suite imports besides ours (its requirements/test.txt and test-integration.txt): pytest plugins,
+#: test_security's cryptography, pydantic (t/integration/tasks.py from Celery 5.5 on) and azure-storage-blob
+#: (test_backend.py imports Celery's Azure backend from 5.5 on, then skips without ``AZUREBLOCKBLOB_URL``).
+SUITE_REQUIREMENTS = ("pytest-rerunfailures", "pytest-subtests", "pytest-order", "pytest-click", "cryptography",
+                      "pydantic", "azure-storage-blob")
 
 
 def sdist_root(line: str) -> Path:
@@ -64,7 +68,7 @@ def run(line: str, target: str, files: list[str], pytest_args: list[str]) -> Pat
     from tests.support.pgcluster import start_cluster
 
     root, venv = sdist_root(line), matrix.CACHE / "venvs" / f"suite-celery{line}"
-    report = CACHE / "reports" / f"celery-{line}-{target}.xml"
+    report = report_path(line, target, files, pytest_args)
     log = report.with_suffix(".log")
     report.parent.mkdir(parents=True, exist_ok=True)
     cluster = None
@@ -93,14 +97,23 @@ def run(line: str, target: str, files: list[str], pytest_args: list[str]) -> Pat
     return report
 
 
-def outcomes(report: Path) -> dict[str, str]:
-    """``{test id: passed|failed|error|skipped}`` from a JUnit XML report."""
+def report_path(line: str, target: str, files: list[str], pytest_args: list[str]) -> Path:
+    """The JUnit XML report of a run; a run of some modules or with pytest options has its own."""
+    tag = hashlib.sha1(repr((files, pytest_args)).encode()).hexdigest()[:8] if files or pytest_args else ""
+    return CACHE / "reports" / f"celery-{line}-{target}{'-' + tag if tag else ''}.xml"
+
+
+def outcomes(report: Path) -> dict[str, tuple[str, str]]:
+    """``{test id: (passed|failed|error|skipped, message)}`` from a JUnit XML report (a rerun test: its last run)."""
     found = {}
     for case in ElementTree.parse(report).iter("testcase"):
         name = f"{case.get('classname')}::{case.get('name')}"
-        kinds = {child.tag for child in case}
-        found[name] = ("failed" if "failure" in kinds else "error" if "error" in kinds
-                       else "skipped" if "skipped" in kinds else "passed")
+        kind, message = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                kind = "failed" if child.tag == "failure" else child.tag
+                message = (child.get("message") or "").splitlines()[0][:120] if child.get("message") else ""
+        found[name] = (kind, message)
     return found
 
 
@@ -109,26 +122,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--line", required=True, choices=sorted(matrix.CELERY_LINES))
     parser.add_argument("--files", default="", help="comma-separated t/integration modules (default: all)")
     parser.add_argument("--against", default="pg,redis", help="pg, redis or both (default)")
+    parser.add_argument("--compare-only", action="store_true",
+                        help="run nothing: compare the reports the last runs of these arguments left")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
     files = [name for name in args.files.split(",") if name]
     targets = args.against.split(",")
     start = time.monotonic()
-    sdist_root(args.line)
-    build_venv(args.line)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(targets)) as pool:
-        reports = dict(zip(targets, pool.map(lambda t: run(args.line, t, files, args.pytest_args), targets)))
+    if args.compare_only:
+        reports = {target: report_path(args.line, target, files, args.pytest_args) for target in targets}
+    else:
+        sdist_root(args.line)
+        build_venv(args.line)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(targets)) as pool:
+            reports = dict(zip(targets, pool.map(lambda t: run(args.line, t, files, args.pytest_args), targets),
+                                   strict=True))
     results = {target: outcomes(report) for target, report in reports.items()}
     for target, found in results.items():
-        counts = {kind: sum(1 for v in found.values() if v == kind) for kind in ("passed", "failed", "error", "skipped")}
+        counts = {kind: sum(1 for v, _ in found.values() if v == kind)
+                  for kind in ("passed", "failed", "error", "skipped")}
         print(f"celery {args.line} on {target}: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
     code = 0
     if {"pg", "redis"} <= results.keys():
-        worse = sorted(name for name, outcome in results["redis"].items()
-                       if outcome == "passed" and results["pg"].get(name) != "passed")
+        worse = sorted(name for name, (outcome, _) in results["redis"].items()
+                       if outcome == "passed" and results["pg"].get(name, ("",))[0] != "passed")
         print(f"passed on Redis, not here: {len(worse)}")
         for name in worse:
-            print(f"  {name}: {results['pg'].get(name, 'not run')}")
+            outcome, message = results["pg"].get(name, ("not run", ""))
+            print(f"  {name}: {outcome}" + (f" ({message})" if message else ""))
         code = 1 if worse else 0
     print(f"in {time.monotonic() - start:.0f}s; logs: {CACHE / 'reports'}")
     return code
