@@ -7,7 +7,8 @@ of that line (:mod:`tests.support.matrix`'s, plus the suite's pytest plugins). I
 run's counts and every test that passed on Redis but not here; the "Coming from Redis or RabbitMQ" page's
 table says why for each that is expected. Long (minutes per line): a documented command, not
 part of ``.ci/run``. ``--files test_canvas.py,test_tasks.py`` picks modules; pytest options
-go after ``--``.
+go after ``--``. About 60 tests skip unless the result backend's URL starts with ``redis``: most
+only use Redis as a side channel, and ``--side-channel`` runs them here too, with a private Redis for it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import concurrent.futures
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -63,11 +65,34 @@ def build_venv(line: str) -> Path:
     return venv
 
 
-def run(line: str, target: str, files: list[str], pytest_args: list[str]) -> Path:
-    """Run the suite against ``target`` (``pg`` or ``redis``); the JUnit XML report's path."""
+def side_channel_redis() -> tuple[subprocess.Popen, int]:
+    """A private, memory-only redis-server on a free port: the side channel of the gated tests on our backend."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        ping = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True)
+        if ping.stdout.strip() == "PONG":
+            return proc, port
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the side channel's redis-server did not start")
+
+
+def run(line: str, target: str, files: list[str], pytest_args: list[str], side_channel: bool = False) -> Path:
+    """Run the suite against ``target`` (``pg`` or ``redis``); the JUnit XML report's path.
+
+    ``side_channel``: on ``pg``, the tests gated on a Redis result backend run too
+    (``suite_plugins/celery_suite_side_channel.py``), their side channel a private redis-server.
+    """
     from tests.support.pgcluster import start_cluster
 
     root, venv = sdist_root(line), matrix.CACHE / "venvs" / f"suite-celery{line}"
+    side_channel = side_channel and target == "pg"
+    if side_channel:
+        pytest_args = ["-p", "celery_suite_side_channel", *pytest_args]
     report = report_path(line, target, files, pytest_args)
     log = report.with_suffix(".log")
     report.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +109,11 @@ def run(line: str, target: str, files: list[str], pytest_args: list[str]) -> Pat
            "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}"}
     for name in ("CELERY_DURABLE_TEST_DSN", "PYTHONPATH"):
         env.pop(name, None)
+    redis_proc = None
+    if side_channel:
+        redis_proc, port = side_channel_redis()
+        env.update(REDIS_HOST="127.0.0.1", REDIS_PORT=str(port),
+                   PYTHONPATH=str(Path(__file__).parent / "suite_plugins"))
     paths = [f"t/integration/{name}" for name in files] or ["t/integration"]
     try:
         with log.open("w") as out:
@@ -94,6 +124,9 @@ def run(line: str, target: str, files: list[str], pytest_args: list[str]) -> Pat
     finally:
         if cluster is not None:
             cluster.destroy()
+        if redis_proc is not None:
+            redis_proc.kill()
+            redis_proc.wait()
     return report
 
 
@@ -122,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--line", required=True, choices=sorted(matrix.CELERY_LINES))
     parser.add_argument("--files", default="", help="comma-separated t/integration modules (default: all)")
     parser.add_argument("--against", default="pg,redis", help="pg, redis or both (default)")
+    parser.add_argument("--side-channel", action="store_true",
+                        help="here, also run the tests gated on a Redis result backend "
+                             "(a private Redis as their side channel)")
     parser.add_argument("--compare-only", action="store_true",
                         help="run nothing: compare the reports the last runs of these arguments left")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
@@ -130,13 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     targets = args.against.split(",")
     start = time.monotonic()
     if args.compare_only:
-        reports = {target: report_path(args.line, target, files, args.pytest_args) for target in targets}
+        reports = {target: report_path(args.line, target, files,
+                                       ["-p", "celery_suite_side_channel", *args.pytest_args]
+                                       if args.side_channel and target == "pg" else args.pytest_args)
+                   for target in targets}
     else:
         sdist_root(args.line)
         build_venv(args.line)
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(targets)) as pool:
-            reports = dict(zip(targets, pool.map(lambda t: run(args.line, t, files, args.pytest_args), targets),
-                                   strict=True))
+            runs = pool.map(lambda t: run(args.line, t, files, args.pytest_args, args.side_channel), targets)
+            reports = dict(zip(targets, runs, strict=True))
     results = {target: outcomes(report) for target, report in reports.items()}
     for target, found in results.items():
         counts = {kind: sum(1 for v, _ in found.values() if v == kind)
