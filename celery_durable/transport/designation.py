@@ -48,6 +48,8 @@ class Awaited:
 
 
 class Designation:
+    """The designated wake-ups of one worker (its transport, in Celery's event loop)."""
+
     def __init__(self, delivery: "Delivery", roster: Roster, notes: NoteSender) -> None:
         self.delivery = delivery
         self.roster = roster
@@ -122,10 +124,9 @@ class Designation:
     def claiming(self, channel: "Channel") -> None:
         """A claim of ``channel`` is about to go: it carries this worker's word that it took what it was
         designated for."""
-        queues = durable_queues(channel)
         if self.took:
             self.took = False
-            self.notes.send(Note(TOOK, self.roster.me, queues), False)
+            self.notes.send(Note(TOOK, self.roster.me, durable_queues(channel)), False)
 
     def hello(self, channel: "Channel") -> None:
         """A safety poll's claim (or the first): it says hello, which says busy until this worker says idle."""
