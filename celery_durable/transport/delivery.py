@@ -120,8 +120,7 @@ class Delivery:
     def release_due(self) -> None:
         """Delayed messages whose time has come make their queues ready."""
         for queue in self.delayed.pop_due(time()):
-            self.floors.forget(queue)  # a delayed row's id is behind the floors: read the whole queue
-            self.mark_ready(queue)
+            self.claim_from(queue, None)  # a delayed row's id is behind the floors: read the whole queue
         self.delayed.keep_only(q for channel in self.transport.channels for q in channel._active_queues)
 
     def next_due(self) -> float | None:
