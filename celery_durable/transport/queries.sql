@@ -155,9 +155,9 @@ SELECT set_config('synchronous_commit', 'off', true), {schema}.message_wake_v1()
 -- counts claims for the dead-letter limit. Every claim also returns its snapshot (one row of NULLs and
 -- the snapshot when it took nothing): a wake-up from a transaction it saw tells of rows it already
 -- read; so a row is due by the clock after that snapshot was taken, not by the transaction's start
--- (now()), which a row committed just before the snapshot may postdate. (Every claim is planned anew:
--- a cached generic plan would outlive a change of the table's size, and a claim must never scan a
--- backlog.)
+-- (now()), which a row committed just before the snapshot may postdate. (A claim's transaction allows
+-- neither a sequential scan nor a bitmap, delivery.CLAIM_SETTINGS: a cached plan must never come to
+-- scan a backlog.)
 WITH claimed AS (
     UPDATE {schema}.message m
     SET visible_at = now() + %(lease)s * interval '1 second',
