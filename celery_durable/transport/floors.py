@@ -6,7 +6,7 @@ only once no snapshot can see them, so a long transaction anywhere in the
 database (a report, an idle admin session, a standby's feedback) makes every
 claim slower for as long as it lives, and a backlog of scheduled tasks does
 so for good. Instead, every wake-up says where its new ready rows start (the
-lowest id of each priority, see ``message_notify_v3`` and ``message_requeue``),
+lowest id of each priority, see ``message_notify_v4`` and ``message_requeue``),
 and a worker remembers, per queue and priority, the first id it has not yet
 seen claimed: its *floor*. A claim starts at one floor (the highest priority's,
 the oldest among equals), and the index descends straight to it.

@@ -77,47 +77,40 @@ CREATE TABLE {schema}.dead_letter (
 );
 CREATE INDEX dead_letter_dead_at_idx ON {schema}.dead_letter (dead_at);
 
--- Wake listeners once per statement and queue. Payload 'r<xid>/<priority>:<first id>[,...];<queue>'
--- for ready messages (the lowest new id of each priority, where a worker's claim starts: claims never
--- walk the dead, leased and delayed rows before it; the transaction, so a worker whose claim already
--- saw it moves on), 'd<epoch>:<queue>' for the earliest delayed one, so workers can set a timer.
--- A transaction that NOTIFYs holds a cluster-wide lock from before its commit record until its
--- commit has been flushed, so such commits cannot share a WAL flush. A publisher that sets
--- celery_durable.wake_after_commit for its transaction gets the payloads stashed in its session
--- instead, and sends them with message_wake_v1() in a second, quick transaction right after.
-CREATE FUNCTION {schema}.message_notify_v3() RETURNS trigger
+-- Wake listeners for each new message. Payload 'r<xid>/<priority>:<id>;<queue>' for a ready one (where
+-- a worker's claim starts: claims never walk the dead, leased and delayed rows before it; the
+-- transaction, so a worker whose claim already saw it moves on), 'd<epoch>:<queue>' for a delayed one,
+-- so workers can set a timer. A row trigger: every publish inserts one row per queue, and a row
+-- trigger costs a publish less than a statement trigger's transition table and query (a bulk INSERT
+-- of n rows sends n wake-ups; a worker keeps the lowest id of each priority). A transaction that NOTIFYs holds a
+-- cluster-wide lock from before its commit record until its commit has been flushed, so such commits
+-- cannot share a WAL flush. A publisher that sets celery_durable.wake_after_commit for its transaction
+-- gets the payloads stashed in its session instead, and sends them with message_wake_v1() in a
+-- second, quick transaction right after.
+CREATE FUNCTION {schema}.message_notify_v4() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    payloads text[];
+    payload text := CASE WHEN NEW.visible_at <= now()
+                         THEN 'r' || pg_current_xact_id() || '/' || NEW.priority || ':' || NEW.id || ';' || NEW.queue
+                         ELSE 'd' || extract(epoch FROM NEW.visible_at)::text || ':' || NEW.queue END;
 BEGIN
-    SELECT array_agg(w.payload) INTO payloads
-    FROM (SELECT 'r' || pg_current_xact_id() || '/'
-                 || string_agg(r.priority || ':' || r.first_id, ',' ORDER BY r.priority DESC) || ';' || r.queue
-          FROM (SELECT queue, priority, min(id) AS first_id FROM new_rows
-                WHERE visible_at <= now() GROUP BY queue, priority) AS r
-          GROUP BY r.queue
-          UNION ALL
-          SELECT 'd' || extract(epoch FROM min(visible_at))::text || ':' || queue
-          FROM new_rows WHERE visible_at > now() GROUP BY queue) AS w(payload);
     IF current_setting('celery_durable.wake_after_commit', true) IS DISTINCT FROM 'on' THEN
-        PERFORM pg_notify(TG_TABLE_SCHEMA || '.message', p) FROM unnest(payloads) AS p;
+        PERFORM pg_notify(TG_TABLE_SCHEMA || '.message', payload);
         RETURN NULL;
     END IF;
     -- A session setting outlives the commit (and reverts with a rollback): [channel, payload] pairs.
     PERFORM set_config('celery_durable.wakes',
                        (coalesce(nullif(current_setting('celery_durable.wakes', true), ''), '[]')::jsonb
-                        || w.wakes)::text, false)
-    FROM (SELECT jsonb_agg(jsonb_build_array(TG_TABLE_SCHEMA || '.message', p)) AS wakes
-          FROM unnest(payloads) AS p) AS w;
+                        || jsonb_build_array(jsonb_build_array(TG_TABLE_SCHEMA || '.message', payload)))::text,
+                       false);
     RETURN NULL;
 END;
 $$;
 
 CREATE TRIGGER message_notify AFTER INSERT ON {schema}.message
-    REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.message_notify_v3();
+    FOR EACH ROW EXECUTE FUNCTION {schema}.message_notify_v4();
 
--- Send (and forget) the wake-ups message_notify_v3 stashed in this session.
+-- Send (and forget) the wake-ups message_notify_v4 stashed in this session.
 CREATE FUNCTION {schema}.message_wake_v1() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
