@@ -15,6 +15,7 @@ import json
 import os
 import threading
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from .. import enqueue
 from ..exceptions import MessageTooLarge
@@ -42,7 +43,7 @@ class Publisher:
         props = message.get("properties") or {}
         headers = message.get("headers") or {}
         params = {
-            "priority": _priority(props.get("priority")),
+            "priority": clamp_priority(props.get("priority")),
             "visible_at": self._native_eta(headers),
             "expires_at": None if _celery_expires(headers) else _expires_at(props.get("expiration")),
             "task": headers.get("task"),
@@ -105,7 +106,8 @@ class Publisher:
         return None
 
 
-def _priority(value) -> int:
+def clamp_priority(value: Any) -> int:
+    """A message priority as the queue stores it: 0 to 255, 0 when it is not a number."""
     try:
         return max(0, min(int(value), 255))
     except (TypeError, ValueError):

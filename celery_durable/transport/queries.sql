@@ -229,20 +229,22 @@ SELECT c.id, c.queue, c.priority, c.delivery_count, c.expired, c.payload, s.snap
 FROM (SELECT pg_current_snapshot()::text AS snapshot) AS s
 LEFT JOIN claimed AS c ON true
 
+-- message_held --
+-- The rows of the given ids that these lease tokens still hold (fencing), locked in id order so no two
+-- statements on held rows deadlock; their ctids, for a TID scan. Included by every statement on held rows.
+SELECT m.ctid
+FROM {schema}.message m
+JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token) ON m.id = a.id AND m.lease_token = a.token
+WHERE m.id = ANY(%(ids)s::bigint[])
+ORDER BY m.id
+FOR UPDATE OF m
+
 -- message_ack --
--- Delete acknowledged messages, but only rows this lease still holds (fencing). Like every
--- statement on held rows, it locks them in id order first, so it never deadlocks with another; then
--- it changes the rows it locked by their ctid (a TID scan). Statistics say the table is empty when a
+-- Delete acknowledged messages, but only rows this lease still holds (message_held, which locks them in
+-- id order); then it changes the rows it locked by their ctid (a TID scan). Statistics say the table is empty when a
 -- held snapshot has left only dead rows in it, however many pages they fill, and PostgreSQL then
 -- plans any other way to find them (a join, an index on id) as a full index scan.
-WITH held AS (
-    SELECT m.ctid
-    FROM {schema}.message m
-    JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token) ON m.id = a.id AND m.lease_token = a.token
-    WHERE m.id = ANY(%(ids)s::bigint[])
-    ORDER BY m.id
-    FOR UPDATE OF m
-)
+WITH held AS ({@message_held})
 DELETE FROM {schema}.message m
 WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM held))
 RETURNING m.id
@@ -251,14 +253,7 @@ RETURNING m.id
 -- Make held messages visible again now and wake consumers, telling them where each priority's
 -- requeued rows start (they keep their ids, behind where claims have moved on); a graceful restore
 -- (restored = 1) does not count as a delivery. Rows are locked in id order.
-WITH held AS (
-    SELECT m.ctid
-    FROM {schema}.message m
-    JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token) ON m.id = a.id AND m.lease_token = a.token
-    WHERE m.id = ANY(%(ids)s::bigint[])
-    ORDER BY m.id
-    FOR UPDATE OF m
-),
+WITH held AS ({@message_held}),
 requeued AS (
     UPDATE {schema}.message m
     SET visible_at = now(), lease_token = NULL, leased_by = NULL,
@@ -275,14 +270,7 @@ GROUP BY r.queue
 -- message_dead_letter --
 -- Move held messages to the dead-letter table with a reason, in one statement; rows are locked
 -- in id order.
-WITH held AS (
-    SELECT m.ctid
-    FROM {schema}.message m
-    JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token) ON m.id = a.id AND m.lease_token = a.token
-    WHERE m.id = ANY(%(ids)s::bigint[])
-    ORDER BY m.id
-    FOR UPDATE OF m
-),
+WITH held AS ({@message_held}),
 moved AS (
     DELETE FROM {schema}.message m
     WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM held))
@@ -294,14 +282,7 @@ SELECT id, queue, task, %(reason)s, delivery_count, payload, created_at FROM mov
 -- lease_renew --
 -- Extend the leases this worker still holds; rows missing from the result were acked
 -- elsewhere or lost. Rows are locked in id order (claim order differs from ack order).
-WITH held AS (
-    SELECT m.ctid
-    FROM {schema}.message m
-    JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS a(id, token) ON m.id = a.id AND m.lease_token = a.token
-    WHERE m.id = ANY(%(ids)s::bigint[])
-    ORDER BY m.id
-    FOR UPDATE OF m
-)
+WITH held AS ({@message_held})
 UPDATE {schema}.message m
 SET visible_at = now() + %(lease)s * interval '1 second'
 WHERE m.ctid = ANY(ARRAY(SELECT ctid FROM held))
@@ -346,6 +327,39 @@ WHERE id IN (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
+
+-- dead_letter_list --
+-- Dead letters in id order: those named (NULL: every one) of one queue (NULL: any).
+SELECT id, queue, task, reason, delivery_count, dead_at
+FROM {schema}.dead_letter
+WHERE (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+ORDER BY id
+LIMIT %(limit)s
+
+-- dead_letter_purge --
+-- Delete dead letters (the same selection as dead_letter_list).
+DELETE FROM {schema}.dead_letter
+WHERE (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+RETURNING id
+
+-- dead_letter_take --
+-- A requeue's first step: remove dead letters (the same selection), returning what goes back.
+DELETE FROM {schema}.dead_letter
+WHERE (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+RETURNING id, queue, task, payload, created_at
+
+-- message_restore --
+-- A requeue's second step, in the same transaction: a dead letter back in its queue (created again if
+-- it expired meanwhile) as a message never delivered; the insert trigger wakes the workers.
+WITH q AS (
+    INSERT INTO {schema}.queue (name) VALUES (%(queue)s) ON CONFLICT (name) DO NOTHING
+)
+INSERT INTO {schema}.message (queue, priority, task, payload, created_at)
+VALUES (%(queue)s, %(priority)s, %(task)s, %(payload)s, %(created_at)s)
+RETURNING id
 
 -- autovacuum_enabled --
 -- Whether the server vacuums by itself; when it does not, workers vacuum the message table.

@@ -28,6 +28,7 @@ from django.utils.html import format_html, format_html_join
 
 from ... import content, workflows
 from ...beat import entries, schedules
+from ...dead_letters import requeue_dead_letters
 from ...exceptions import DurableError
 from . import conf
 from .models import BeatEntry, DeadLetter, Queue, Workflow
@@ -188,15 +189,12 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Requeue selected dead letters (back to their queue)", permissions=["operate"])
     def requeue(self, request: HttpRequest, queryset: Any) -> None:
-        from ...cli.dead_letters import _dead_letter_filter, _requeue
-
         found = {obj.id: obj for obj in queryset}
         wrapper = connections[conf.database_alias() or "default"]
         wrapper.ensure_connection()
-        where, params = _dead_letter_filter(list(found), None)
-        moved = _requeue(wrapper.connection, conf.broker_schema(), where, params)  # one transaction
+        moved = requeue_dead_letters(wrapper.connection, conf.broker_schema(), ids=list(found))  # one transaction
         for row in moved:
-            self.log_change(request, found[row["dead_letter_id"]], "Requeued")
+            self.log_change(request, found[row.dead_letter_id], "Requeued")
         self.message_user(request, f"Requeued {len(moved)} message(s)", messages.SUCCESS)
 
     @admin.action(description="Purge selected dead letters (delete them)", permissions=["delete"])
