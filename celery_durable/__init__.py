@@ -19,7 +19,7 @@ from . import behalf
 
 behalf.install()  # Celery's publishes on a task's behalf never join the caller's transaction
 from .transport.pipeline import flush_all as flush_publishes
-from . import maintenance  # noqa: F401  (connects the worker's maintenance to Celery's signals)
+from . import lifecycle  # noqa: F401  (every Celery signal this package listens to)
 
 __all__ = ["current_step", "durable", "durable_chain", "flush_publishes", "in_transaction"]
 __version__ = "0.1.0"

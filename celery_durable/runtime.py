@@ -1,4 +1,5 @@
-"""What one process shares, in one place: pools, committers, pipelines, listeners, maintenance services.
+"""What one process shares, in one place: pools, committers, pipelines, listeners, maintenance services,
+and whether it is a Celery worker.
 
 Each component asks the process's :class:`Runtime` for its shared object by a
 kind and a key (:meth:`Runtime.get`), so one object per process owns them all.
@@ -80,6 +81,20 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+#: Set once a Celery worker starts in this process; its pool's children inherit it.
+_in_worker = False
+
+
+def mark_worker() -> None:
+    """This process is a Celery worker (``celery_durable.lifecycle``, on ``worker_init``)."""
+    global _in_worker
+    _in_worker = True
+
+
+def in_worker() -> bool:
+    """Whether this process is a Celery worker or one of its pool's children."""
+    return _in_worker
 
 
 def connection_options(settings: Settings) -> tuple[Any, ...]:

@@ -1,7 +1,8 @@
 """Celery result backend on PostgreSQL: ``result_backend = "postgresql://user@host/db"``.
 
 Registered through Celery's ``celery.result_backends`` entry point under
-``postgresql`` and ``postgres``, so no import is needed in the app module.
+``postgresql`` and ``postgres``, so no import is needed in the app module (importing this
+module imports the package, which registers the ``postgresql://`` broker scheme too).
 
 Features: every serializer (meta stored as bytea with its content type),
 ``result_extended``, groups, ``forget``, ``result_expires`` (beat's
@@ -19,8 +20,6 @@ process, ``listen_url``: a direct URL for LISTEN behind PgBouncer), plus
 """
 
 from __future__ import annotations
-
-import celery_durable  # noqa: F401  (registers the postgresql:// broker scheme too)
 
 from .backend import PostgresBackend
 

@@ -28,7 +28,7 @@ from celery.result import result_from_tuple
 from kombu.serialization import loads
 from kombu.utils.encoding import bytes_to_str
 
-from .. import maintenance
+from .. import maintenance, runtime
 from ..compat import decompress_payload
 from ..config import BACKEND_OPTIONS, Settings
 from ..db import dsn, fetch, pool
@@ -296,7 +296,7 @@ class PostgresBackend(ChainFailureMixin, ChordMixin, Backend, AsyncBackendMixin)
         the same policy (try-lock, row limit). Errors are logged, never raised
         into the caller.
         """
-        if maintenance.in_worker():
+        if runtime.in_worker():
             return
         try:
             service = maintenance.for_database(self.conninfo, self.settings)

@@ -171,8 +171,6 @@ def _destination(target: Target) -> kombu.Connection:
     app = target.app
     if app is not None and _is_postgres((app.conf.broker_url or "").split(";", 1)[0]):
         return app.connection_for_write(transport_options={"confirm_publish": True})
-    import celery_durable  # noqa: F401  (registers postgresql:// with Kombu)
-
     return kombu.Connection(target.url(), transport_options={"schema": target.schema, "confirm_publish": True})
 
 

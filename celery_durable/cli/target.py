@@ -66,8 +66,6 @@ class Target:
             return self.app
         from celery import Celery
 
-        import celery_durable  # noqa: F401  (registers postgresql:// with Kombu)
-
         url = self.url()
         app = Celery("celery_durable_cli", broker=url, backend=url, set_as_current=False)
         options = {"schema": self.schema, "auto_migrate": False}

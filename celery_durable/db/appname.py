@@ -1,7 +1,7 @@
 """Which part of Celery a connection serves, shown as its ``application_name`` in ``pg_stat_activity``.
 
 A process has a role (``client`` until Celery's signals say it is a worker,
-a worker's pool child or beat; the CLI says ``cli``); a background thread may
+a worker's pool child or beat, :mod:`celery_durable.lifecycle`; the CLI says ``cli``); a background thread may
 name its own component (the fetcher, the keeper). A connection is named
 ``<base>:<component>``, where ``<base>`` is the URL's ``application_name``
 or ``celery_durable``. Components:
@@ -17,10 +17,8 @@ or ``celery_durable``. Components:
 
 from __future__ import annotations
 
-import os
 import threading
 
-from celery import signals
 from psycopg.conninfo import conninfo_to_dict
 
 BASE_DEFAULT = "celery_durable"
@@ -32,7 +30,6 @@ COMPONENTS = ("worker", "task", "fetcher", "keeper", "listener", "result-listene
               "exporter")
 
 _process_role = "client"
-_worker_pid: int | None = None
 _thread = threading.local()
 
 
@@ -57,20 +54,3 @@ def application_name(conninfo: str, name: str | None = None) -> str:
     base = conninfo_to_dict(conninfo).get("application_name") or BASE_DEFAULT
     return f"{base}:{name or component()}"[:NAME_MAX]
 
-
-@signals.celeryd_init.connect(weak=False, dispatch_uid="celery_durable.appname.worker")
-def _on_worker_init(**_: object) -> None:
-    global _worker_pid
-    _worker_pid = os.getpid()
-    set_role("worker")
-
-
-@signals.worker_process_init.connect(weak=False, dispatch_uid="celery_durable.appname.task")
-def _on_worker_process_init(**_: object) -> None:
-    if os.getpid() != _worker_pid:  # the solo pool sends it from the worker's own process
-        set_role("task")
-
-
-@signals.beat_init.connect(weak=False, dispatch_uid="celery_durable.appname.beat")
-def _on_beat_init(**_: object) -> None:
-    set_role("beat")

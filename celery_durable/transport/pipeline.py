@@ -458,15 +458,6 @@ def close_all() -> None:
             logger.error("pipelined publishes not confirmed at exit: %s", exc)
 
 
-def _on_pool_child_exit(**_: Any) -> None:
-    close_all()
-
-
+# A prefork pool child leaves through os._exit(), past atexit: Celery's worker_process_shutdown is its
+# last word (celery_durable.lifecycle).
 atexit.register(close_all)
-# A prefork pool child leaves through os._exit(), past atexit: Celery's signal is its last word.
-try:
-    from celery import signals
-except ImportError:  # pragma: no cover - Kombu without Celery
-    pass
-else:
-    signals.worker_process_shutdown.connect(_on_pool_child_exit, weak=False)

@@ -15,7 +15,6 @@ import weakref
 from typing import Any
 
 from billiard.exceptions import TimeLimitExceeded
-from celery import signals
 
 from ..headers import LEASE_HEADER, STEP_HEADER
 from . import checkpoint
@@ -47,15 +46,13 @@ def held_steps() -> list[checkpoint.StepRef]:
     return refs
 
 
-@signals.task_received.connect
-def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+def remember(request: Any) -> None:
+    """A request the worker received (``task_received``): held while it is a durable step's."""
     if request is not None and STEP_HEADER in request.request_dict:
         _held[request.id] = request
 
 
-@signals.task_failure.connect
-def _on_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
-                einfo: Any = None, **_: Any) -> None:
+def failed(sender: Any, task_id: str | None, exception: BaseException | None, einfo: Any) -> None:
     """A hard time limit killed a step's pool process: the step failed (Celery does not retry it either)."""
     if not isinstance(exception, TimeLimitExceeded) or task_id is None:
         return
@@ -89,7 +86,10 @@ class Pulse:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop beating; returns once the thread has ended (a beat in flight finishes first)."""
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -16,7 +16,6 @@ import traceback as tb
 from typing import Any
 
 import psycopg
-from celery import signals
 from celery.exceptions import Ignore, NotRegistered, Reject, Retry
 
 from ..exceptions import LeaseLost, Undecodable
@@ -145,30 +144,14 @@ def _rollback(store: Store, step: StepContext) -> None:
         step._conn = None
 
 
-@signals.worker_init.connect
-def _on_worker_init(sender: Any = None, **_: Any) -> None:
-    app = getattr(sender, "app", None)
-    if app is not None:
-        instrument(app)
-
-
-@signals.worker_process_init.connect
-def _on_worker_process_init(sender: Any = None, **_: Any) -> None:
-    from celery import current_app
-
-    instrument(current_app)
-
-
-@signals.task_unknown.connect
-def _on_task_unknown(sender: Any = None, message: Any = None, name: str | None = None, **_: Any) -> None:
-    """A step this worker cannot run fails its workflow instead of leaving it stalled.
+def unknown_task(app: Any, message: Any, name: str | None) -> None:
+    """A step this worker cannot run (``task_unknown``) fails its workflow instead of leaving it stalled.
 
     Celery has already rejected the message (the transport keeps it as a dead letter). Once the
     task is deployed, resuming the workflow sends the step again.
     """
     headers = getattr(message, "headers", None) or {}
     header = headers.get(STEP_HEADER)
-    app = getattr(sender, "app", None)
     if not header or app is None:
         return
     try:

@@ -11,7 +11,7 @@ transaction rolls back. One worker at a time re-sends (a transaction-level
 advisory lock). The worker's maintenance service calls :func:`resend_lost`
 every :func:`interval` seconds in its own thread, and forgets finished
 workflows past ``workflow_retention`` in batches (see
-:mod:`celery_durable.maintenance.worker`); the pulse has a thread of its own.
+:mod:`celery_durable.lifecycle`); the pulse has a thread of its own.
 """
 
 from __future__ import annotations
@@ -19,19 +19,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import signals
-
 from ..exceptions import Undecodable, WorkflowError
 from . import rows
 from .checkpoint import decode, fail_undecodable
 from .dispatch import Message, plan, send, stage
-from .held import Pulse
 from .store import Store
 from .tree import NOTHING, Node, ancestors, feeder
 
 logger = logging.getLogger(__name__)
-
-_running: dict[int, list[Any]] = {}
 
 
 def resend_lost(store: Store) -> int:
@@ -97,28 +92,3 @@ def interval(store: Store) -> float:
     """Seconds between two runs of :func:`resend_lost`."""
     return max(1.0, min(store.settings.recovery_after / 2, 60.0))
 
-
-@signals.worker_ready.connect
-def _start(sender: Any = None, **_: Any) -> None:
-    app = getattr(sender, "app", None)
-    if app is None:
-        return
-    try:
-        store = Store.for_app(app)
-    except WorkflowError:
-        return  # not a durable-chain setup (no postgresql:// backend)
-    except Exception:  # noqa: BLE001 - the worker runs on; say why held steps will not show as alive
-        logger.exception("durable step pulse not started: steps this worker holds may be re-sent as lost")
-        return
-    if not store.atomic:
-        pulse = Pulse(store)
-        pulse.start()
-        _running[id(app)] = [pulse]
-
-
-@signals.worker_shutdown.connect
-def _stop(sender: Any = None, **_: Any) -> None:
-    for services in list(_running.values()):
-        for service in services:
-            service.stop()
-    _running.clear()
