@@ -82,11 +82,11 @@ CREATE INDEX dead_letter_dead_at_idx ON {schema}.dead_letter (dead_at);
 -- transaction, so a worker whose claim already saw it moves on), 'd<epoch>:<queue>' for a delayed one,
 -- so workers can set a timer. A row trigger: every publish inserts one row per queue, and a row
 -- trigger costs a publish less than a statement trigger's transition table and query (a bulk INSERT
--- of n rows sends n wake-ups; a worker keeps the lowest id of each priority). A transaction that NOTIFYs holds a
--- cluster-wide lock from before its commit record until its commit has been flushed, so such commits
--- cannot share a WAL flush. A publisher that sets celery_durable.wake_after_commit for its transaction
--- gets the payloads stashed in its session instead, and sends them with message_wake_v1() in a
--- second, quick transaction right after.
+-- of n rows sends n wake-ups; a worker keeps the lowest id of each priority). A transaction that
+-- NOTIFYs holds a cluster-wide lock from before its commit record until its commit has been flushed,
+-- so such commits cannot share a WAL flush. A publisher that sets celery_durable.wake_after_commit for
+-- its transaction gets the payloads stashed in its session instead, and sends them with
+-- message_wake_v1() in a second, quick transaction right after.
 CREATE FUNCTION {schema}.message_notify_v4() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
