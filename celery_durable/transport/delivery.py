@@ -255,7 +255,7 @@ class Delivery:
             self.leases.dead_letter([lease], reason)
         return payloads
 
-    def give_back(self, token: uuid.UUID, rows: list) -> None:
+    def requeue_unreceived(self, token: uuid.UUID, rows: list) -> None:
         """Requeue claimed rows nobody will receive (no delivery counted)."""
         try:
             self.leases.requeue([Lease(row[0], token, row[1]) for row in rows])

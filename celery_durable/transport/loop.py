@@ -79,7 +79,7 @@ class HubLoop:
             return
         fetcher.stop()
         for token, rows in fetcher.undelivered():
-            self.delivery.give_back(token, rows)
+            self.delivery.requeue_unreceived(token, rows)
         self._say_bye()
 
     def _say_bye(self) -> None:
@@ -231,7 +231,7 @@ class HubLoop:
                 raise rows
             for (channel, (queues, n)), claimed in zip(requests.items(), rows):
                 if channel.closed or channel not in channels:
-                    self.delivery.give_back(token, claimed)
+                    self.delivery.requeue_unreceived(token, claimed)
                     continue
                 if len(claimed) >= n or self.delivery.floors.pending(queues):
                     channel.ready = True  # there may be more, or another queue or priority to read

@@ -50,7 +50,7 @@ from .drain import Drainer
 from .keeper import Keeper
 from .leases import Leases
 from .loop import HubLoop
-from .maintenance import Vacuum, expiries
+from .cleanup import Vacuum, expiries
 from .notifier import Notifier
 from .publish import Publisher
 

@@ -170,7 +170,7 @@ def commit_success(store: Store, step: StepContext, ref: StepRef, task: Any, res
         raise
     finally:
         if own:
-            store.give_back(conn)
+            store.release(conn)
     send(store.app, next_send)
 
 

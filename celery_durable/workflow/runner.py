@@ -128,7 +128,7 @@ def _run_step(task: Any, header: dict, original: Any, args: tuple, kwargs: dict)
         raise
     finally:
         if step._conn is not None:
-            store.give_back(step._conn)
+            store.release(step._conn)
     return result
 
 
@@ -140,7 +140,7 @@ def _rollback(store: Store, step: StepContext) -> None:
         if not conn.closed:
             conn.execute("ROLLBACK")
     finally:
-        store.give_back(conn)
+        store.release(conn)
         step._conn = None
 
 

@@ -64,8 +64,8 @@ class Store:
             yield conn
 
     def borrow(self) -> psycopg.Connection:
-        """A pooled connection kept across a step's body; give it back with ``give_back``."""
+        """A pooled connection kept across a step's body; give it back with ``release``."""
         return pool.get_pool(self.conninfo, self.settings).getconn()
 
-    def give_back(self, conn: psycopg.Connection) -> None:
+    def release(self, conn: psycopg.Connection) -> None:
         pool.get_pool(self.conninfo, self.settings).putconn(conn)

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from celery_durable import durable_chain, maintenance
 from celery_durable.cli import durable
 from celery_durable.exceptions import ListenUnavailable
-from celery_durable.transport.maintenance import expiries as transport_expiries
+from celery_durable.transport.cleanup import expiries as transport_expiries
 from tests.apps.topology_app import create_tables, make_app
 from tests.apps.transport_app import wait_for
 
