@@ -19,8 +19,10 @@ signal                        process             what happens
 The process services are the maintenance service's work for this worker (the
 result backend's expiries, finished workflows' retention, the durable sweep
 when the broker is elsewhere, the xmin horizon watch) and the durable step
-pulse. Each is a :class:`Service`: started here, stopped here, and its stop
-returns once it has ended. The transport's fetcher and keeper threads belong
+pulse. Each is a :class:`Service`, started and stopped here: the pulse's stop
+joins its thread; the maintenance work is detached from its service, whose
+thread finishes its bounded run and ends with its last owner. The transport's
+fetcher and keeper threads belong
 to a broker connection, which Celery opens and closes, and start and stop with
 it (:mod:`celery_durable.transport.loop`, :mod:`celery_durable.transport.keeper`).
 """
@@ -43,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 
 class Service(Protocol):
-    """A process service of a worker: ``stop()`` returns once it has ended."""
+    """A process service of a worker: ``stop()`` ends it (see the module's docstring for how each does)."""
 
     def stop(self) -> None: ...
 

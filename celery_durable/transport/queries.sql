@@ -328,27 +328,30 @@ WHERE id IN (
     FOR UPDATE SKIP LOCKED
 )
 
+-- dead_letter_chosen --
+-- The dead letters an operator chose, included by dead_letter_list, _purge and _take: those named
+-- (NULL: every one) of one queue (NULL: any).
+(%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+
 -- dead_letter_list --
--- Dead letters in id order: those named (NULL: every one) of one queue (NULL: any).
+-- The chosen dead letters (dead_letter_chosen) in id order.
 SELECT id, queue, task, reason, delivery_count, dead_at
 FROM {schema}.dead_letter
-WHERE (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+WHERE {@dead_letter_chosen}
 ORDER BY id
 LIMIT %(limit)s
 
 -- dead_letter_purge --
--- Delete dead letters (the same selection as dead_letter_list).
+-- Delete the chosen dead letters (dead_letter_chosen).
 DELETE FROM {schema}.dead_letter
-WHERE (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+WHERE {@dead_letter_chosen}
 RETURNING id
 
 -- dead_letter_take --
--- A requeue's first step: remove dead letters (the same selection), returning what goes back.
+-- A requeue's first step: remove the chosen dead letters (dead_letter_chosen), returning what goes back.
 DELETE FROM {schema}.dead_letter
-WHERE (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+WHERE {@dead_letter_chosen}
 RETURNING id, queue, task, payload, created_at
 
 -- message_restore --
