@@ -5,17 +5,19 @@ writes the publish's statement into the socket and returns without waiting
 for an answer. Statements are committed by Syncs, each Sync ending one
 implicit transaction: when the server has answered everything before, the
 Sync follows the statement at once; while a commit is in flight, further
-statements wait in an open group whose Sync goes out as soon as that commit's
-answer arrives (on the next publish, or from a small thread while publishing
-has paused; it also reads the answers). So an idle server commits each
+statements wait in the process, in an open group that goes out with its Sync
+as soon as that commit's answer arrives (on the next publish, or from a small
+thread while publishing has paused; it also reads the answers). A statement is
+never written ahead of its Sync, so a pooler in transaction mode never parts it
+from its transaction. So an idle server commits each
 publish alone, and a busy one commits many at once, sharing one WAL flush and
 one NOTIFY.
 
 At most ``DEPTH`` publishes are unanswered; the next one waits for the oldest
-answer. That bounds what a crash of the client process loses: PostgreSQL
-rolls back an open group without its Sync, and it abandons the statements it
-has not run yet once it finds its client gone, so the unanswered publishes
-may be lost although they reached the server. :meth:`Pipeline.flush` waits
+answer. That bounds what a crash of the client process loses: the open group
+has not left the process, and PostgreSQL abandons the statements it has not
+run yet once it finds its client gone, so the unanswered publishes may be lost
+although they reached the server. :meth:`Pipeline.flush` waits
 for every answer: the transport flushes when its connection closes, before
 it counts, purges or gets messages, :func:`flush_all` (``celery_durable.flush_publishes``)
 on demand, and :func:`close_all` at interpreter exit, when a multiprocessing
@@ -221,29 +223,36 @@ class Pipeline:
             self._lose(exc)
 
     def _write(self, publish: _Publish) -> None:
-        """Write a statement into the open group; its Sync goes now if no commit is in flight."""
-        pg = self._pg
+        """Add a statement to the open group; the group goes now if no commit is in flight."""
         if self._open is None:
             self._open = _Group()
-            if self.relaxed:
-                pg.send_query_params(NO_FLUSH_WAIT, None)
-                self._expected.append((self._open, None))
-        pg.send_query_params(publish.sql, publish.values, param_types=publish.types, param_formats=publish.formats)
         self._open.publishes.append(publish)
-        self._expected.append((self._open, publish))
         self._unanswered += 1
-        self._push()
         self._collect()
         self._sync_open()
 
     def _sync_open(self, force: bool = False) -> None:
-        """Send the open group's Sync when nothing is in flight (or when forced, or the group is full)."""
+        """Send the open group with its Sync when nothing is in flight (or when forced, or the group is full).
+
+        Its statements go only together with their Sync: PgBouncer in transaction
+        mode hands the server back to its pool at an idle ReadyForQuery unless a
+        Sync it has seen is still unanswered, and a statement already written to
+        that server would run in the next client's transaction, its answer never
+        coming back.
+        """
         group = self._open
         if group is None or not (force or not self._in_flight or len(group.publishes) >= GROUP_MAX):
             return
-        self._pg.pipeline_sync()
-        self._expected.append((group, "sync"))
+        pg = self._pg
         self._open = None
+        if self.relaxed:
+            pg.send_query_params(NO_FLUSH_WAIT, None)
+            self._expected.append((group, None))
+        for publish in group.publishes:
+            pg.send_query_params(publish.sql, publish.values, param_types=publish.types, param_formats=publish.formats)
+            self._expected.append((group, publish))
+        pg.pipeline_sync()
+        self._expected.append((group, "sync"))
         self._in_flight += 1
         self._push()
 
@@ -328,6 +337,8 @@ class Pipeline:
     def _lose(self, exc: BaseException):
         """The connection is gone: log what may be lost, close, raise DatabaseUnavailable."""
         groups = list(dict.fromkeys(group for group, _ in self._expected))
+        if self._open is not None:
+            groups.append(self._open)
         unknown = [p.task_id for group in groups for p in group.publishes] + [p.task_id for p in self._resend]
         if unknown:
             logger.error("connection lost before the server answered %d publish(es); they may be lost: tasks %s",

@@ -244,3 +244,39 @@ def test_pipelined_publishes_through_pgbouncer(pg_cluster, pgbouncer, synchronou
         assert stored_args(h) == list(range(2000))
     finally:
         h.close()
+
+
+@pytest.mark.own_servers
+def test_pipelined_publishes_through_pgbouncer_beside_busy_clients(pg_cluster, pgbouncer):
+    """PgBouncer hands a server back to its pool at every idle ReadyForQuery, whoever sent more since.
+
+    Other clients of the same PgBouncer take and release servers all along: a
+    statement written ahead of its Sync would run in whichever client's
+    transaction got that server next, and its answer would never come back.
+    """
+    cluster = pg_cluster()
+    bouncer = pgbouncer(cluster, extra=["default_pool_size = 4"])
+    env = {"CELERY_DURABLE_URL": bouncer.url(), "CELERY_DURABLE_SCHEMA": "pipe",
+           "CELERY_DURABLE_CONFIRM_PUBLISH": "false"}
+    h = Harness(cluster.url(), "pipe", env, None)
+    done = threading.Event()
+
+    def busy() -> None:
+        with psycopg.connect(bouncer.url(), autocommit=True, prepare_threshold=None) as conn:
+            while not done.is_set():
+                conn.execute("SELECT pg_sleep(0.0005)")
+
+    others = [threading.Thread(target=busy, daemon=True) for _ in range(3)]
+    try:
+        for thread in others:
+            thread.start()
+        echo = h.task("echo")
+        for i in range(3000):
+            echo.delay(i)
+        celery_durable.flush_publishes()
+        assert stored_args(h) == list(range(3000))
+    finally:
+        done.set()
+        for thread in others:
+            thread.join(10)
+        h.close()
