@@ -2,8 +2,9 @@
 
 The same wake-ups as on the event loop, in the caller's thread: pending acks
 go first, the safety poll and announced delayed messages make queues ready,
-and the call blocks on the LISTEN socket until a claim delivers something or
-the timeout passes.
+and the call claims again at once while a claim that found nothing leaves another
+priority or queue to read, then blocks on the LISTEN socket until a claim
+delivers something or the timeout passes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Drainer:
             delivery.release_due()
             if delivery.fetch_ready():
                 return
+            if any(delivery.claim_size(channel) > 0 for channel in transport.channels):
+                continue  # a floor held nothing: the next claim reads the next priority or queue now
             now = monotonic()
             if deadline is not None and now >= deadline:
                 raise socket.timeout()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import psycopg
@@ -148,7 +149,10 @@ def test_priorities_announced_in_any_order_are_claimed_highest_first(pg_url, sch
                 for _ in range(3):
                     producer.publish({"p": p}, routing_key="ranked", priority=p)
             while len(got) < 6:
+                started = time.monotonic()
                 conn.drain_events(timeout=30)
+                # with no safety poll for an hour, a floor that held nothing must not stall the next
+                assert time.monotonic() - started < 30, f"priority {got[-1]} waited out the drain's timeout"
     assert sorted(got) == [0, 0, 0, 9, 9, 9]
     if priorities == (0, 9):  # all six were waiting when the first claim after the warm-up ran
         assert got[-1] == 0
