@@ -15,7 +15,10 @@ database nothing else uses, so its counters and its processes' CPU are ours.
   hops, minus what the same workers cost while idle (measured right after, over
   ``--idle`` seconds, and scaled to the hops' window). Counters are read 12 s
   after the last statement: PostgreSQL flushes an idle backend's counters up to
-  10 s late.
+  10 s late. Also the CPU the workers and the cluster spent over the hops alone
+  (ms per hop), and the statements run per hop (``pg_stat_statements``, by the
+  first characters of their text): where the extra time and transactions of
+  more listening workers go.
 * **drain**: N counted no-op tasks are queued in ``bench_drain`` first; then
   ``add_consumer`` starts every worker on it, and the run lasts until the N-th
   execution. Reported: tasks/s, the cluster's CPU seconds per 1,000 tasks (its
@@ -48,7 +51,10 @@ from benchmarks.configs import CONFIGS  # noqa: E402
 from benchmarks.processes import cpu_seconds, processes, start_worker  # noqa: E402
 from benchmarks.scaling import cluster_cpu_seconds  # noqa: E402
 
-CLUSTER_CONF = ["fsync = on", "synchronous_commit = on", "shared_buffers = 128MB", "max_connections = 600"]
+CLUSTER_CONF = ["fsync = on", "synchronous_commit = on", "shared_buffers = 128MB", "max_connections = 600",
+                "shared_preload_libraries = 'pg_stat_statements'"]
+#: Statements reported per hop (the most called ones).
+STATEMENTS_SHOWN = 20
 DATABASE = "bench_many"
 #: Seconds after the last statement until every backend has flushed its counters.
 STATS_SETTLE = 12.0
@@ -66,20 +72,43 @@ def _xacts(admin_url: str) -> int:
                             (DATABASE,)).fetchone()[0]
 
 
-def hops_client(hops: int, idle: float, admin_url: str) -> dict:
-    """Warm up, then ``hops`` sequential round trips; transactions over them, less the idle background."""
+def _statements(url: str) -> dict[str, int]:
+    """Calls so far of each statement of our database (pg_stat_statements), by its text's first line."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT query, calls FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+                            " WHERE d.datname = %s", (DATABASE,)).fetchall()
+    calls: dict[str, int] = {}
+    for query, n in rows:
+        key = " ".join(query.split())[:90]
+        calls[key] = calls.get(key, 0) + n
+    return calls
+
+
+def hops_client(hops: int, idle: float, admin_url: str, workers: list[int], data_dir: str) -> dict:
+    """Warm up, then ``hops`` sequential round trips; transactions over them, less the idle background.
+
+    Also the CPU the workers (``workers``: main pids) and the cluster spent over the hops alone, and the
+    statements run per hop: where a hop's extra time and transactions go when more workers listen.
+    """
     from benchmarks import app as m
 
     for i in range(20):
         m.echo.delay(i).get(timeout=30)
     time.sleep(STATS_SETTLE)
+    statements0 = _statements(admin_url)
     x0, t0 = _xacts(admin_url), time.monotonic()
+    cpu0, pg0 = workers_cpu_seconds(set(workers)), cluster_cpu_seconds(Path(data_dir))
     samples = []
     for i in range(hops):
         s = time.perf_counter()
         assert m.echo.delay(i).get(timeout=30) == i
         samples.append((time.perf_counter() - s) * 1000)
+    cpu1, pg1 = workers_cpu_seconds(set(workers)), cluster_cpu_seconds(Path(data_dir))
     time.sleep(STATS_SETTLE)
+    statements1 = _statements(admin_url)
+    per_hop = {q: (n - statements0.get(q, 0)) / hops for q, n in statements1.items() if n > statements0.get(q, 0)}
     x1, t1 = _xacts(admin_url), time.monotonic()
     i0 = x1
     time.sleep(idle)
@@ -90,6 +119,8 @@ def hops_client(hops: int, idle: float, admin_url: str) -> dict:
         "hops": hops, "p50_ms": statistics.median(samples), "p95_ms": samples[int(0.95 * (len(samples) - 1))],
         "xacts": x1 - x0, "window_s": t1 - t0, "idle_xacts_per_s": idle_rate,
         "xacts_per_task": ((x1 - x0) - idle_rate * (t1 - t0)) / hops,
+        "workers_cpu_ms_per_hop": (cpu1 - cpu0) / hops * 1000, "pg_cpu_ms_per_hop": (pg1 - pg0) / hops * 1000,
+        "statements_per_hop": dict(sorted(per_hop.items(), key=lambda kv: -kv[1])[:STATEMENTS_SHOWN]),
     }
 
 
@@ -129,9 +160,8 @@ def drain_run(key: str, n: int, workers: int, timeout: float, queue: str = DRAIN
 
 # --------------------------------------------------------------------------- the run
 
-def workers_cpu_seconds(started) -> float:
-    """CPU seconds of the worker processes: each main process with its reaped children, and the live ones."""
-    mains = {w.pid for w in started}
+def workers_cpu_seconds(mains: set[int]) -> float:
+    """CPU seconds of the worker processes (main pids): each with its reaped children, and the live ones."""
     return sum(cpu_seconds(pid, reaped=True) for pid in mains) + sum(
         cpu_seconds(pid) for pid, ppid, _ in processes() if ppid in mains)
 
@@ -153,13 +183,15 @@ def measure(env: dict, data_dir: Path, admin_url: str, count: int, hops: int | N
         for w in started:
             w.wait_ready(300)
         if hops:
-            out["hops"] = _client(env, "hops-client", str(hops), str(idle), admin_url, timeout=timeout + idle + 120)
+            out["hops"] = _client(env, "hops-client", str(hops), str(idle), admin_url,
+                                  ",".join(str(w.pid) for w in started), str(data_dir), timeout=timeout + idle + 120)
         if drain:
             key = _client(env, "drain-fill", str(drain), timeout=timeout)["key"]
             time.sleep(STATS_SETTLE)
-            x0, cpu0, wcpu0 = _xacts(admin_url), cluster_cpu_seconds(data_dir), workers_cpu_seconds(started)
+            mains = {w.pid for w in started}
+            x0, cpu0, wcpu0 = _xacts(admin_url), cluster_cpu_seconds(data_dir), workers_cpu_seconds(mains)
             res = _client(env, "drain-run", key, str(drain), str(count), str(timeout), timeout=timeout + 60)
-            cpu1, wcpu1 = cluster_cpu_seconds(data_dir), workers_cpu_seconds(started)
+            cpu1, wcpu1 = cluster_cpu_seconds(data_dir), workers_cpu_seconds(mains)
             time.sleep(STATS_SETTLE)
             res["pg_cpu_s_per_1000"] = (cpu1 - cpu0) / drain * 1000
             res["workers_cpu_s_per_1000"] = (wcpu1 - wcpu0) / drain * 1000
@@ -173,7 +205,8 @@ def measure(env: dict, data_dir: Path, admin_url: str, count: int, hops: int | N
 
 def report(runs: list[dict]) -> None:
     """Each part's figures per worker count, with the ratio to the fewest workers of the same round."""
-    keys = {"hops": ["p50_ms", "p95_ms", "xacts_per_task", "idle_xacts_per_s"],
+    keys = {"hops": ["p50_ms", "p95_ms", "xacts_per_task", "idle_xacts_per_s", "workers_cpu_ms_per_hop",
+                     "pg_cpu_ms_per_hop"],
             "drain": ["tps", "pg_cpu_s_per_1000", "workers_cpu_s_per_1000", "xacts_per_task"]}
     for part, names in keys.items():
         rows = [r for r in runs if part in r]
@@ -211,6 +244,10 @@ def main(argv=None) -> int:
                      "runs": []}
     try:
         cluster.create_database(DATABASE)
+        import psycopg
+
+        with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:  # read from there, for any database
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         url, admin_url = cluster.url(DATABASE), cluster.url("postgres")
         env = CONFIGS["pg"].env(BENCH_BROKER=url, BENCH_BACKEND=url)
         wakes = [w.strip() for w in args.wakes.split(",") if w.strip()]
@@ -238,7 +275,8 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "hops-client":
-        print(json.dumps(hops_client(int(sys.argv[2]), float(sys.argv[3]), sys.argv[4])))
+        print(json.dumps(hops_client(int(sys.argv[2]), float(sys.argv[3]), sys.argv[4],
+                                     [int(p) for p in sys.argv[5].split(",")], sys.argv[6])))
         raise SystemExit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "drain-fill":
         print(json.dumps({"key": drain_fill(int(sys.argv[2]))}))
