@@ -9,6 +9,7 @@ which batches them across channels.
 from __future__ import annotations
 
 import logging
+
 from kombu.exceptions import ChannelError
 from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments

@@ -9,8 +9,9 @@ through PgBouncer, see :func:`celery_durable.db.pool.execute_relaxed`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 

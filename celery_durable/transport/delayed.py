@@ -12,7 +12,7 @@ found by the safety poll, within ``polling_interval`` of its time.
 from __future__ import annotations
 
 import bisect
-from typing import Iterable
+from collections.abc import Iterable
 
 #: Due times kept per consumed queue.
 PER_QUEUE_MAX = 1000

@@ -16,8 +16,9 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from time import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..headers import LEASE_HEADER, STEP_HEADER
 from .channel import Channel, UndecodableBody
@@ -48,7 +49,7 @@ CLAIM_SETTINGS = ("SELECT set_config('synchronous_commit', 'off', true), set_con
 
 
 class Delivery:
-    def __init__(self, transport: "Transport") -> None:
+    def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.db = transport.db
         self.leases = transport.leases

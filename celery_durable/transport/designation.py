@@ -50,7 +50,7 @@ class Awaited:
 class Designation:
     """The designated wake-ups of one worker (its transport, in Celery's event loop)."""
 
-    def __init__(self, delivery: "Delivery", roster: Roster, notes: NoteSender) -> None:
+    def __init__(self, delivery: Delivery, roster: Roster, notes: NoteSender) -> None:
         self.delivery = delivery
         self.roster = roster
         self.notes = notes
@@ -121,19 +121,19 @@ class Designation:
         self.notes.send(Note(PASS, me, (queue,), floors), True)
         return False
 
-    def claiming(self, channel: "Channel") -> None:
+    def claiming(self, channel: Channel) -> None:
         """A claim of ``channel`` is about to go: it carries this worker's word that it took what it was
         designated for."""
         if self.took:
             self.took = False
             self.notes.send(Note(TOOK, self.roster.me, durable_queues(channel)), False)
 
-    def hello(self, channel: "Channel") -> None:
+    def hello(self, channel: Channel) -> None:
         """A safety poll's claim (or the first): it says hello, which says busy until this worker says idle."""
         self.idle_said = False
         self.notes.send(Note(HELLO, self.roster.me, durable_queues(channel)), False)
 
-    def say_idle(self, channel: "Channel") -> None:
+    def say_idle(self, channel: Channel) -> None:
         """Tell the other workers once ``channel`` waits for wake-ups with room to spare.
 
         The note rides on the ack of what the channel holds; with nothing to ack, it goes now.
@@ -148,7 +148,7 @@ class Designation:
         alone = not channel.qos._delivered and self.delivery.leases.pending_age() is None
         self.notes.send(Note(IDLE, self.roster.me, queues), alone)
 
-    def overflowing(self, channel: "Channel") -> Note | None:
+    def overflowing(self, channel: Channel) -> Note | None:
         """A claim of ``channel`` came back full: the note that wakes the other idle workers, if any wait."""
         queues = durable_queues(channel)
         if not queues or not any(self.roster.others_idle(q) for q in queues):
@@ -169,11 +169,11 @@ class Designation:
     def _queues(self) -> tuple[str, ...]:
         return next((q for q in (durable_queues(c) for c in self._channels()) if q), ())
 
-    def _channels(self) -> list["Channel"]:
+    def _channels(self) -> list[Channel]:
         return list(self.delivery.transport.channels or [])
 
 
-def durable_queues(channel: "Channel") -> tuple[str, ...]:
+def durable_queues(channel: Channel) -> tuple[str, ...]:
     """The queues ``channel`` consumes that hold rows (not Celery's broadcast queues, which NOTIFY carries)."""
     return tuple(q for q in dict.fromkeys(channel._active_queues) if q not in channel.notify_only_queues)
 

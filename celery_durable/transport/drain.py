@@ -9,7 +9,6 @@ delivers something or the timeout passes.
 
 from __future__ import annotations
 
-import socket
 import threading
 from time import monotonic, time
 from typing import TYPE_CHECKING
@@ -19,7 +18,7 @@ if TYPE_CHECKING:
 
 
 class Drainer:
-    def __init__(self, transport: "Transport") -> None:
+    def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self._next_poll = monotonic() + transport.settings.polling_interval
 
@@ -37,11 +36,12 @@ class Drainer:
             delivery.release_due()
             if delivery.fetch_ready():
                 return
-            if any(delivery.claim_size(channel) > 0 for channel in transport.channels):
+            channels: list = list(transport.channels or ())
+            if any(delivery.claim_size(channel) > 0 for channel in channels):
                 continue  # a floor held nothing: the next claim reads the next priority or queue now
             now = monotonic()
             if deadline is not None and now >= deadline:
-                raise socket.timeout()
+                raise TimeoutError()
             wait = self._next_poll - now
             if deadline is not None:
                 wait = min(wait, deadline - now)

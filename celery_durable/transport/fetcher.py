@@ -29,12 +29,12 @@ logger = logging.getLogger(__name__)
 
 
 class Fetcher:
-    def __init__(self, transport: "Transport", kick_fd: int) -> None:
+    def __init__(self, transport: Transport, kick_fd: int) -> None:
         self.transport = transport
         self.kick_fd = kick_fd
         #: Finished round trips, for the loop: (requests, token, rows per request) or an exception.
         self.done: deque = deque()
-        self._requests: dict["Channel", tuple[list[str], int]] = {}
+        self._requests: dict[Channel, tuple[list[str], int]] = {}
         self._acks = False
         #: Notes waiting for a round trip: (kind, payload); ``_notes_now``: one of them may not wait.
         self._notes: list[tuple[str, str]] = []
@@ -44,7 +44,7 @@ class Fetcher:
         self._thread = threading.Thread(target=self._run, name="celery-durable-fetch", daemon=True)
         self._thread.start()
 
-    def claim(self, channel: "Channel", queues: list[str], n: int) -> None:
+    def claim(self, channel: Channel, queues: list[str], n: int) -> None:
         """Ask for up to ``n`` messages of ``queues``; they arrive through ``done``."""
         with self._cond:
             self._requests[channel] = (queues, n)

@@ -53,7 +53,7 @@ class Snapshot:
     running: frozenset[int]
 
     @classmethod
-    def parse(cls, text: str) -> "Snapshot":
+    def parse(cls, text: str) -> Snapshot:
         xmin, xmax, running = text.split(":")
         return cls(int(xmin), int(xmax), frozenset(int(x) for x in running.split(",") if x))
 
@@ -68,7 +68,7 @@ class QueueFloors:
     floors: dict[int, int] = field(default_factory=dict)
     below: int = EVERY
 
-    def copy(self) -> "QueueFloors":
+    def copy(self) -> QueueFloors:
         return QueueFloors(dict(self.floors), self.below)
 
     def hint(self, priority: int, first_id: int) -> None:

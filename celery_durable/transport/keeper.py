@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 class Keeper:
-    def __init__(self, transport: "Transport") -> None:
+    def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self.interval = max(0.2, transport.settings.lease_seconds / 3)
         self._stop = threading.Event()

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from time import monotonic
-from typing import Callable
 
 from .database import Database
 
@@ -125,7 +125,8 @@ class Leases:
         return pending
 
     def ack_params(self, leases: list[Lease]) -> dict:
-        return {"ids": [l.id for l in leases], "tokens": [l.token for l in leases]}
+        """The ``ids`` and ``tokens`` parameters that name ``leases`` to the held-rows statements."""
+        return {"ids": [lease.id for lease in leases], "tokens": [lease.token for lease in leases]}
 
     def ack_now(self, leases: list[Lease]) -> None:
         # Acks commit without fsync, like leases: a database crash that undoes one redelivers
@@ -135,7 +136,7 @@ class Leases:
     def check_acked(self, leases: list[Lease], deleted: list) -> None:
         if len(deleted) < len(leases):
             gone = {r[0] for r in deleted}
-            lost = [l.id for l in leases if l.id not in gone]
+            lost = [lease.id for lease in leases if lease.id not in gone]
             logger.warning("ack of messages %s ignored: their lease was lost (another worker may hold them)", lost)
 
     def reject(self, tag: str, requeue: bool = False) -> None:
@@ -158,12 +159,11 @@ class Leases:
         self._requeue(leases, restored=1)
 
     def _requeue(self, leases: list[Lease], restored: int) -> None:
-        self.db.fetchall("message_requeue", relaxed=True, ids=[l.id for l in leases], tokens=[l.token for l in leases],
-                      restored=restored, channel=self.db.notify_channel)
+        self.db.fetchall("message_requeue", relaxed=True, **self.ack_params(leases), restored=restored,
+                         channel=self.db.notify_channel)
 
     def dead_letter(self, leases: list[Lease], reason: str) -> None:
-        self.db.execute("message_dead_letter", ids=[l.id for l in leases], tokens=[l.token for l in leases],
-                      reason=reason)
+        self.db.execute("message_dead_letter", **self.ack_params(leases), reason=reason)
 
     def renew(self) -> None:
         """Extend every lease still held (called by the Keeper thread)."""
@@ -171,13 +171,13 @@ class Leases:
         if not held:
             return
         leases = list(held.values())
-        renewed = self.db.fetchall("lease_renew", relaxed=True, ids=[l.id for l in leases], tokens=[l.token for l in leases],
-                                lease=self.db.settings.lease_seconds)
+        renewed = self.db.fetchall("lease_renew", relaxed=True, **self.ack_params(leases),
+                                   lease=self.db.settings.lease_seconds)
         lost = self._drop_missing({r[0] for r in renewed}, held)
         for tag, lease in held.items():
             if lease in lost:
                 self._acked_steps.pop(tag, None)
-        unexpected = [l.id for l in lost if not l.durable_step]
+        unexpected = [lease.id for lease in lost if not lease.durable_step]
         if unexpected:
             logger.warning("lost the lease of messages %s (paused longer than lease_seconds?)", unexpected)
 

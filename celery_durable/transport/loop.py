@@ -33,7 +33,7 @@ ACK_DELAY_MAX = 0.2
 
 
 class HubLoop:
-    def __init__(self, transport: "Transport", hub: Any) -> None:
+    def __init__(self, transport: Transport, hub: Any) -> None:
         self.transport = transport
         self.delivery = transport.delivery
         self.hub = hub
@@ -229,7 +229,7 @@ class HubLoop:
                 channel.claiming = 0
             if token is None:
                 raise rows
-            for (channel, (queues, n)), claimed in zip(requests.items(), rows):
+            for (channel, (queues, n)), claimed in zip(requests.items(), rows, strict=True):
                 if channel.closed or channel not in channels:
                     self.delivery.requeue_unreceived(token, claimed)
                     continue

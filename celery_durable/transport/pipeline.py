@@ -50,9 +50,10 @@ import os
 import re
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import monotonic
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 from psycopg import pq

@@ -44,13 +44,13 @@ from ..config import BROKER_OPTIONS, Settings
 from ..db import dsn, pool
 from ..exceptions import DatabaseUnavailable, SchemaError
 from .channel import Channel
+from .cleanup import Vacuum, expiries
 from .database import Database
 from .delivery import Delivery
 from .drain import Drainer
 from .keeper import Keeper
 from .leases import Leases
 from .loop import HubLoop
-from .cleanup import Vacuum, expiries
 from .notifier import Notifier
 from .publish import Publisher
 
