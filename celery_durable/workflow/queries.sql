@@ -209,8 +209,8 @@ WITH part AS (
     WHERE workflow_id = %(id)s AND path = %(path)s AND part = -1 AND %(part)s <> -1 AND (SELECT filled FROM part)
     RETURNING done >= size AS filled
 )
-SELECT coalesce((SELECT filled FROM whole), (SELECT filled FROM part) AND %(part)s = -1, false),
-       (SELECT count(*) FROM part)
+SELECT coalesce((SELECT filled FROM whole), (SELECT filled FROM part) AND %(part)s = -1, false) AS complete,
+       (SELECT count(*) FROM part) AS counted
 
 -- fan_in_list --
 -- How a workflow's groups are split in parts (restart counts them again).
