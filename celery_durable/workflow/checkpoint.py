@@ -40,6 +40,7 @@ from . import rows
 from .canvas import add_errbacks, encode_args, listed, node_of
 from .context import StepContext
 from .dispatch import Message, plan, send, stage
+from .fence import Act, Verdict, standing, verdict
 from .records import Counted, Follows, LockedWorkflow, NodeRow, StepCheck, StepState, StoredResult
 from .rows import Then
 from .store import Store
@@ -148,13 +149,14 @@ def before_run(store: Store, ref: StepRef) -> Before:
             state = fetch.execute_as(conn, StepState, q["step_state"], {"id": ref.workflow_id, "path": ref.path})
             following = fetch.execute_as(conn, NodeRow, q["node_next"], {"id": ref.workflow_id, "path": ref.path})
         row, found = state.fetchone(), following.fetchall()
-        stopped = (row is None or row.generation != ref.generation or row.status == "cancelled"
-                   or (row.status == "succeeded" and not ref.side))
-        # kind not a task: replaced since this message was sent
-        if row is None or stopped or row.content_type is not None or row.kind != "task":
+        says = verdict(row, ref, Act.RUN)
+        if row is None or says is not Verdict.GO or row.content_type is not None:
             with conn.transaction():
                 release(store, conn, ref)
-            if not stopped and row is not None and row.content_type is not None and row.result is not None:
+            # A finished task of a run that goes on hands back its result, even where its node was
+            # replaced since; a stopped run's task stops (the workflow is asked first, see Act.RUN).
+            if (says in (Verdict.GO, Verdict.REPLACED) and row is not None
+                    and row.content_type is not None and row.result is not None):
                 return Before(FINISHED, decode(store.app, row.content_type, row.result, ref.path))
             return Before(STOPPED)
         starts = rows.starts(conn, q, ref.workflow_id, found)
@@ -308,7 +310,8 @@ def _commit_checked(store: Store, conn: psycopg.Connection, ref: StepRef, before
         counting = _count(conn, q, wid, known) if known is not None and known.kind == "count" else None
     wf, inserted = checking.fetchone(), inserting.fetchone()
     released = releasing is None or releasing.fetchone() is not None
-    if wf is None or wf.generation != ref.generation:
+    says = verdict(wf, ref, Act.COMMIT)
+    if wf is None or says is Verdict.SUPERSEDED:
         _abandon(store, conn, ref, "belongs to a superseded run (or its workflow is gone): not checkpointed")
         return []
     result_id = wf.result_task_id
@@ -319,14 +322,14 @@ def _commit_checked(store: Store, conn: psycopg.Connection, ref: StepRef, before
     if not released:
         conn.execute("ROLLBACK")
         raise LeaseLost(f"lost the lease of step {ref.path} of workflow {wid}: rolled back")
-    if wf.kind != "task":
+    if says is Verdict.REPLACED:
         _abandon(store, conn, ref, "was replaced (Task.replace) by another attempt: not checkpointed")
         return []
     then = Then.of(wf)
     if counting is not None and then != known:
         raise WorkflowError(f"the row of step {ref.path} of workflow {wid} changed while it ran: rolled back")
-    revive = wf.status == "failed" and wf.failed_path == ref.path
-    sending = wf.status == "running" or revive or (wf.status == "succeeded" and ref.side)
+    revive = says is Verdict.FAILED and wf.failed_path == ref.path
+    sending = says is Verdict.GO or revive
     if revive:
         logger.warning("durable step %s of workflow %s succeeded after another attempt of it failed: "
                        "its checkpoint wins, the workflow runs on", ref.path, wid)
@@ -417,7 +420,7 @@ def record_failure(store: Store, ref: StepRef, exc: BaseException, traceback: st
             logger.warning("durable step %s of workflow %s failed in an attempt after another one finished it: "
                            "the checkpoint stands", ref.path, ref.workflow_id)
             return False
-        if wf is None or wf.generation != ref.generation or wf.status != "running":
+        if wf is None or standing(wf, ref, Act.FAIL) is not Verdict.GO:
             return False
         error = f"{type(exc).__name__}: {exc}"[:2000]
         conn.execute(q["workflow_finish"], {"id": ref.workflow_id, "status": "failed", "error": error,
@@ -453,8 +456,7 @@ def commit_replacement(store: Store, ref: StepRef, sig: Any) -> None:
             logger.warning("durable step %s of workflow %s replaced itself after losing its lease: ignored",
                            ref.path, wid)
             return
-        if (finished.fetchone() is not None or wf is None or wf.generation != ref.generation
-                or wf.status == "cancelled" or wf.kind != "task"):
+        if finished.fetchone() is not None or wf is None or verdict(wf, ref, Act.REPLACE) is not Verdict.GO:
             return
         nodes = rows.build(rows.subtree(conn, q, wid, [ref.path]))
         old = nodes[ref.path]

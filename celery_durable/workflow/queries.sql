@@ -109,7 +109,9 @@ WHERE w.id = %(id)s
 -- the task read before it ran no longer holds: the workflow stopped or moved to another generation, the
 -- lease is lost, or the task fills its group's count (a checkpoint already there aborts it too). Its
 -- checks see the workflow as it was before it (the task that ends the workflow checks the status it
--- sets), and nothing that could be skipped follows it but COMMIT.
+-- sets), and nothing that could be skipped follows it but COMMIT. `state` is the SQL twin of
+-- fence.standing(workflow, step, Act.COMMIT) is Verdict.GO (workflow/fence.py): change them together. The
+-- task's node is not read here: the task found a task at its path before it ran (step_state).
 WITH state AS (
     SELECT generation = %(generation)s AND (status = 'running' OR (status = 'succeeded' AND %(side)s)) AS running
     FROM {schema}.workflow WHERE id = %(id)s
