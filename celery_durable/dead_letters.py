@@ -50,8 +50,19 @@ class Requeued:
 def list_dead_letters(conn: psycopg.Connection, schema: str, *, ids: Sequence[int] | None = None,
                       queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
     """Dead letters in id order, at most ``limit``."""
-    cur = conn.execute(_queries(schema)["dead_letter_list"], {**_selection(ids, queue), "limit": limit})
-    return [DeadLetter(*row) for row in cur.fetchall()]
+    return fetch.execute_as(conn, DeadLetter, _queries(schema)["dead_letter_list"],
+                            {**_selection(ids, queue), "limit": limit}).fetchall()
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """A dead letter a requeue removed (``dead_letter_take``): what goes back to its queue."""
+
+    id: int
+    queue: str
+    task: str | None
+    payload: str
+    created_at: datetime
 
 
 def requeue_dead_letters(conn: psycopg.Connection, schema: str, *, ids: Sequence[int] | None = None,
@@ -66,12 +77,12 @@ def requeue_dead_letters(conn: psycopg.Connection, schema: str, *, ids: Sequence
     q = _queries(schema)
     moved = []
     with _atomic(conn):
-        taken = conn.execute(q["dead_letter_take"], _selection(ids, queue)).fetchall()
-        for dead_id, dead_queue, task, payload, created_at in sorted(taken):
+        taken = fetch.execute_as(conn, _Taken, q["dead_letter_take"], _selection(ids, queue)).fetchall()
+        for dead in sorted(taken, key=lambda row: row.id):
             message_id = fetch.value(conn.execute(q["message_restore"], {
-                "queue": dead_queue, "priority": _payload_priority(payload), "task": task, "payload": payload,
-                "created_at": created_at}))
-            moved.append(Requeued(dead_id, message_id, dead_queue))
+                "queue": dead.queue, "priority": _payload_priority(dead.payload), "task": dead.task,
+                "payload": dead.payload, "created_at": dead.created_at}))
+            moved.append(Requeued(dead.id, message_id, dead.queue))
     return moved
 
 

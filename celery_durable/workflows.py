@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery import states
+from psycopg.rows import dict_row
 
 from . import content
 from .config import Settings
@@ -24,6 +25,7 @@ from .workflow import rows
 from .workflow.canvas import call_args, encode_args, with_args
 from .workflow.checkpoint import cancelled_error, ready_tasks, values_of
 from .workflow.dispatch import plan, send, stage
+from .workflow.records import CheckpointRow, FanInRow, LockedWorkflow, WorkflowRow
 from .workflow.store import Store
 from .workflow.tree import Node, Tree, path_key
 
@@ -48,9 +50,8 @@ def list_workflows(app_or_url: Any, schema: str | None = None, status: str | Non
     """Newest workflows first; ``status`` is running, succeeded, failed, cancelled or stalled."""
     conninfo, settings = _reader(app_or_url, schema)
     with pool.connection(conninfo, settings) as conn:
-        cur = conn.execute(_queries(settings)["workflow_list"], {"status": status, "limit": limit})
-        names = [c.name for c in cur.description or ()]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        cur = conn.cursor(row_factory=dict_row)
+        return cur.execute(_queries(settings)["workflow_list"], {"status": status, "limit": limit}).fetchall()
 
 
 def get_workflow(app_or_url: Any, schema: str | None = None, workflow_id: str | None = None,
@@ -71,39 +72,39 @@ def get_workflow(app_or_url: Any, schema: str | None = None, workflow_id: str | 
         app = app_or_url
     q = _queries(settings)
     with pool.connection(conninfo, settings) as conn:
-        row = conn.execute(q["workflow_get"], {"id": workflow_id}).fetchone()
-        if row is None:
+        wf = fetch.execute_as(conn, WorkflowRow, q["workflow_get"], {"id": workflow_id}).fetchone()
+        if wf is None:
             return None
-        marks = conn.execute(q["checkpoint_list"], {"id": workflow_id}).fetchall()
+        marks = fetch.execute_as(conn, CheckpointRow, q["checkpoint_list"], {"id": workflow_id}).fetchall()
         tree = rows.load_tree(conn, q, workflow_id)
-    (wid, name, status, current, generation, result_id, error, created, updated, finished, atomic,
-     failed_path) = row
     if accept is not None:
         shown = content.accept_types(accept)
     else:
         shown = content.JSON_ONLY if app is None else content.result_types(app)
     checkpoints = {}
-    for path, task_id, task_name, content_type, blob, attempts, finished_at in marks:
-        parts = path_key(path)
-        entry = {"path": path, "step": parts[0][0], "member": parts[1][0] if len(parts) > 1 else -1,
-                 "task_id": task_id, "task": task_name, "attempts": attempts, "finished_at": finished_at}
-        entry["result"] = content.show(bytes(blob), content_type, "binary", shown)
-        checkpoints[path] = entry
+    for mark in marks:
+        parts = path_key(mark.path)
+        entry = {"path": mark.path, "step": parts[0][0], "member": parts[1][0] if len(parts) > 1 else -1,
+                 "task_id": mark.task_id, "task": mark.task_name, "attempts": mark.attempts,
+                 "finished_at": mark.finished_at}
+        entry["result"] = content.show(bytes(mark.result), mark.content_type, "binary", shown)
+        checkpoints[mark.path] = entry
     sent = {t.path for t in tree.frontier(set(checkpoints))}
     states_by_path = {}
     for task in tree.tasks():
         if task.path in checkpoints:
             states_by_path[task.path] = "succeeded"
-        elif status == "failed" and task.path == failed_path:
+        elif wf.status == "failed" and task.path == wf.failed_path:
             states_by_path[task.path] = "failed"
         elif task.path in sent:
-            states_by_path[task.path] = "sent" if status == "running" else "stopped"
+            states_by_path[task.path] = "sent" if wf.status == "running" else "stopped"
         else:
             states_by_path[task.path] = "waiting"
     return {
-        "id": wid, "name": name, "status": status, "current_step": current, "generation": generation,
-        "atomic": atomic, "error": error, "failed_path": failed_path, "created_at": created, "updated_at": updated,
-        "finished_at": finished, "result_task_id": result_id,
+        "id": wf.id, "name": wf.name, "status": wf.status, "current_step": wf.current_step,
+        "generation": wf.generation, "atomic": wf.atomic, "error": wf.error, "failed_path": wf.failed_path,
+        "created_at": wf.created_at, "updated_at": wf.updated_at, "finished_at": wf.finished_at,
+        "result_task_id": wf.result_task_id,
         "steps": [{"index": c.index, "task": c.name, "kind": c.kind} for c in tree.root.children],
         "tree": [_describe(child, states_by_path, checkpoints) for child in tree.root.children],
         "checkpoints": [checkpoints[p] for p in sorted(checkpoints, key=path_key)],
@@ -149,15 +150,15 @@ def cancel_workflow(app_or_url: Any, workflow_id: str, schema: str | None = None
     q = _queries(settings)
     with pool.connection(conninfo, settings) as conn, conn.transaction():
         conn.execute(q["workflow_fence"], {"id": workflow_id})
-        row = conn.execute(q["workflow_lock"], {"id": workflow_id}).fetchone()
-        if row is None:
+        wf = fetch.execute_as(conn, LockedWorkflow, q["workflow_lock"], {"id": workflow_id}).fetchone()
+        if wf is None:
             raise WorkflowError(f"no workflow {workflow_id!r}")
-        if row[0] in ("succeeded", "cancelled"):
+        if wf.status in ("succeeded", "cancelled"):
             return False
         conn.execute(q["workflow_finish"], {"id": workflow_id, "status": "cancelled", "error": None,
-                                            "step": row[1], "failed_path": None})
+                                            "step": wf.current_step, "failed_path": None})
         if backend is not None:
-            backend.store_result_in(conn, row[3], cancelled_error(workflow_id), states.REVOKED)
+            backend.store_result_in(conn, wf.result_task_id, cancelled_error(workflow_id), states.REVOKED)
     return True
 
 
@@ -174,8 +175,8 @@ def resume_workflow(app: Any, workflow_id: str) -> list[str]:
     Raises WorkflowError for a workflow that succeeded.
     """
 
-    def change(conn: Any, row: tuple, tree: Tree) -> int:
-        if row[0] == "succeeded":
+    def change(conn: Any, wf: LockedWorkflow, tree: Tree) -> int:
+        if wf.status == "succeeded":
             raise WorkflowError(f"workflow {workflow_id} already succeeded: use restart_workflow to run it again")
         return 0
 
@@ -193,7 +194,7 @@ def restart_workflow(app: Any, workflow_id: str, from_step: int | str, args: lis
     store = Store.for_app(app)
     path = str(from_step)
 
-    def change(conn: Any, row: tuple, tree: Tree) -> int:
+    def change(conn: Any, wf: LockedWorkflow, tree: Tree) -> int:
         if path not in tree.nodes:
             raise WorkflowError(f"workflow {workflow_id} has no task or node at path {path!r}; its root has "
                                 f"elements 0..{len(tree.root.children) - 1}")
@@ -213,31 +214,31 @@ def restart_workflow(app: Any, workflow_id: str, from_step: int | str, args: lis
     return _resend(store, workflow_id, change)
 
 
-def _resend(store: Store, workflow_id: str, change: Callable[[Any, tuple, Tree], int],
+def _resend(store: Store, workflow_id: str, change: Callable[[Any, LockedWorkflow, Tree], int],
             leave_live: bool = False) -> list[str]:
     q = store.queries
     with store.connection() as conn:
         with conn.transaction():
             conn.execute(q["workflow_fence"], {"id": workflow_id})
-            row = conn.execute(q["workflow_lock"], {"id": workflow_id}).fetchone()
-            if row is None:
+            wf = fetch.execute_as(conn, LockedWorkflow, q["workflow_lock"], {"id": workflow_id}).fetchone()
+            if wf is None:
                 raise WorkflowError(f"no workflow {workflow_id!r}")
             tree = rows.load_tree(conn, q, workflow_id)
-            bump = change(conn, row, tree)
+            bump = change(conn, wf, tree)
             entries, done = ready_tasks(store, conn, workflow_id, tree)
             if leave_live and entries:
-                live = _live(store, conn, workflow_id, row[2], [task for task, _ in entries])
+                live = _live(store, conn, workflow_id, wf.generation, [task for task, _ in entries])
                 entries = [(task, given) for task, given in entries if task.path not in live]
             # Counts follow the checkpoints (a restart dropped some; a task finished while failed counted).
-            stored = conn.execute(q["fan_in_list"], {"id": workflow_id}).fetchall()
+            stored = fetch.execute_as(conn, FanInRow, q["fan_in_list"], {"id": workflow_id}).fetchall()
             conn.execute(q["fan_in_set"], {"id": workflow_id, **rows.counts(tree, done, stored)})
             generation = fetch.value(conn.execute(q["workflow_restart"], {
                 "id": workflow_id, "step": tree.current_step(done), "bump": bump,
             }))
             # The old outcome (failure, revocation or result) must not answer wf.get() any more.
-            conn.execute(store.backend.queries["result_delete"], (row[3],))
+            conn.execute(store.backend.queries["result_delete"], (wf.result_task_id,))
             if not entries and tree.root.complete(done):
-                _finish(store, conn, workflow_id, tree, row[3])
+                _finish(store, conn, workflow_id, tree, wf.result_task_id)
                 return []
             messages = plan(store.app, workflow_id, generation, entries)
             staged = stage(store, conn, workflow_id, generation, messages)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 import psycopg
+from psycopg.rows import dict_row
 
 from ..db import migrate
 from ..db.queries import schema_sql
@@ -63,16 +66,15 @@ def queues_cmd(target: Target, as_json: bool) -> None:
                        target.schema)
     with target.connect() as conn:
         _checked(conn, target)
-        rows = conn.execute(query).fetchall()
-    data = [dict(zip(QUEUE_COLUMNS + QUEUE_EXTRA, row, strict=True)) for row in rows]
-    emit(as_json, data, lambda: _queue_table(rows, target.schema))
+        rows = conn.cursor(row_factory=dict_row).execute(query).fetchall()
+    emit(as_json, rows, lambda: _queue_table(rows, target.schema))
 
 
-def _queue_table(rows: list[tuple], schema: str) -> str:
+def _queue_table(rows: list[dict[str, Any]], schema: str) -> str:
     if not rows:
         return f"no queues in schema {schema!r}"
-    text = table(QUEUE_COLUMNS, [row[:len(QUEUE_COLUMNS)] for row in rows])
-    estimated = [row[0] for row in rows if row[-1]]
+    text = table(QUEUE_COLUMNS, [[row[c] for c in QUEUE_COLUMNS] for row in rows])
+    estimated = [row["queue"] for row in rows if row["estimated"]]
     if estimated:
         text += ("\nestimated from a sample of the message table (more than 10,000 messages): "
                  + ", ".join(estimated))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from celery import states
@@ -34,16 +34,26 @@ from celery.exceptions import TaskRevokedError
 from kombu.serialization import dumps
 
 from .. import content
+from ..db import fetch
 from ..exceptions import LeaseLost, Undecodable, WorkflowError
 from . import rows
 from .canvas import add_errbacks, encode_args, listed, node_of
 from .context import StepContext
 from .dispatch import Message, plan, send, stage
+from .fence import Act, Verdict, standing, verdict
+from .records import Counted, Follows, LockedWorkflow, NodeRow, StepCheck, StepState, StoredResult
 from .rows import Then
 from .store import Store
 from .tree import NOTHING, Node, Tree, enter, number, top_of
 
 logger = logging.getLogger(__name__)
+
+
+class MessageLease(NamedTuple):
+    """The lease a worker holds on the task's message (atomic mode): its row and the token that fences it."""
+
+    id: int
+    token: str
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,7 @@ class StepRef:
     workflow_id: str
     path: str
     generation: int
-    lease: tuple[int, str] | None
+    lease: MessageLease | None
 
     @property
     def top(self) -> int:
@@ -71,7 +81,7 @@ class StepRef:
         parsed = None
         if lease:
             row_id, _, token = str(lease).partition(":")
-            parsed = (int(row_id), token)
+            parsed = MessageLease(int(row_id), token)
         if "workflow_id" in header:
             return cls(str(header["workflow_id"]), str(header["path"]), int(header.get("generation", 0)), parsed)
         member = int(header["m"])
@@ -92,15 +102,16 @@ def decode(app: Any, content_type: str, data: bytes, path: str | None = None) ->
 
 def values_of(store: Store, conn: psycopg.Connection, workflow_id: str, paths: list[str]) -> dict[str, Any]:
     """The decoded results of these tasks, by path (the ones that finished)."""
-    found = conn.execute(store.queries["checkpoint_values"], {"id": workflow_id, "paths": paths}).fetchall()
-    return {path: decode(store.app, ct, blob, path) for path, ct, blob in found}
+    found = fetch.execute_as(conn, StoredResult, store.queries["checkpoint_values"],
+                             {"id": workflow_id, "paths": paths})
+    return {r.path: decode(store.app, r.content_type, r.result, r.path) for r in found}
 
 
 def _release_cursor(store: Store, conn: psycopg.Connection, ref: StepRef) -> psycopg.Cursor | None:
     """Send the fenced delete of the task's own message (None: nothing to delete in this mode)."""
     if ref.lease is None or not store.atomic:
         return None
-    return conn.execute(store.queries["message_release"], {"id": ref.lease[0], "token": ref.lease[1]})
+    return conn.execute(store.queries["message_release"], {"id": ref.lease.id, "token": ref.lease.token})
 
 
 def release(store: Store, conn: psycopg.Connection, ref: StepRef) -> bool:
@@ -135,20 +146,22 @@ def before_run(store: Store, ref: StepRef) -> Before:
     q = store.queries
     with store.connection() as conn:
         with conn.pipeline():
-            state = conn.execute(q["step_state"], {"id": ref.workflow_id, "path": ref.path})
-            following = conn.execute(q["node_next"], {"id": ref.workflow_id, "path": ref.path})
+            state = fetch.execute_as(conn, StepState, q["step_state"], {"id": ref.workflow_id, "path": ref.path})
+            following = fetch.execute_as(conn, NodeRow, q["node_next"], {"id": ref.workflow_id, "path": ref.path})
         row, found = state.fetchone(), following.fetchall()
-        stopped = (row is None or row[1] != ref.generation or row[0] == "cancelled"
-                   or (row[0] == "succeeded" and not ref.side))
-        if stopped or row[2] is not None or row[5] != "task":  # no task here: replaced since this message was sent
+        says = verdict(row, ref, Act.RUN)
+        if row is None or says is not Verdict.GO or row.content_type is not None:
             with conn.transaction():
                 release(store, conn, ref)
-            if not stopped and row[2] is not None:
-                return Before(FINISHED, decode(store.app, row[2], row[3], ref.path))
+            # A finished task of a run that goes on hands back its result, even where its node was
+            # replaced since; a stopped run's task stops (the workflow is asked first, see Act.RUN).
+            if (says in (Verdict.GO, Verdict.REPLACED) and row is not None
+                    and row.content_type is not None and row.result is not None):
+                return Before(FINISHED, decode(store.app, row.content_type, row.result, ref.path))
             return Before(STOPPED)
         starts = rows.starts(conn, q, ref.workflow_id, found)
     own_links = ref.path + "~"
-    return Before(None, None, row[4], Then(row[6], row[7], row[8]),
+    return Before(None, None, row.result_task_id, Then.of(row),
                   [n for n in starts if not n.path.startswith(own_links)],
                   [n for n in starts if n.path.startswith(own_links)])
 
@@ -230,7 +243,7 @@ def _commit_pipelined(store: Store, conn: psycopg.Connection, ref: StepRef, befo
             try:
                 conn.execute(q["step_commit"], {
                     **checkpoint_params, "generation": ref.generation, "side": ref.side,
-                    "lease_id": lease[0] if lease else None, "lease_token": lease[1] if lease else None,
+                    "lease_id": lease.id if lease else None, "lease_token": lease.token if lease else None,
                     "watched": not store.atomic,
                     "group": then.path if then.kind == "count" else None,
                     "part": then.part if then.kind == "count" else None,
@@ -252,6 +265,11 @@ def _commit_pipelined(store: Store, conn: psycopg.Connection, ref: StepRef, befo
 
 #: What aborts a pipelined commit when what it was built on no longer holds (see ``step_commit``).
 _ABORTS = (psycopg.errors.RaiseException, psycopg.errors.UniqueViolation)
+
+
+def _count(conn: psycopg.Connection, q: dict[str, str], workflow_id: str, then: Then) -> psycopg.Cursor[Counted]:
+    """Send the count of a finished member in its group (``then``: count in ``then.path``'s ``then.part``)."""
+    return fetch.execute_as(conn, Counted, q["fan_in_count"], {"id": workflow_id, "path": then.path, "part": then.part})
 
 
 def _drain(pipeline: psycopg.Pipeline) -> None:
@@ -284,19 +302,19 @@ def _commit_checked(store: Store, conn: psycopg.Connection, ref: StepRef, before
     with conn.pipeline():
         _begin(conn)
         conn.execute(q["step_fence"], {"id": wid})
-        checking = conn.execute(q["step_check"], {"id": wid, "path": ref.path})
+        checking = fetch.execute_as(conn, StepCheck, q["step_check"], {"id": wid, "path": ref.path})
         inserting = conn.execute(q["checkpoint_insert"], checkpoint_params)
         releasing = _release_cursor(store, conn, ref)
         if not store.atomic:
             conn.execute(q["sent_step_done"], {"id": wid, "path": ref.path})
-        counting = (conn.execute(q["fan_in_count"], {"id": wid, "path": known.path, "part": known.part})
-                    if known is not None and known.kind == "count" else None)
+        counting = _count(conn, q, wid, known) if known is not None and known.kind == "count" else None
     wf, inserted = checking.fetchone(), inserting.fetchone()
     released = releasing is None or releasing.fetchone() is not None
-    if wf is None or wf[1] != ref.generation:
+    says = verdict(wf, ref, Act.COMMIT)
+    if wf is None or says is Verdict.SUPERSEDED:
         _abandon(store, conn, ref, "belongs to a superseded run (or its workflow is gone): not checkpointed")
         return []
-    status, _generation, failed_path, result_id, kind, *then_row = wf
+    result_id = wf.result_task_id
     if inserted is None:
         # Another attempt finished this task first: keep its outcome, drop ours.
         _abandon(store, conn, ref, "already finished: this attempt's writes rolled back")
@@ -304,14 +322,14 @@ def _commit_checked(store: Store, conn: psycopg.Connection, ref: StepRef, before
     if not released:
         conn.execute("ROLLBACK")
         raise LeaseLost(f"lost the lease of step {ref.path} of workflow {wid}: rolled back")
-    if kind != "task":
+    if says is Verdict.REPLACED:
         _abandon(store, conn, ref, "was replaced (Task.replace) by another attempt: not checkpointed")
         return []
-    then = Then(*then_row)
+    then = Then.of(wf)
     if counting is not None and then != known:
         raise WorkflowError(f"the row of step {ref.path} of workflow {wid} changed while it ran: rolled back")
-    revive = status == "failed" and failed_path == ref.path
-    sending = status == "running" or revive or (status == "succeeded" and ref.side)
+    revive = says is Verdict.FAILED and wf.failed_path == ref.path
+    sending = says is Verdict.GO or revive
     if revive:
         logger.warning("durable step %s of workflow %s succeeded after another attempt of it failed: "
                        "its checkpoint wins, the workflow runs on", ref.path, wid)
@@ -320,26 +338,26 @@ def _commit_checked(store: Store, conn: psycopg.Connection, ref: StepRef, before
     # Counts move whatever the workflow's status, so that they always match the checkpoints.
     value = result
     while then.kind == "count":
-        cursor = counting or conn.execute(q["fan_in_count"], {"id": wid, "path": then.path, "part": then.part})
+        cursor = counting or _count(conn, q, wid, then)
         counting = None
-        complete, counted = cursor.fetchone()
-        if not counted:
+        count = fetch.one(cursor)
+        if not count.counted:
             raise WorkflowError(f"group {then.path} of workflow {wid} has no count: the tree is damaged")
-        if not complete:
+        if not count.complete:
             then = Then("none")
             break
         group = then.path
         if sending:  # the group's value: its members' results, read once, by the member that completes it
             value, then = rows.value(conn, q, wid, group, lambda path, ct, blob: decode(store.app, ct, blob, path))
         else:
-            then = Then(*conn.execute(q["node_then"], {"id": wid, "path": group}).fetchone())
+            then = Then.of(fetch.one(fetch.execute_as(conn, Follows, q["node_then"], {"id": wid, "path": group})))
     entries = [(node, result) for node in before.links] if sending else []
     if sending and then.kind == "enter":
         if then == known:
             starts = before.starts
         else:
-            found = conn.execute(q["node_rows"], {"id": wid, "paths": [then.path]}).fetchall()
-            starts = rows.starts(conn, q, wid, found)
+            assert then.path is not None  # an "enter" names the node it enters
+            starts = rows.starts(conn, q, wid, rows.read(conn, q, wid, [then.path]))
         entries += [(node, value) for node in starts]
     # The rest goes out in one more round trip, COMMIT included; a failing statement
     # aborts the transaction and surfaces when the pipeline syncs (rolled back by the caller).
@@ -390,7 +408,7 @@ def record_failure(store: Store, ref: StepRef, exc: BaseException, traceback: st
     with store.connection() as conn, conn.transaction():
         with conn.pipeline():
             conn.execute(q["workflow_fence"], {"id": ref.workflow_id})
-            locked = conn.execute(q["workflow_lock"], {"id": ref.workflow_id})
+            locked = fetch.execute_as(conn, LockedWorkflow, q["workflow_lock"], {"id": ref.workflow_id})
             finished = conn.execute(q["checkpoint_exists"], {"id": ref.workflow_id, "path": ref.path})
             releasing = _release_cursor(store, conn, ref)
         wf = locked.fetchone()
@@ -402,14 +420,14 @@ def record_failure(store: Store, ref: StepRef, exc: BaseException, traceback: st
             logger.warning("durable step %s of workflow %s failed in an attempt after another one finished it: "
                            "the checkpoint stands", ref.path, ref.workflow_id)
             return False
-        if wf is None or wf[2] != ref.generation or wf[0] != "running":
+        if wf is None or standing(wf, ref, Act.FAIL) is not Verdict.GO:
             return False
         error = f"{type(exc).__name__}: {exc}"[:2000]
         conn.execute(q["workflow_finish"], {"id": ref.workflow_id, "status": "failed", "error": error,
                                             "step": ref.top, "failed_path": ref.path})
         if not store.atomic:  # its attempt is over: a resume must not take it for a live one
             conn.execute(q["sent_step_done"], {"id": ref.workflow_id, "path": ref.path})
-        store.backend.store_result_in(conn, wf[3], exc, states.FAILURE, traceback=traceback)
+        store.backend.store_result_in(conn, wf.result_task_id, exc, states.FAILURE, traceback=traceback)
     return True
 
 
@@ -430,7 +448,7 @@ def commit_replacement(store: Store, ref: StepRef, sig: Any) -> None:
     with store.connection() as conn, conn.transaction():
         with conn.pipeline():
             conn.execute(q["step_fence"], {"id": wid})
-            checking = conn.execute(q["step_check"], {"id": wid, "path": ref.path})
+            checking = fetch.execute_as(conn, StepCheck, q["step_check"], {"id": wid, "path": ref.path})
             finished = conn.execute(q["checkpoint_exists"], {"id": wid, "path": ref.path})
             releasing = _release_cursor(store, conn, ref)
         wf = checking.fetchone()
@@ -438,8 +456,7 @@ def commit_replacement(store: Store, ref: StepRef, sig: Any) -> None:
             logger.warning("durable step %s of workflow %s replaced itself after losing its lease: ignored",
                            ref.path, wid)
             return
-        if (finished.fetchone() is not None or wf is None or wf[1] != ref.generation or wf[0] == "cancelled"
-                or wf[4] != "task"):
+        if finished.fetchone() is not None or wf is None or verdict(wf, ref, Act.REPLACE) is not Verdict.GO:
             return
         nodes = rows.build(rows.subtree(conn, q, wid, [ref.path]))
         old = nodes[ref.path]
@@ -459,7 +476,7 @@ def commit_replacement(store: Store, ref: StepRef, sig: Any) -> None:
         number(grafted, ref.path, None, graft)
         encode_args(graft.values(), app)
         moved = [path for path in nodes if path != ref.path]
-        before = Then(*wf[5:])
+        before = Then.of(wf)
         conn.execute(q["node_delete"], {"id": wid, "paths": [ref.path] + moved})
         conn.execute(q["fan_in_delete"], {"id": wid, "paths": moved})
         rows.insert(conn, q, rows.params(wid, graft.values(), lambda node: rows.then_of(node, grafted, before)))

@@ -109,7 +109,9 @@ WHERE w.id = %(id)s
 -- the task read before it ran no longer holds: the workflow stopped or moved to another generation, the
 -- lease is lost, or the task fills its group's count (a checkpoint already there aborts it too). Its
 -- checks see the workflow as it was before it (the task that ends the workflow checks the status it
--- sets), and nothing that could be skipped follows it but COMMIT.
+-- sets), and nothing that could be skipped follows it but COMMIT. `state` is the SQL twin of
+-- fence.standing(workflow, step, Act.COMMIT) is Verdict.GO (workflow/fence.py): change them together. The
+-- task's node is not read here: the task found a task at its path before it ran (step_state).
 WITH state AS (
     SELECT generation = %(generation)s AND (status = 'running' OR (status = 'succeeded' AND %(side)s)) AS running
     FROM {schema}.workflow WHERE id = %(id)s
@@ -209,8 +211,8 @@ WITH part AS (
     WHERE workflow_id = %(id)s AND path = %(path)s AND part = -1 AND %(part)s <> -1 AND (SELECT filled FROM part)
     RETURNING done >= size AS filled
 )
-SELECT coalesce((SELECT filled FROM whole), (SELECT filled FROM part) AND %(part)s = -1, false),
-       (SELECT count(*) FROM part)
+SELECT coalesce((SELECT filled FROM whole), (SELECT filled FROM part) AND %(part)s = -1, false) AS complete,
+       (SELECT count(*) FROM part) AS counted
 
 -- fan_in_list --
 -- How a workflow's groups are split in parts (restart counts them again).

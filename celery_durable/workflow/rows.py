@@ -25,11 +25,10 @@ from typing import Any
 import psycopg
 from kombu.utils.json import dumps, loads
 
+from ..db import fetch
 from ..exceptions import WorkflowError
+from .records import FanInRow, Follows, NodeRow, StoredResult
 from .tree import Node, Tree, child_path, path_key, split
-
-#: The columns ``node_tree`` and ``node_rows`` read first, in order (what :func:`build` takes).
-NODE_COLUMNS = ("path", "kind", "size", "links", "sig", "chord", "replaced")
 
 
 def parts(size: int) -> int:
@@ -45,6 +44,13 @@ class Then:
     kind: str
     path: str | None = None
     part: int | None = None
+
+    @classmethod
+    def of(cls, row: Follows) -> Then:
+        """What the node read in ``row`` does (its ``then_*`` columns); the row must have its node."""
+        if row.then_kind is None:
+            raise WorkflowError("a row without its node's then_* columns says nothing of what follows it")
+        return cls(row.then_kind, row.then_path, row.then_part)
 
     @property
     def root_element(self) -> int | None:
@@ -117,11 +123,12 @@ def insert(conn: psycopg.Connection, queries: dict[str, str], stored: tuple[dict
         conn.execute(queries["fan_in_insert"], count_params)
 
 
-def build(rows: Iterable[tuple]) -> dict[str, Node]:
-    """Nodes from rows of :data:`NODE_COLUMNS`, each put in its parent when that is among them."""
+def build(rows: Iterable[NodeRow]) -> dict[str, Node]:
+    """Nodes from their rows, each put in its parent when that is among them."""
     nodes: dict[str, Node] = {}
-    for path, kind, size, links, sig, chord, replaced, *_ in rows:
-        nodes[path] = Node(kind, [None] * size, sig_of(sig), chord, replaced, [None] * links, path)
+    for row in rows:
+        nodes[row.path] = Node(row.kind, [None] * row.size, sig_of(row.sig), row.chord, row.replaced,
+                               [None] * row.links, row.path)
     for path, node in nodes.items():
         if path:
             parent, separator, index = split(path)
@@ -132,38 +139,39 @@ def build(rows: Iterable[tuple]) -> dict[str, Node]:
 
 def load_tree(conn: psycopg.Connection, queries: dict[str, str], workflow_id: str) -> Tree:
     """The whole tree of a workflow (operators' actions); raises WorkflowError when rows are missing."""
-    nodes = build(conn.execute(queries["node_tree"], {"id": workflow_id}))
+    nodes = build(fetch.execute_as(conn, NodeRow, queries["node_tree"], {"id": workflow_id}))
     if "" not in nodes or any(n is None for node in nodes.values() for n in node.children + node.links):
         raise WorkflowError(f"workflow {workflow_id} has no complete tree stored")
     return Tree(nodes[""])
 
 
-def starts(conn: psycopg.Connection, queries: dict[str, str], workflow_id: str, found: list[tuple]) -> list[Node]:
-    """The tasks that start when these nodes (``node_rows`` rows) receive their input, in tree order:
-    a task itself, a chain's first element, every member of a group; each level below read in one query."""
+def starts(conn: psycopg.Connection, queries: dict[str, str], workflow_id: str, found: list[NodeRow]) -> list[Node]:
+    """The tasks that start when these nodes receive their input, in tree order: a task itself, a
+    chain's first element, every member of a group; each level below read in one query."""
     tasks: list[Node] = []
     while found:
         below: list[str] = []
-        for path, kind, size, _links, sig, *_ in found:
-            if kind == "task":
-                tasks.append(Node("task", sig=sig_of(sig), path=path))
-            elif kind == "chain":
-                below.append(child_path(path, 0))
+        for row in found:
+            if row.kind == "task":
+                tasks.append(Node("task", sig=sig_of(row.sig), path=row.path))
+            elif row.kind == "chain":
+                below.append(child_path(row.path, 0))
             else:
-                below += [child_path(path, i) for i in range(size)]
-        found = _rows(conn, queries, workflow_id, below)
+                below += [child_path(row.path, i) for i in range(row.size)]
+        found = read(conn, queries, workflow_id, below)
     return sorted(tasks, key=lambda node: path_key(node.path))
 
 
-def subtree(conn: psycopg.Connection, queries: dict[str, str], workflow_id: str, paths: list[str]) -> list[tuple]:
-    """The ``node_rows`` rows of these nodes and of everything under them, link callbacks included."""
-    found: list[tuple] = []
+def subtree(conn: psycopg.Connection, queries: dict[str, str], workflow_id: str, paths: list[str]) -> list[NodeRow]:
+    """The rows of these nodes and of everything under them, link callbacks included."""
+    found: list[NodeRow] = []
     level = paths
     while level:
-        rows = _rows(conn, queries, workflow_id, level)
+        rows = read(conn, queries, workflow_id, level)
         found += rows
-        level = [p for path, _kind, size, links, *_ in rows
-                 for p in [child_path(path, i) for i in range(size)] + [f"{path}~{i}" for i in range(links)]]
+        level = [p for row in rows
+                 for p in [child_path(row.path, i) for i in range(row.size)]
+                 + [f"{row.path}~{i}" for i in range(row.links)]]
     return found
 
 
@@ -177,18 +185,18 @@ def value(conn: psycopg.Connection, queries: dict[str, str], workflow_id: str, t
     level = [top]
     while level:
         below: list[str] = []
-        for path, kind, size, _links, _sig, _chord, _replaced, *then_row in _rows(conn, queries, workflow_id, level):
-            shape[path] = (kind, size)
-            if path == top:
-                then = Then(*then_row)
-            if kind == "chain":
-                below.append(child_path(path, size - 1))
-            elif kind == "group":
-                below += [child_path(path, i) for i in range(size)]
+        for row in read(conn, queries, workflow_id, level):
+            shape[row.path] = (row.kind, row.size)
+            if row.path == top:
+                then = Then.of(row)
+            if row.kind == "chain":
+                below.append(child_path(row.path, row.size - 1))
+            elif row.kind == "group":
+                below += [child_path(row.path, i) for i in range(row.size)]
         level = below
     tasks = [path for path, (kind, _size) in shape.items() if kind == "task"]
-    found = conn.execute(queries["checkpoint_values"], {"id": workflow_id, "paths": tasks}).fetchall()
-    results = {path: decode(path, content_type, result) for path, content_type, result in found}
+    found = fetch.execute_as(conn, StoredResult, queries["checkpoint_values"], {"id": workflow_id, "paths": tasks})
+    results = {r.path: decode(r.path, r.content_type, r.result) for r in found}
 
     def of(path: str) -> Any:
         if path not in shape:
@@ -205,20 +213,21 @@ def value(conn: psycopg.Connection, queries: dict[str, str], workflow_id: str, t
     return of(top), then
 
 
-def _rows(conn: psycopg.Connection, queries: dict[str, str], workflow_id: str, paths: list[str]) -> list[tuple]:
+def read(conn: psycopg.Connection, queries: dict[str, str], workflow_id: str, paths: list[str]) -> list[NodeRow]:
+    """The rows of these nodes (``node_rows``), in one query; none read for no paths."""
     if not paths:
         return []
-    return conn.execute(queries["node_rows"], {"id": workflow_id, "paths": paths}).fetchall()
+    return fetch.execute_as(conn, NodeRow, queries["node_rows"], {"id": workflow_id, "paths": paths}).fetchall()
 
 
-def counts(tree: Tree, done: set[str], stored: Iterable[tuple[str, int, int]]) -> dict[str, list]:
+def counts(tree: Tree, done: set[str], stored: Iterable[FanInRow]) -> dict[str, list]:
     """``fan_in_set`` parameters: every group's counts from the tasks that finished (after a restart).
 
-    ``stored``: the workflow's fan_in rows (path, part, size), which say how a group is split.
+    ``stored``: the workflow's fan_in rows, which say how a group is split.
     """
     split_in: dict[str, dict[int, int]] = {}
-    for path, part, size in stored:
-        split_in.setdefault(path, {})[part] = size
+    for row in stored:
+        split_in.setdefault(row.path, {})[row.part] = row.size
     out: dict[str, list] = {"paths": [], "parts": [], "done": []}
 
     def put(path: str, part: int, value: int) -> None:

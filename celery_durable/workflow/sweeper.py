@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..db import fetch
 from ..exceptions import Undecodable, WorkflowError
 from . import rows
 from .checkpoint import decode, fail_undecodable
 from .dispatch import Message, plan, send, stage
+from .records import LostStep, WorkflowRow
 from .store import Store
 from .tree import NOTHING, Node, ancestors, feeder
 
@@ -39,8 +41,8 @@ def resend_lost(store: Store) -> int:
             if not conn.execute(q["sweep_try_lock"], {"key": key}).fetchone()[0]:
                 return 0
             lost: dict[str, list[str]] = {}
-            for workflow_id, path in conn.execute(q["sent_step_lost"], {"after": store.settings.recovery_after}):
-                lost.setdefault(workflow_id, []).append(path)
+            for step in fetch.execute_as(conn, LostStep, q["sent_step_lost"], {"after": store.settings.recovery_after}):
+                lost.setdefault(step.workflow_id, []).append(step.path)
             for workflow_id, paths in lost.items():
                 staged += _resend(store, conn, workflow_id, paths)
     send(store.app, staged)
@@ -51,12 +53,12 @@ def _resend(store: Store, conn: Any, workflow_id: str, paths: list[str]) -> list
     """The messages of these lost tasks that are still due, each with its input; finished ones are forgotten."""
     q = store.queries
     conn.execute(q["step_fence"], {"id": workflow_id})
-    row = conn.execute(q["workflow_get"], {"id": workflow_id}).fetchone()
-    if row is None or row[2] not in ("running", "succeeded"):
+    wf = fetch.execute_as(conn, WorkflowRow, q["workflow_get"], {"id": workflow_id}).fetchone()
+    if wf is None or wf.status not in ("running", "succeeded"):
         return []
-    if row[2] == "succeeded":  # only link callbacks may still be due
+    if wf.status == "succeeded":  # only link callbacks may still be due
         paths = [p for p in paths if "~" in p]
-    generation = row[4]
+    generation = wf.generation
     done = {found[0] for found in conn.execute(q["checkpoint_done"], {"id": workflow_id, "paths": paths})}
     for path in done:
         conn.execute(q["sent_step_done"], {"id": workflow_id, "path": path})
@@ -64,7 +66,7 @@ def _resend(store: Store, conn: Any, workflow_id: str, paths: list[str]) -> list
         entries = [entry for entry in (_due(store, conn, workflow_id, p) for p in paths if p not in done) if entry]
         messages = plan(store.app, workflow_id, generation, entries)
     except Undecodable as exc:  # one workflow's stored values must not stop the others' recovery
-        fail_undecodable(store, conn, workflow_id, exc.path if exc.path in paths else paths[0], row[5], exc)
+        fail_undecodable(store, conn, workflow_id, exc.path if exc.path in paths else paths[0], wf.result_task_id, exc)
         return []
     for task, _given in entries:
         logger.warning("re-sending step %s of workflow %s: its message is lost (no sign of life for %ss)",
@@ -75,7 +77,7 @@ def _resend(store: Store, conn: Any, workflow_id: str, paths: list[str]) -> list
 def _due(store: Store, conn: Any, workflow_id: str, path: str) -> tuple[Node, Any] | None:
     """A lost task with its input, read from the rows above it; None when it is not a task whose input is ready."""
     q = store.queries
-    nodes = rows.build(conn.execute(q["node_rows"], {"id": workflow_id, "paths": ancestors(path)}))
+    nodes = rows.build(rows.read(conn, q, workflow_id, ancestors(path)))
     task = nodes.get(path)
     if task is None or task.kind != "task" or any(p not in nodes for p in ancestors(path)):
         return None
