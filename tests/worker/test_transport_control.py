@@ -36,8 +36,10 @@ def test_inspect_ping_and_control_shutdown(h):
 
 def test_revoked_countdown_task_does_not_run(h):
     h.start(concurrency=1)
+    # A broadcast reaches the workers listening when it is sent: wait until this one answers them.
+    wait_for(lambda: h.app.control.ping(timeout=1), 60, "the worker to answer broadcasts")
     revoked = h.task("record").apply_async(("revoked",), countdown=3)
-    h.app.control.revoke(revoked.id)
+    assert h.app.control.revoke(revoked.id, reply=True, limit=1, timeout=10), "no worker confirmed the revoke"
     # Published after the revoke and due later: once it ran, the revoked one's time has passed.
     h.task("record").apply_async(("later",), countdown=4)
     wait_for(lambda: h.executions_of("later") == 1, 60, "the later countdown task to run")
