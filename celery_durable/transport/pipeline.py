@@ -245,7 +245,6 @@ class Pipeline:
         if group is None or not (force or not self._in_flight or len(group.publishes) >= GROUP_MAX):
             return
         pg = self._pg
-        self._open = None
         if self.relaxed:
             pg.send_query_params(NO_FLUSH_WAIT, None)
             self._expected.append((group, None))
@@ -254,6 +253,7 @@ class Pipeline:
             self._expected.append((group, publish))
         pg.pipeline_sync()
         self._expected.append((group, "sync"))
+        self._open = None  # only now: a send that fails leaves the group for _lose to name
         self._in_flight += 1
         self._push()
 
@@ -337,9 +337,7 @@ class Pipeline:
 
     def _lose(self, exc: BaseException):
         """The connection is gone: log what may be lost, close, raise DatabaseUnavailable."""
-        groups = list(dict.fromkeys(group for group, _ in self._expected))
-        if self._open is not None:
-            groups.append(self._open)
+        groups = list(dict.fromkeys([*(group for group, _ in self._expected), *([self._open] if self._open else [])]))
         unknown = [p.task_id for group in groups for p in group.publishes] + [p.task_id for p in self._resend]
         if unknown:
             logger.error("connection lost before the server answered %d publish(es); they may be lost: tasks %s",
