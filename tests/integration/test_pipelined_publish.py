@@ -227,21 +227,29 @@ def test_a_lost_connection_logs_what_it_may_have_lost_and_publishing_goes_on(h, 
     assert ids == {after.id}
 
 
+def _pipelined_through(cluster, bouncer, **env: str) -> Harness:
+    """A client publishing pipelined through ``bouncer`` (schema ``pipe``); the harness reads the cluster directly."""
+    return Harness(cluster.url(), "pipe", {"CELERY_DURABLE_URL": bouncer.url(), "CELERY_DURABLE_SCHEMA": "pipe",
+                                           "CELERY_DURABLE_CONFIRM_PUBLISH": "false", **env}, None)
+
+
+def _publish_and_flush(h: Harness, n: int) -> None:
+    """``echo.delay(i)`` for i < n, then flush_publishes(): every one stored, in order."""
+    echo = h.task("echo")
+    for i in range(n):
+        echo.delay(i)
+    celery_durable.flush_publishes()
+    assert stored_args(h) == list(range(n))
+
+
 @pytest.mark.own_servers
 @pytest.mark.parametrize("synchronous_commit", ["true", "false"])
 def test_pipelined_publishes_through_pgbouncer(pg_cluster, pgbouncer, synchronous_commit):
     """PgBouncer 1.18 in transaction mode carries many Syncs in flight and a relaxed group's set_config."""
     cluster = pg_cluster()
-    bouncer = pgbouncer(cluster)
-    env = {"CELERY_DURABLE_URL": bouncer.url(), "CELERY_DURABLE_SCHEMA": "pipe",
-           "CELERY_DURABLE_CONFIRM_PUBLISH": "false", "CELERY_DURABLE_SYNCHRONOUS_COMMIT": synchronous_commit}
-    h = Harness(cluster.url(), "pipe", env, None)
+    h = _pipelined_through(cluster, pgbouncer(cluster), CELERY_DURABLE_SYNCHRONOUS_COMMIT=synchronous_commit)
     try:
-        echo = h.task("echo")
-        for i in range(2000):
-            echo.delay(i)
-        celery_durable.flush_publishes()
-        assert stored_args(h) == list(range(2000))
+        _publish_and_flush(h, 2000)
     finally:
         h.close()
 
@@ -256,9 +264,7 @@ def test_pipelined_publishes_through_pgbouncer_beside_busy_clients(pg_cluster, p
     """
     cluster = pg_cluster()
     bouncer = pgbouncer(cluster, extra=["default_pool_size = 4"])
-    env = {"CELERY_DURABLE_URL": bouncer.url(), "CELERY_DURABLE_SCHEMA": "pipe",
-           "CELERY_DURABLE_CONFIRM_PUBLISH": "false"}
-    h = Harness(cluster.url(), "pipe", env, None)
+    h = _pipelined_through(cluster, bouncer)
     done = threading.Event()
 
     def busy() -> None:
@@ -270,11 +276,7 @@ def test_pipelined_publishes_through_pgbouncer_beside_busy_clients(pg_cluster, p
     try:
         for thread in others:
             thread.start()
-        echo = h.task("echo")
-        for i in range(3000):
-            echo.delay(i)
-        celery_durable.flush_publishes()
-        assert stored_args(h) == list(range(3000))
+        _publish_and_flush(h, 3000)
     finally:
         done.set()
         for thread in others:
