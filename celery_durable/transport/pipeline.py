@@ -69,8 +69,6 @@ logger = logging.getLogger(__name__)
 #: Most publishes left unanswered; the next publish waits for the oldest answer. A crash of the client
 #: process can lose at most these.
 DEPTH = 64
-#: An open group this large gets its Sync even while another commit is in flight.
-GROUP_MAX = DEPTH // 2
 #: Seconds the closer thread waits for an answer before looking again (it wakes on any answer).
 CLOSER_POLL = 1.0
 #: Refused publishes kept (with their errors) for the next flush to name; more are only counted.
@@ -182,7 +180,7 @@ class Pipeline:
         """Commit the open group and wait for every answer (refusals stay for :meth:`flush` to raise)."""
         with self._lock:
             if not self.closed and (self._unanswered or self._resend):  # nothing owed: no round trip
-                self._guard(lambda: self._wait(lambda: not self._unanswered, sync=True))
+                self._guard(lambda: self._wait(lambda: not self._unanswered))
 
     def flush(self) -> None:
         """:meth:`settle`, then raise PublishFailed naming the publishes refused since the last flush."""
@@ -232,17 +230,18 @@ class Pipeline:
         self._collect()
         self._sync_open()
 
-    def _sync_open(self, force: bool = False) -> None:
-        """Send the open group with its Sync when nothing is in flight (or when forced, or the group is full).
+    def _sync_open(self) -> None:
+        """Send the open group with its Sync once no commit is in flight.
 
-        Its statements go only together with their Sync: PgBouncer in transaction
-        mode hands the server back to its pool at an idle ReadyForQuery unless a
-        Sync it has seen is still unanswered, and a statement already written to
-        that server would run in the next client's transaction, its answer never
-        coming back.
+        Its statements go only together with their Sync, and only one group is in
+        flight: PgBouncer in transaction mode hands the server back to its pool at
+        an idle ReadyForQuery unless a Sync it has already read is unanswered, and
+        a statement already written to that server (a second group whose Sync it
+        has not read yet) would run in the next client's transaction, its answer
+        never coming back.
         """
         group = self._open
-        if group is None or not (force or not self._in_flight or len(group.publishes) >= GROUP_MAX):
+        if group is None or self._in_flight:
             return
         pg = self._pg
         if self.relaxed:
@@ -264,11 +263,11 @@ class Pipeline:
             if self._await_server(write=True):
                 self._collect()
 
-    def _wait(self, done: Callable[[], bool], sync: bool = False) -> None:
+    def _wait(self, done: Callable[[], bool]) -> None:
         """Read answers until ``done()``, for as long as the server takes."""
         while True:
             self._collect()
-            self._sync_open(force=sync)
+            self._sync_open()
             if done():
                 return
             self._await_server(write=False)
